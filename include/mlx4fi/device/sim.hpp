@@ -1,0 +1,50 @@
+// The software HCA: a model of ConnectX-3 devices described by a spec string
+// (FI_MLX4_SIM), used on hosts without RDMA hardware and by every test.
+//
+// Grammar:  spec   := "1" | device (";" device)*
+//           device := NAME ["@" PCIE] ":" port ("," port)*
+//           port   := "ib/" IBSPEED ["/" WIDTH] | "roce/" ETHSPEED
+//           IBSPEED  := sdr | ddr | qdr | fdr10 | fdr | edr
+//           WIDTH    := 1x | 4x | 8x | 12x            (default 4x)
+//           ETHSPEED := 10g | 40g | 56g
+//           PCIE     := "gen" 1..4 "x" 1|2|4|8|16     (default gen3x8)
+// "1" is the default host: one ConnectX-3, mlx4_0, with one FDR 4x IB port.
+#pragma once
+
+#include "mlx4fi/device/device.hpp"
+#include "mlx4fi/util/status.hpp"
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace mlx4fi::device::sim {
+
+struct port_spec {
+    link_layer link = link_layer::ib;
+    ib_speed speed = ib_speed::fdr; // Ethernet speeds in mlx4's IB encoding
+    ib_width width = ib_width::x4;
+};
+
+struct device_spec {
+    std::string name;
+    pcie_link pcie{3, 8};
+    std::vector<port_spec> ports; // one or two, as on a ConnectX-3
+};
+
+inline constexpr std::string_view default_spec = "mlx4_0:ib/fdr";
+
+// Parses a spec. On error logs one line naming the bad token, stores the same
+// text in *why when given, and returns -FI_EINVAL.
+result<std::vector<device_spec>> parse_spec(std::string_view spec, std::string *why = nullptr);
+
+// Builds the attributes a real port/device would report for the spec's
+// device number index (0-based): LIDs, GUIDs and GIDs are unique per host and
+// the same in every process that uses the same spec.
+device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_override);
+
+// The software HCA's devices for cfg.sim_spec; empty (with a log line) when the
+// spec is malformed.
+device_list discover(const util::config &cfg) noexcept;
+
+} // namespace mlx4fi::device::sim

@@ -1,0 +1,160 @@
+// fi_domain: open and close a domain, and the provider-specific domain ops
+// (rail attributes, fi_ext_mlx4.h).
+#include "domain.hpp"
+
+#include "barrier.hpp"
+#include "nosys.hpp"
+#include "objects.hpp"
+#include "provider.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+namespace mlx4fi::ofi {
+namespace {
+
+int query_rails(fid_domain *d, fi_mlx4_rail_attr *rails, size_t *count) noexcept
+{
+    if (!d || !count || (*count && !rails)) {
+        MLX4_WARN(FI_LOG_DOMAIN, "query_rails: NULL argument\n");
+        return -FI_EINVAL;
+    }
+    const domain_obj *dom = to_domain(d);
+    size_t room = *count;
+    size_t n = std::min(room, dom->rails.size());
+    std::copy_n(dom->rails.begin(), n, rails);
+    *count = dom->rails.size();
+    return room < dom->rails.size() ? -FI_ETOOSMALL : 0;
+}
+
+fi_mlx4_domain_ops ext_ops = {
+    .size = sizeof(fi_mlx4_domain_ops),
+    .query_rails = query_rails,
+};
+
+int domain_close(fid *f) noexcept
+{
+    return call("fi_close(domain)", [&] {
+        domain_obj *dom = to_domain(reinterpret_cast<fid_domain *>(f));
+        dom->fabric->open_domains.fetch_sub(1);
+        delete dom;
+        return 0;
+    });
+}
+
+int domain_ops_open(fid *, const char *name, uint64_t flags, void **ops, void *) noexcept
+{
+    if (!name || !ops || flags) {
+        MLX4_WARN(FI_LOG_DOMAIN, "fi_open_ops: bad arguments\n");
+        return -FI_EINVAL;
+    }
+    if (std::strcmp(name, FI_MLX4_DOMAIN_OPS_V1) != 0) {
+        MLX4_INFO(FI_LOG_DOMAIN, "fi_open_ops: unknown ops %s\n", name);
+        return -FI_ENOSYS;
+    }
+    *ops = &ext_ops;
+    return 0;
+}
+
+fi_ops domain_fi_ops = {
+    .size = sizeof(fi_ops),
+    .close = domain_close,
+    .bind = nosys,
+    .control = nosys,
+    .ops_open = domain_ops_open,
+    .tostr = nosys,
+    .ops_set = nosys,
+};
+
+// Endpoints, AVs, CQs, counters and memory registration arrive with the data
+// path; until then the domain answers -FI_ENOSYS for them.
+fi_ops_domain domain_ops = {
+    .size = sizeof(fi_ops_domain),
+    .av_open = nosys,
+    .cq_open = nosys,
+    .endpoint = nosys,
+    .scalable_ep = nosys,
+    .cntr_open = nosys,
+    .poll_open = nosys,
+    .stx_ctx = nosys,
+    .srx_ctx = nosys,
+    .query_atomic = nosys,
+    .query_collective = nosys,
+    .endpoint2 = nosys,
+};
+
+fi_ops_mr domain_mr_ops = {
+    .size = sizeof(fi_ops_mr),
+    .reg = nosys,
+    .regv = nosys,
+    .regattr = nosys,
+};
+
+fi_mlx4_rail_attr to_rail_attr(const rail::rail_desc &r, const device::device_attr &dev)
+{
+    fi_mlx4_rail_attr a{};
+    std::snprintf(a.device, sizeof a.device, "%s", r.device_name.c_str());
+    a.port = r.port;
+    a.link_layer = r.link == device::link_layer::ib ? FI_MLX4_LINK_IB : FI_MLX4_LINK_ETHERNET;
+    for (const device::port_attr &p : dev.ports) {
+        if (p.num != r.port)
+            continue;
+        a.active_speed = p.active_speed;
+        a.active_width = p.active_width;
+        a.lid = p.lid;
+        a.gid_index = static_cast<int16_t>(p.gid_index);
+        for (const device::gid_entry &g : p.gids)
+            if (static_cast<int>(g.index) == p.gid_index)
+                std::memcpy(a.gid, g.value.data(), sizeof a.gid);
+        a.mtu = p.mtu;
+    }
+    a.pcie_gen = dev.pcie.gen;
+    a.pcie_lanes = dev.pcie.lanes;
+    a.port_gbps = r.port_gbps;
+    a.effective_gbps = r.effective_gbps;
+    a.weight = r.weight;
+    return a;
+}
+
+} // namespace
+
+int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *context) noexcept
+{
+    return call("fi_domain", [&] {
+        if (!fabric || !info || !info->domain_attr || !info->domain_attr->name || !domain) {
+            MLX4_WARN(FI_LOG_DOMAIN, "fi_domain: missing fabric, info or domain name\n");
+            return -FI_EINVAL;
+        }
+        fabric_obj *fab = to_fabric(fabric);
+        const rail::domain_desc *desc = nullptr;
+        for (const rail::domain_desc &d : fab->desc.domains)
+            if (d.name == info->domain_attr->name)
+                desc = &d;
+        if (!desc) {
+            MLX4_WARN(FI_LOG_DOMAIN, "fi_domain: fabric %s has no domain %s\n",
+                      fab->desc.name.c_str(), info->domain_attr->name);
+            return -FI_EINVAL;
+        }
+        const provider_state &st = state();
+        auto dom = std::make_unique<domain_obj>();
+        dom->fabric = fab;
+        dom->desc = *desc;
+        for (const rail::rail_desc &r : desc->rails)
+            dom->rails.push_back(to_rail_attr(r, st.attrs.at(r.device_index)));
+        if (info->domain_attr->threading != FI_THREAD_UNSPEC)
+            dom->threading = info->domain_attr->threading;
+        dom->fid.fid.fclass = FI_CLASS_DOMAIN;
+        dom->fid.fid.context = context;
+        dom->fid.fid.ops = &domain_fi_ops;
+        dom->fid.ops = &domain_ops;
+        dom->fid.mr = &domain_mr_ops;
+        fab->open_domains.fetch_add(1);
+        *domain = &dom.release()->fid;
+        MLX4_INFO(FI_LOG_DOMAIN, "opened domain %s with %zu rail(s), %.1f Gb/s\n",
+                  desc->name.c_str(), desc->rails.size(), desc->total_gbps);
+        return 0;
+    });
+}
+
+} // namespace mlx4fi::ofi

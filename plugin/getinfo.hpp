@@ -1,0 +1,56 @@
+// fi_getinfo for the provider: one fi_info per (fabric, domain), narrowed to
+// the caller's hints field by field.
+#pragma once
+
+#include "mlx4fi/rail/topology.hpp"
+#include "mlx4fi/util/status.hpp"
+
+#include <rdma/fabric.h>
+
+#include <string>
+#include <vector>
+
+namespace mlx4fi::ofi {
+
+// What the provider offers on an RDM endpoint.
+inline constexpr uint64_t primary_caps = FI_MSG | FI_TAGGED | FI_RMA | FI_READ | FI_WRITE |
+                                         FI_SEND | FI_RECV | FI_REMOTE_READ | FI_REMOTE_WRITE |
+                                         FI_DIRECTED_RECV | FI_MULTI_RECV;
+inline constexpr uint64_t secondary_caps = FI_SOURCE | FI_LOCAL_COMM | FI_REMOTE_COMM;
+inline constexpr uint64_t all_caps = primary_caps | secondary_caps;
+inline constexpr uint64_t rma_caps = FI_RMA | FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE;
+// The memory-registration modes RMA needs: remote keys chosen by the provider
+// (they carry per-rail hardware keys) and virtual addresses as targets.
+inline constexpr uint64_t rma_mr_mode = FI_MR_VIRT_ADDR | FI_MR_PROV_KEY;
+
+inline constexpr size_t max_msg_size = size_t(1) << 31; // 2 GiB: one mlx4 SGE
+inline constexpr size_t iov_limit = 4;
+inline constexpr size_t rma_iov_limit = 1;
+inline constexpr size_t inject_size = 64;
+inline constexpr size_t queue_size = 1024;
+inline constexpr size_t cq_data_size = 4; // RDMA WRITE immediate data is 32 bits
+inline constexpr uint64_t msg_order = FI_ORDER_SAS | FI_ORDER_RAR | FI_ORDER_RAW | FI_ORDER_WAW |
+                                      FI_ORDER_WAR | FI_ORDER_SAW | FI_ORDER_SAR;
+
+// A fresh fi_info describing one domain of a fabric with everything the
+// provider can do; free it with fi_freeinfo. Throws std::bad_alloc.
+fi_info *make_info(const rail::fabric_desc &fabric, const rail::domain_desc &domain);
+
+// Narrows an offer to what the hints ask for. Returns -FI_ENODATA, with the
+// reason in *why, when a hint cannot be honoured.
+status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std::string *why);
+
+// True when a fabric name hint selects this fabric: the exact name, or just
+// the link ("IB", "InfiniBand", "RoCE", "Ethernet", "RoCEv1", "RoCEv2").
+[[nodiscard]] bool fabric_name_matches(const char *hint, const rail::fabric_desc &fabric) noexcept;
+
+// Every offer of the topology that fits the hints, as one fi_info list.
+// -FI_ENODATA when none fits.
+status build_infos(const std::vector<rail::fabric_desc> &fabrics, uint32_t api_version,
+                   const fi_info *hints, fi_info **out);
+
+// The provider's getinfo entry point.
+int getinfo(uint32_t version, const char *node, const char *service, uint64_t flags,
+            const fi_info *hints, fi_info **info) noexcept;
+
+} // namespace mlx4fi::ofi

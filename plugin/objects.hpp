@@ -1,0 +1,12 @@
+// Entry points that open the provider's fi objects (one file per object).
+#pragma once
+
+#include <rdma/fabric.h>
+#include <rdma/fi_domain.h>
+
+namespace mlx4fi::ofi {
+
+int fabric_open(fi_fabric_attr *attr, fid_fabric **fabric, void *context) noexcept;
+int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *context) noexcept;
+
+} // namespace mlx4fi::ofi

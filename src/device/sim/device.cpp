@@ -1,0 +1,120 @@
+// The software HCA's devices: attributes derived from the spec exactly as a
+// ConnectX-3 reports them through verbs.
+#include "mlx4fi/device/sim.hpp"
+
+#include "mlx4fi/device/gid.hpp"
+#include "mlx4fi/util/log.hpp"
+
+namespace mlx4fi::device::sim {
+namespace {
+
+constexpr uint32_t mellanox_vendor = 0x02c9;
+constexpr uint32_t connectx3_part = 4099;
+// Simulated GUIDs live in an OUI-tagged range of their own: 00:02:c9 (Mellanox)
+// followed by 0xff5e ("sim") so they cannot collide with a real HCA's.
+constexpr uint64_t guid_base = 0x0002c9ff5e000000ull;
+// RoCE addresses come from 198.18.0.0/15, the range reserved for network
+// benchmarking (RFC 2544): never routed, so a simulated GID can't be mistaken
+// for a host's address.
+constexpr unsigned roce_prefix_len = 16;
+
+class sim_device final : public device {
+  public:
+    explicit sim_device(device_attr attr) : device(std::move(attr)) {}
+    backend_kind backend() const noexcept override { return backend_kind::sim; }
+};
+
+void put_u64(gid &g, size_t off, uint64_t v)
+{
+    for (int i = 7; i >= 0; --i, v >>= 8)
+        g[off + i] = static_cast<uint8_t>(v);
+}
+
+gid_entry entry(uint32_t index, gid_type type, const gid &value)
+{
+    return gid_entry{index, type, value};
+}
+
+} // namespace
+
+device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_override)
+{
+    device_attr a;
+    a.name = spec.name;
+    a.vendor_id = mellanox_vendor;
+    a.vendor_part_id = connectx3_part;
+    a.node_guid = guid_base + (uint64_t(index) << 8);
+    a.fw_version = "2.42.5000";
+    a.driver = "sim";
+    a.pcie = spec.pcie;
+    a.max_qp_wr = 16351;
+    a.max_sge = 32;
+    a.max_inline = 912;
+    a.max_mr_size_log2 = 63;
+
+    for (size_t i = 0; i < spec.ports.size(); ++i) {
+        const port_spec &ps = spec.ports[i];
+        port_attr p;
+        p.num = static_cast<uint8_t>(i + 1);
+        p.link = ps.link;
+        p.state = port_state::active;
+        p.active_speed = static_cast<uint8_t>(ps.speed);
+        p.active_width = static_cast<uint8_t>(ps.width);
+        uint64_t port_guid = a.node_guid + p.num;
+        gid link_local{};
+        link_local[0] = 0xfe;
+        link_local[1] = 0x80;
+        put_u64(link_local, 8, port_guid);
+        if (ps.link == link_layer::ib) {
+            // LIDs are handed out as a subnet manager would: unique, nonzero.
+            p.lid = static_cast<uint16_t>(1 + index * 2 + i);
+            p.mtu = 4096;
+            p.subnet_prefix = 0xfe80000000000000ull;
+            p.gids.push_back(entry(0, gid_type::ib, link_local));
+        } else {
+            // An Ethernet port's table as mlx4 fills it once an IPv4 address is
+            // configured: link-local v1/v2 at 0/1, the IPv4-mapped pair at 2/3.
+            p.mtu = 1024; // 1500-byte Ethernet MTU leaves room for a 1024 RoCE MTU
+            p.subnet_prefix = 0xfe80000000000000ull;
+            gid v4{};
+            v4[10] = v4[11] = 0xff;
+            v4[12] = 198;
+            v4[13] = 18;
+            v4[14] = static_cast<uint8_t>(index);
+            v4[15] = p.num;
+            p.gids = {entry(0, gid_type::roce_v1, link_local),
+                      entry(1, gid_type::roce_v2, link_local), entry(2, gid_type::roce_v1, v4),
+                      entry(3, gid_type::roce_v2, v4)};
+        }
+        p.gid_index = choose_gid_index(p.gids, p.link, gid_override);
+        if (p.link == link_layer::ethernet && p.gid_index >= 0)
+            p.network = gid_network(p.gids[static_cast<size_t>(p.gid_index)].value,
+                                    gid_is_ipv4_mapped(p.gids[static_cast<size_t>(p.gid_index)].value)
+                                        ? roce_prefix_len
+                                        : 64);
+        a.ports.push_back(std::move(p));
+    }
+    return a;
+}
+
+device_list discover(const util::config &cfg) noexcept
+{
+    device_list out;
+    try {
+        auto specs = parse_spec(cfg.sim_spec);
+        if (!specs.ok())
+            return out;
+        unsigned index = 0;
+        for (const device_spec &s : specs.value()) {
+            out.push_back(std::make_unique<sim_device>(make_device_attr(s, index++, cfg.gid_index)));
+            MLX4_INFO(FI_LOG_CORE, "software HCA %s: %zu port(s), PCIe gen%ux%u\n",
+                      s.name.c_str(), s.ports.size(), s.pcie.gen, s.pcie.lanes);
+        }
+    } catch (const std::exception &e) {
+        MLX4_WARN(FI_LOG_CORE, "software HCA set-up failed: %s\n", e.what());
+        out.clear();
+    }
+    return out;
+}
+
+} // namespace mlx4fi::device::sim

@@ -1,0 +1,176 @@
+// Parsing of the software HCA spec (FI_MLX4_SIM); grammar in sim.hpp.
+#include "mlx4fi/device/sim.hpp"
+
+#include "mlx4fi/util/log.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+namespace mlx4fi::device::sim {
+namespace {
+
+constexpr size_t max_devices = 16;
+constexpr size_t max_ports = 2; // ConnectX-3 has one or two ports
+
+std::string_view trim(std::string_view s)
+{
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front())))
+        s.remove_prefix(1);
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back())))
+        s.remove_suffix(1);
+    return s;
+}
+
+std::vector<std::string_view> split(std::string_view s, char sep)
+{
+    std::vector<std::string_view> out;
+    for (;;) {
+        size_t pos = s.find(sep);
+        out.push_back(trim(s.substr(0, pos)));
+        if (pos == std::string_view::npos)
+            return out;
+        s.remove_prefix(pos + 1);
+    }
+}
+
+bool iequals(std::string_view a, std::string_view b)
+{
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return std::tolower(static_cast<unsigned char>(x)) ==
+                      std::tolower(static_cast<unsigned char>(y));
+           });
+}
+
+bool valid_name(std::string_view name)
+{
+    if (name.empty() || name.size() > 31)
+        return false;
+    return std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+    });
+}
+
+bool parse_pcie(std::string_view t, pcie_link &out)
+{
+    if (t.size() < 6 || !iequals(t.substr(0, 3), "gen"))
+        return false;
+    char g = t[3];
+    if (g < '1' || g > '4' || (t[4] != 'x' && t[4] != 'X'))
+        return false;
+    std::string_view lanes = t.substr(5);
+    static constexpr std::pair<std::string_view, uint8_t> widths[] = {
+        {"1", 1}, {"2", 2}, {"4", 4}, {"8", 8}, {"16", 16}};
+    for (auto [text, n] : widths) {
+        if (lanes == text) {
+            out = {static_cast<uint8_t>(g - '0'), n};
+            return true;
+        }
+    }
+    return false;
+}
+
+bool parse_port(std::string_view t, port_spec &out)
+{
+    std::vector<std::string_view> f = split(t, '/');
+    if (f.size() < 2 || f.size() > 3)
+        return false;
+    if (iequals(f[0], "ib")) {
+        static constexpr std::pair<std::string_view, ib_speed> speeds[] = {
+            {"sdr", ib_speed::sdr}, {"ddr", ib_speed::ddr},     {"qdr", ib_speed::qdr},
+            {"fdr10", ib_speed::fdr10}, {"fdr", ib_speed::fdr}, {"edr", ib_speed::edr}};
+        auto s = std::find_if(std::begin(speeds), std::end(speeds),
+                              [&](auto &p) { return iequals(p.first, f[1]); });
+        if (s == std::end(speeds))
+            return false;
+        out = {link_layer::ib, s->second, ib_width::x4};
+        if (f.size() == 3) {
+            static constexpr std::pair<std::string_view, ib_width> widths[] = {
+                {"1x", ib_width::x1}, {"4x", ib_width::x4}, {"8x", ib_width::x8},
+                {"12x", ib_width::x12}};
+            auto w = std::find_if(std::begin(widths), std::end(widths),
+                                  [&](auto &p) { return iequals(p.first, f[2]); });
+            if (w == std::end(widths))
+                return false;
+            out.width = w->second;
+        }
+        return true;
+    }
+    if (iequals(f[0], "roce") && f.size() == 2) {
+        // mlx4 reports Ethernet rates through the IB enums; mirror it exactly.
+        if (iequals(f[1], "10g"))
+            out = {link_layer::ethernet, ib_speed::qdr, ib_width::x1};
+        else if (iequals(f[1], "40g"))
+            out = {link_layer::ethernet, ib_speed::qdr, ib_width::x4};
+        else if (iequals(f[1], "56g"))
+            out = {link_layer::ethernet, ib_speed::fdr, ib_width::x4};
+        else
+            return false;
+        return true;
+    }
+    return false;
+}
+
+status fail(std::string *why, std::string_view spec, std::string msg)
+{
+    MLX4_WARN(FI_LOG_CORE, "FI_MLX4_SIM='%.*s': %s; no simulated devices\n",
+              static_cast<int>(spec.size()), spec.data(), msg.c_str());
+    if (why)
+        *why = std::move(msg);
+    return err_inval;
+}
+
+std::string quoted(std::string_view token)
+{
+    return "'" + std::string(token) + "'";
+}
+
+} // namespace
+
+result<std::vector<device_spec>> parse_spec(std::string_view spec, std::string *why)
+{
+    std::string_view text = trim(spec);
+    if (text == "1")
+        text = default_spec;
+    if (text.empty())
+        return fail(why, spec, "empty spec");
+
+    std::vector<device_spec> devices;
+    for (std::string_view dev : split(text, ';')) {
+        if (dev.empty())
+            return fail(why, spec, "empty device entry (stray ';')");
+        size_t colon = dev.find(':');
+        if (colon == std::string_view::npos)
+            return fail(why, spec, "device " + quoted(dev) + " has no ':' before its ports");
+        std::string_view head = trim(dev.substr(0, colon));
+        device_spec d;
+        size_t at = head.find('@');
+        std::string_view name = trim(head.substr(0, at));
+        if (!valid_name(name))
+            return fail(why, spec, "bad device name " + quoted(name));
+        if (at != std::string_view::npos) {
+            std::string_view pcie = trim(head.substr(at + 1));
+            if (!parse_pcie(pcie, d.pcie))
+                return fail(why, spec, "bad PCIe link " + quoted(pcie) + " (want e.g. gen3x8)");
+        }
+        d.name = name;
+        for (const device_spec &other : devices)
+            if (other.name == d.name)
+                return fail(why, spec, "device name " + quoted(name) + " given twice");
+        for (std::string_view port : split(dev.substr(colon + 1), ',')) {
+            port_spec p;
+            if (!parse_port(port, p))
+                return fail(why, spec,
+                            "bad port " + quoted(port) +
+                                " (want ib/SPEED[/WIDTH] or roce/10g|40g|56g)");
+            d.ports.push_back(p);
+        }
+        if (d.ports.size() > max_ports)
+            return fail(why, spec, "device " + quoted(name) + " has more than 2 ports");
+        devices.push_back(std::move(d));
+        if (devices.size() > max_devices)
+            return fail(why, spec, "more than 16 devices");
+    }
+    return devices;
+}
+
+} // namespace mlx4fi::device::sim
