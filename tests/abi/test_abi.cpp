@@ -1,0 +1,256 @@
+// The provider as applications see it: real fi_getinfo / fi_fabric / fi_domain
+// calls through libfabric, which loads the built plugin from FI_PROVIDER_PATH.
+// meson runs this binary once per simulated host (FI_MLX4_SIM and friends are
+// read once per process), each time with a gtest filter naming the host.
+#include <rdma/fabric.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_ext_mlx4.h>
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct info_list {
+    fi_info *head = nullptr;
+    int ret = 0;
+    ~info_list() { fi_freeinfo(head); }
+    std::vector<fi_info *> items() const
+    {
+        std::vector<fi_info *> v;
+        for (fi_info *i = head; i; i = i->next)
+            v.push_back(i);
+        return v;
+    }
+};
+
+// fi_getinfo restricted to this provider, with optional fabric/domain names.
+void get(info_list &out, const char *fabric = nullptr, const char *domain = nullptr,
+         uint32_t version = FI_VERSION(1, 17), fi_info *extra = nullptr)
+{
+    fi_info *hints = extra ? fi_dupinfo(extra) : fi_allocinfo();
+    ASSERT_NE(hints, nullptr);
+    hints->fabric_attr->prov_name = strdup("mlx4");
+    if (fabric)
+        hints->fabric_attr->name = strdup(fabric);
+    if (domain)
+        hints->domain_attr->name = strdup(domain);
+    out.ret = fi_getinfo(version, nullptr, nullptr, 0, hints, &out.head);
+    fi_freeinfo(hints);
+}
+
+std::vector<fi_mlx4_rail_attr> rails_of(fi_info *info)
+{
+    fid_fabric *fabric = nullptr;
+    fid_domain *domain = nullptr;
+    std::vector<fi_mlx4_rail_attr> rails;
+    EXPECT_EQ(fi_fabric(info->fabric_attr, &fabric, nullptr), 0);
+    if (!fabric)
+        return rails;
+    EXPECT_EQ(fi_domain(fabric, info, &domain, nullptr), 0);
+    if (domain) {
+        fi_mlx4_domain_ops *ops = nullptr;
+        EXPECT_EQ(fi_open_ops(&domain->fid, FI_MLX4_DOMAIN_OPS_V1, 0,
+                              reinterpret_cast<void **>(&ops), nullptr),
+                  0);
+        if (ops) {
+            size_t n = 0;
+            EXPECT_EQ(ops->query_rails(domain, nullptr, &n), -FI_ETOOSMALL);
+            rails.resize(n);
+            EXPECT_EQ(ops->query_rails(domain, rails.data(), &n), 0);
+            EXPECT_EQ(n, rails.size());
+        }
+        EXPECT_EQ(fi_close(&domain->fid), 0);
+    }
+    EXPECT_EQ(fi_close(&fabric->fid), 0);
+    return rails;
+}
+
+} // namespace
+
+// FI_MLX4_SIM='mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g'
+TEST(ib_roce, lists_one_ib_and_one_roce_fabric)
+{
+    info_list l;
+    get(l);
+    ASSERT_EQ(l.ret, 0);
+    auto items = l.items();
+    ASSERT_EQ(items.size(), 2u);
+    EXPECT_STREQ(items[0]->fabric_attr->name, "IB-0xfe80000000000000");
+    EXPECT_STREQ(items[0]->domain_attr->name, "mlx4_0");
+    EXPECT_STREQ(items[1]->fabric_attr->name, "RoCEv2-198.18.0.0/16");
+    EXPECT_STREQ(items[1]->domain_attr->name, "mlx4_1");
+    for (fi_info *i : items) {
+        EXPECT_STREQ(i->fabric_attr->prov_name, "mlx4");
+        EXPECT_EQ(i->ep_attr->type, FI_EP_RDM);
+        EXPECT_TRUE(i->caps & FI_TAGGED);
+    }
+}
+
+TEST(ib_roce, fabric_prefix_selects_link)
+{
+    info_list ib, roce, exact, none;
+    get(ib, "IB");
+    ASSERT_EQ(ib.ret, 0);
+    ASSERT_EQ(ib.items().size(), 1u);
+    EXPECT_STREQ(ib.head->fabric_attr->name, "IB-0xfe80000000000000");
+    get(roce, "RoCE");
+    ASSERT_EQ(roce.ret, 0);
+    ASSERT_EQ(roce.items().size(), 1u);
+    EXPECT_STREQ(roce.head->domain_attr->name, "mlx4_1");
+    get(exact, "RoCEv2-198.18.0.0/16");
+    ASSERT_EQ(exact.ret, 0);
+    EXPECT_EQ(exact.items().size(), 1u);
+    get(none, "iWARP");
+    EXPECT_EQ(none.ret, -FI_ENODATA);
+    EXPECT_EQ(none.head, nullptr);
+}
+
+TEST(ib_roce, domain_hint_and_rails)
+{
+    info_list l;
+    get(l, nullptr, "mlx4_0");
+    ASSERT_EQ(l.ret, 0);
+    ASSERT_EQ(l.items().size(), 1u);
+    auto rails = rails_of(l.head);
+    ASSERT_EQ(rails.size(), 2u);
+    EXPECT_STREQ(rails[0].device, "mlx4_0");
+    EXPECT_EQ(rails[0].port, 1);
+    EXPECT_EQ(rails[0].link_layer, FI_MLX4_LINK_IB);
+    EXPECT_EQ(rails[0].active_speed, 16);
+    EXPECT_NEAR(rails[0].port_gbps, 54.545, 1e-3);
+    EXPECT_NEAR(rails[1].port_gbps, 32.0, 1e-9);
+    // One Gen3 x8 HCA: the two rails share 52 Gb/s, in proportion.
+    EXPECT_NEAR(rails[0].effective_gbps + rails[1].effective_gbps, 52.0, 0.1);
+    EXPECT_NEAR(rails[0].weight, 54.545 / 86.545, 1e-3);
+    EXPECT_NE(rails[0].lid, rails[1].lid);
+    EXPECT_EQ(rails[0].mtu, 4096u);
+}
+
+TEST(ib_roce, roce_rail_reports_gid)
+{
+    info_list l;
+    get(l, "RoCE");
+    ASSERT_EQ(l.ret, 0);
+    auto rails = rails_of(l.head);
+    ASSERT_EQ(rails.size(), 1u);
+    EXPECT_EQ(rails[0].link_layer, FI_MLX4_LINK_ETHERNET);
+    EXPECT_EQ(rails[0].lid, 0);
+    EXPECT_EQ(rails[0].gid_index, 3);
+    EXPECT_EQ(rails[0].gid[10], 0xff);
+    EXPECT_EQ(rails[0].gid[12], 198);
+    EXPECT_NEAR(rails[0].effective_gbps, 40.0, 1e-9);
+}
+
+TEST(ib_roce, bad_fabric_and_domain_opens_are_errors)
+{
+    info_list l;
+    get(l, "IB");
+    ASSERT_EQ(l.ret, 0);
+    fi_fabric_attr attr = *l.head->fabric_attr;
+    attr.name = const_cast<char *>("IB-0x1234");
+    fid_fabric *fabric = nullptr;
+    EXPECT_EQ(fi_fabric(&attr, &fabric, nullptr), -FI_ENODATA);
+    EXPECT_EQ(fabric, nullptr);
+
+    ASSERT_EQ(fi_fabric(l.head->fabric_attr, &fabric, nullptr), 0);
+    fi_info *other = fi_dupinfo(l.head);
+    free(other->domain_attr->name);
+    other->domain_attr->name = strdup("mlx4_1"); // a RoCE domain, not in this fabric
+    fid_domain *domain = nullptr;
+    EXPECT_EQ(fi_domain(fabric, other, &domain, nullptr), -FI_EINVAL);
+    EXPECT_EQ(domain, nullptr);
+    fi_freeinfo(other);
+
+    ASSERT_EQ(fi_domain(fabric, l.head, &domain, nullptr), 0);
+    EXPECT_EQ(fi_close(&fabric->fid), -FI_EBUSY); // domain still open
+    void *ops = nullptr;
+    EXPECT_EQ(fi_open_ops(&domain->fid, "no_such_ops", 0, &ops, nullptr), -FI_ENOSYS);
+    EXPECT_EQ(fi_close(&domain->fid), 0);
+    EXPECT_EQ(fi_close(&fabric->fid), 0);
+}
+
+TEST(ib_roce, open_mpi_hints_at_api_1_5)
+{
+    fi_info *h = fi_allocinfo();
+    h->mode = FI_CONTEXT | FI_CONTEXT2;
+    h->ep_attr->type = FI_EP_RDM;
+    h->caps = FI_TAGGED | FI_LOCAL_COMM | FI_REMOTE_COMM | FI_DIRECTED_RECV;
+    h->domain_attr->threading = FI_THREAD_DOMAIN;
+    h->domain_attr->control_progress = FI_PROGRESS_MANUAL;
+    h->domain_attr->data_progress = FI_PROGRESS_MANUAL;
+    h->domain_attr->resource_mgmt = FI_RM_ENABLED;
+    h->domain_attr->av_type = FI_AV_MAP;
+    h->domain_attr->cq_data_size = 4;
+    info_list l;
+    get(l, nullptr, nullptr, FI_VERSION(1, 5), h);
+    fi_freeinfo(h);
+    ASSERT_EQ(l.ret, 0);
+    ASSERT_EQ(l.items().size(), 2u);
+    EXPECT_EQ(l.head->domain_attr->threading, FI_THREAD_DOMAIN);
+    EXPECT_EQ(l.head->ep_attr->mem_tag_format, 0xAAAAAAAAAAAAAAAAull);
+}
+
+TEST(ib_roce, msg_endpoints_get_nodata)
+{
+    fi_info *h = fi_allocinfo();
+    h->ep_attr->type = FI_EP_MSG;
+    info_list l;
+    get(l, nullptr, nullptr, FI_VERSION(1, 17), h);
+    fi_freeinfo(h);
+    EXPECT_EQ(l.ret, -FI_ENODATA);
+}
+
+// FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr'
+TEST(two_hcas, combined_domain_first)
+{
+    info_list l;
+    get(l);
+    ASSERT_EQ(l.ret, 0);
+    auto items = l.items();
+    ASSERT_EQ(items.size(), 3u);
+    EXPECT_STREQ(items[0]->domain_attr->name, "mlx4_0+mlx4_1");
+    EXPECT_STREQ(items[1]->domain_attr->name, "mlx4_0");
+    EXPECT_STREQ(items[2]->domain_attr->name, "mlx4_1");
+    auto rails = rails_of(items[0]);
+    ASSERT_EQ(rails.size(), 2u);
+    EXPECT_STREQ(rails[0].device, "mlx4_0");
+    EXPECT_STREQ(rails[1].device, "mlx4_1");
+    // Separate HCAs each keep their PCIe link: 52 + 32.
+    EXPECT_NEAR(rails[0].effective_gbps, 52.0, 0.1);
+    EXPECT_NEAR(rails[1].effective_gbps, 32.0, 1e-9);
+}
+
+// FI_MLX4_SIM='mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g' FI_MLX4_LINK=roce
+TEST(link_roce, only_roce_fabrics)
+{
+    info_list l, ib;
+    get(l);
+    ASSERT_EQ(l.ret, 0);
+    ASSERT_EQ(l.items().size(), 1u);
+    EXPECT_STREQ(l.head->fabric_attr->name, "RoCEv2-198.18.0.0/16");
+    get(ib, "IB");
+    EXPECT_EQ(ib.ret, -FI_ENODATA);
+}
+
+// FI_MLX4_SIM='mlx4_0:ib/warp' (malformed)
+TEST(bad_spec, no_devices)
+{
+    info_list l;
+    get(l);
+    EXPECT_EQ(l.ret, -FI_ENODATA);
+    EXPECT_EQ(l.head, nullptr);
+}
+
+// No FI_MLX4_SIM, no RDMA device on the host.
+TEST(no_devices, nodata)
+{
+    info_list l;
+    get(l);
+    EXPECT_EQ(l.ret, -FI_ENODATA);
+}

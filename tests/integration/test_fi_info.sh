@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The fi_info commands a user types (issue: the provider loads, finds HCAs and
+# offers IB and RoCE fabrics), checked as TAP. Run by meson test with:
+#   $1 = build dir's plugin folder, $2 = the mlx4_rails example, $3 = build dir
+set -u
+plugin_dir=$1
+rails=$2
+build_dir=$3
+spec='mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g'
+n=0
+failed=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; shift; printf '#   %s\n' "$@"; }
+check() { # check NAME CONDITION-EXIT-CODE [diagnostics...]
+    local name=$1 rc=$2; shift 2
+    if [ "$rc" -eq 0 ]; then ok "$name"; else not_ok "$name" "$@"; fi
+}
+fabrics() { grep -a '^ *fabric:' | awk '{print $2}' | tr '\n' ' '; }
+domains() { grep -a '^ *domain:' | awk '{print $2}' | tr '\n' ' '; }
+run() { env FI_PROVIDER_PATH="$plugin_dir" "$@"; }
+
+out=$(run FI_MLX4_SIM="$spec" fi_info -p mlx4 2>&1); rc=$?
+[ $rc -eq 0 ] && [ "$(fabrics <<<"$out")" = "IB-0xfe80000000000000 RoCEv2-198.18.0.0/16 " ] \
+    && [ "$(domains <<<"$out")" = "mlx4_0 mlx4_1 " ]
+check "fi_info -p mlx4 lists an IB and a RoCE fabric with their domains" $? "$out"
+
+out=$(run FI_MLX4_SIM="$spec" fi_info -p mlx4 -f IB 2>&1)
+[ "$(fabrics <<<"$out")" = "IB-0xfe80000000000000 " ]
+check "fi_info -f IB lists only InfiniBand" $? "$out"
+
+out_roce=$(run FI_MLX4_SIM="$spec" fi_info -p mlx4 -f RoCE 2>&1)
+[ "$(fabrics <<<"$out_roce")" = "RoCEv2-198.18.0.0/16 " ]
+check "fi_info -f RoCE lists only RoCE" $? "$out_roce"
+
+out_link=$(run FI_MLX4_SIM="$spec" FI_MLX4_LINK=roce fi_info -p mlx4 2>&1)
+[ "$out_link" = "$out_roce" ]
+check "FI_MLX4_LINK=roce is the same as -f RoCE" $? "$out_link"
+
+out=$(run FI_MLX4_SIM="$spec" FI_MLX4_LINK=ib fi_info -p mlx4 -f RoCE 2>&1); rc=$?
+[ $rc -eq 61 ]
+check "FI_MLX4_LINK=ib with -f RoCE finds nothing" $? "rc=$rc" "$out"
+
+out=$(run FI_MLX4_SIM="$spec" fi_info -p mlx4 -v 2>&1)
+grep -aq 'mem_tag_format: 0xaaaaaaaaaaaaaaaa' <<<"$out" && grep -aq 'max_msg_size: 2147483648' <<<"$out" \
+    && grep -aq 'FI_TAGGED' <<<"$out"
+check "fi_info -v shows the endpoint attributes" $? "$(head -40 <<<"$out")"
+
+out=$(run fi_info -e 2>&1 | tr -d '\0')
+missing=""
+for p in SIM LINK ANY_DEVICE GID_INDEX; do
+    grep -aq "^# FI_MLX4_$p: " <<<"$out" || missing="$missing $p"
+    help=$(grep -a -A1 "^# FI_MLX4_$p: " <<<"$out" | tail -1)
+    [ ${#help} -gt 20 ] || missing="$missing $p(help)"
+done
+[ -z "$missing" ]
+check "fi_info -e lists every FI_MLX4_* parameter with help" $? "missing:$missing"
+
+# fi_info's own answer when a provider has nothing is what it says for a
+# provider that does not exist at all; and the provider itself warns of nothing.
+none=$(env -u FI_MLX4_SIM fi_info -p no_such_provider 2>&1)
+out=$(env -u FI_MLX4_SIM FI_PROVIDER_PATH="$plugin_dir" fi_info -p mlx4 2>&1); rc=$?
+warn=$(env -u FI_MLX4_SIM FI_PROVIDER_PATH="$plugin_dir" FI_LOG_LEVEL=warn fi_info -p mlx4 2>&1 | grep -a ':mlx4:')
+[ $rc -eq 61 ] && [ "$out" = "$none" ] && [ -z "$warn" ]
+check "without FI_MLX4_SIM or RDMA devices: nothing, quietly, rc 61" $? "rc=$rc" "$out" "$warn"
+
+out=$(run FI_MLX4_SIM='mlx4_0:ib/fdr,ib/xdr' FI_LOG_LEVEL=warn fi_info -p mlx4 2>&1); rc=$?
+[ $rc -eq 61 ] && grep -aq "mlx4.*'ib/xdr'" <<<"$out"
+check "a malformed spec logs the bad token and offers nothing" $? "rc=$rc" "$out"
+
+out=$(run FI_MLX4_SIM=1 fi_info -p mlx4 2>&1)
+[ "$(domains <<<"$out")" = "mlx4_0 " ]
+check "FI_MLX4_SIM=1 is the default host" $? "$out"
+
+out=$(run FI_MLX4_SIM='mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g' "$rails" 2>&1); rc=$?
+[ $rc -eq 0 ] && grep -aq 'mlx4_0 *1 IB *4x FDR .* 54.55 *32.77 *0.630' <<<"$out" \
+    && grep -aq 'mlx4_1 *1 Ethernet *4x QDR .* 40.00 *40.00 *1.000' <<<"$out"
+check "mlx4_rails shows rails with effective rates and weights" $? "$out"
+
+# meson install: the plugin lands in libfabric's provider folder, from where
+# libfabric loads it (staged under DESTDIR so the test leaves the host alone).
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+provdir=$(pkg-config --variable=libdir libfabric)/libfabric
+if meson install -C "$build_dir" --destdir "$stage" --no-rebuild >"$stage/log" 2>&1 \
+    && [ -f "$stage$provdir/libmlx4-fi.so" ]; then
+    out=$(env FI_PROVIDER_PATH="$stage$provdir" FI_MLX4_SIM=1 fi_info -p mlx4 2>&1)
+    grep -aq 'domain: mlx4_0' <<<"$out"
+    check "meson install puts libmlx4-fi.so in $provdir, loadable from there" $? "$out"
+else
+    not_ok "meson install puts libmlx4-fi.so in $provdir" "$(cat "$stage/log")" "$(find "$stage" -name '*.so')"
+fi
+
+exports=$(nm -D --defined-only "$plugin_dir/libmlx4-fi.so" | awk '$2 ~ /[TDBRVW]/ {print $3}' | tr '\n' ' ')
+[ "$exports" = "fi_prov_ini " ]
+check "the plugin exports only fi_prov_ini" $? "exports: $exports"
+
+echo "1..$n"
+[ $failed -eq 0 ]
