@@ -9,7 +9,8 @@
 #include <exception>
 #include <new>
 
-namespace mlx4fi::ofi {
+namespace mlx4fi::ofi
+{
 
 template <class F> int call(const char *what, F &&body) noexcept
 {

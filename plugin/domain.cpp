@@ -11,8 +11,10 @@
 #include <cstring>
 #include <memory>
 
-namespace mlx4fi::ofi {
-namespace {
+namespace mlx4fi::ofi
+{
+namespace
+{
 
 int query_rails(fid_domain *d, fi_mlx4_rail_attr *rails, size_t *count) noexcept
 {
@@ -98,8 +100,7 @@ fi_mlx4_rail_attr to_rail_attr(const rail::rail_desc &r, const device::device_at
     a.port = r.port;
     a.link_layer = r.link == device::link_layer::ib ? FI_MLX4_LINK_IB : FI_MLX4_LINK_ETHERNET;
     for (const device::port_attr &p : dev.ports) {
-        if (p.num != r.port)
-            continue;
+        if (p.num != r.port) continue;
         a.active_speed = p.active_speed;
         a.active_width = p.active_width;
         a.lid = p.lid;
@@ -129,8 +130,7 @@ int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *co
         fabric_obj *fab = to_fabric(fabric);
         const rail::domain_desc *desc = nullptr;
         for (const rail::domain_desc &d : fab->desc.domains)
-            if (d.name == info->domain_attr->name)
-                desc = &d;
+            if (d.name == info->domain_attr->name) desc = &d;
         if (!desc) {
             MLX4_WARN(FI_LOG_DOMAIN, "fi_domain: fabric %s has no domain %s\n",
                       fab->desc.name.c_str(), info->domain_attr->name);

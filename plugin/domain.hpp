@@ -8,11 +8,12 @@
 
 #include <vector>
 
-namespace mlx4fi::ofi {
+namespace mlx4fi::ofi
+{
 
 struct domain_obj {
-    fid_domain fid;      // first: the C handle the application holds
-    fabric_obj *fabric;  // not owned; kept open (open_domains) while this lives
+    fid_domain fid;     // first: the C handle the application holds
+    fabric_obj *fabric; // not owned; kept open (open_domains) while this lives
     rail::domain_desc desc;
     std::vector<fi_mlx4_rail_attr> rails; // desc's rails as the extension reports them
     int threading = FI_THREAD_SAFE;

@@ -11,8 +11,10 @@
 #include <cstring>
 #include <memory>
 
-namespace mlx4fi::ofi {
-namespace {
+namespace mlx4fi::ofi
+{
+namespace
+{
 
 int fabric_close(fid *f) noexcept
 {
@@ -70,8 +72,7 @@ int fabric_open(fi_fabric_attr *attr, fid_fabric **fabric, void *context) noexce
         }
         const provider_state &st = state();
         for (const rail::fabric_desc &desc : st.fabrics) {
-            if (desc.name != attr->name)
-                continue;
+            if (desc.name != attr->name) continue;
             auto fab = std::make_unique<fabric_obj>();
             fab->desc = desc;
             fab->fid.fid.fclass = FI_CLASS_FABRIC;

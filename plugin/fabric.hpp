@@ -7,7 +7,8 @@
 
 #include <atomic>
 
-namespace mlx4fi::ofi {
+namespace mlx4fi::ofi
+{
 
 struct fabric_obj {
     fid_fabric fid; // first: the C handle the application holds

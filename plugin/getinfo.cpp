@@ -13,14 +13,15 @@
 #include <cstring>
 #include <new>
 
-namespace mlx4fi::ofi {
-namespace {
+namespace mlx4fi::ofi
+{
+namespace
+{
 
 char *dup_str(const std::string &s)
 {
     char *p = strdup(s.c_str());
-    if (!p)
-        throw std::bad_alloc();
+    if (!p) throw std::bad_alloc();
     return p;
 }
 
@@ -29,10 +30,19 @@ struct info_deleter {
 };
 using info_ptr = std::unique_ptr<fi_info, info_deleter>;
 
+// An enum field of a caller's struct as the integer it holds. C callers may
+// store any value there; loading it as the C++ enum type would be undefined.
+template <class E> int raw(const E &field) noexcept
+{
+    static_assert(sizeof(E) == sizeof(int));
+    int v;
+    std::memcpy(&v, &field, sizeof v);
+    return v;
+}
+
 status refuse(std::string *why, std::string reason)
 {
-    if (why)
-        *why = std::move(reason);
+    if (why) *why = std::move(reason);
     return err_nodata;
 }
 
@@ -49,10 +59,8 @@ uint64_t caller_mr_bits(const fi_info *hints, uint32_t api_version, bool &unspec
     int mode = hints->domain_attr->mr_mode;
     if (FI_VERSION_LT(api_version, FI_VERSION(1, 5)) || mode == FI_MR_BASIC ||
         mode == FI_MR_SCALABLE) {
-        if (mode == FI_MR_BASIC)
-            return FI_MR_VIRT_ADDR | FI_MR_PROV_KEY | FI_MR_ALLOCATED;
-        if (mode == FI_MR_SCALABLE)
-            return 0;
+        if (mode == FI_MR_BASIC) return FI_MR_VIRT_ADDR | FI_MR_PROV_KEY | FI_MR_ALLOCATED;
+        if (mode == FI_MR_SCALABLE) return 0;
         unspecified = true;
         return 0;
     }
@@ -64,8 +72,7 @@ uint64_t caller_mr_bits(const fi_info *hints, uint32_t api_version, bool &unspec
 fi_info *make_info(const rail::fabric_desc &fabric, const rail::domain_desc &domain)
 {
     info_ptr info(fi_allocinfo());
-    if (!info)
-        throw std::bad_alloc();
+    if (!info) throw std::bad_alloc();
     fi_info &i = *info;
     i.caps = all_caps;
     i.mode = 0;
@@ -138,15 +145,11 @@ fi_info *make_info(const rail::fabric_desc &fabric, const rail::domain_desc &dom
 
 bool fabric_name_matches(const char *hint, const rail::fabric_desc &fabric) noexcept
 {
-    if (!hint)
-        return true;
-    if (fabric.name == hint)
-        return true;
+    if (!hint) return true;
+    if (fabric.name == hint) return true;
     bool ib = fabric.link == device::link_layer::ib;
-    if (!strcasecmp(hint, "IB") || !strcasecmp(hint, "InfiniBand"))
-        return ib;
-    if (!strcasecmp(hint, "RoCE") || !strcasecmp(hint, "Ethernet"))
-        return !ib;
+    if (!strcasecmp(hint, "IB") || !strcasecmp(hint, "InfiniBand")) return ib;
+    if (!strcasecmp(hint, "RoCE") || !strcasecmp(hint, "Ethernet")) return !ib;
     if (!strcasecmp(hint, "RoCEv1") || !strcasecmp(hint, "RoCEv2"))
         return !ib && !strncasecmp(fabric.name.c_str(), hint, 6);
     return false;
@@ -171,8 +174,7 @@ status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std
 
     uint64_t caps = hints->caps ? (hints->caps | secondary_caps) : all_caps;
     if (caps & rma_caps & hints->caps) {
-        if (!rma_ok)
-            return refuse(why, "RMA needs mr_mode FI_MR_VIRT_ADDR | FI_MR_PROV_KEY");
+        if (!rma_ok) return refuse(why, "RMA needs mr_mode FI_MR_VIRT_ADDR | FI_MR_PROV_KEY");
     } else if (!rma_ok) {
         caps &= ~rma_caps; // not asked for, and the caller cannot handle our keys
     }
@@ -188,43 +190,44 @@ status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std
     offer.rx_attr->caps &= caps;
 
     if (const fi_ep_attr *e = hints->ep_attr) {
-        if (e->type != FI_EP_UNSPEC && e->type != FI_EP_RDM)
+        if (raw(e->type) != FI_EP_UNSPEC && raw(e->type) != FI_EP_RDM)
             return refuse(why, "endpoint type other than FI_EP_RDM");
-        if (e->protocol != FI_PROTO_UNSPEC)
-            return refuse(why, "a specific wire protocol");
-        if (e->max_msg_size > max_msg_size)
-            return refuse(why, "max_msg_size above 2 GiB");
+        if (e->protocol != FI_PROTO_UNSPEC) return refuse(why, "a specific wire protocol");
+        if (e->max_msg_size > max_msg_size) return refuse(why, "max_msg_size above 2 GiB");
         if (e->tx_ctx_cnt > 1 || e->rx_ctx_cnt > 1)
             return refuse(why, "scalable endpoints or shared contexts");
-        if (e->mem_tag_format)
-            offer.ep_attr->mem_tag_format = e->mem_tag_format;
+        if (e->mem_tag_format) offer.ep_attr->mem_tag_format = e->mem_tag_format;
     }
 
     if (const fi_domain_attr *d = hints->domain_attr) {
         if (d->name && strcmp(d->name, offer.domain_attr->name) != 0)
             return refuse(why, std::string("domain name ") + d->name);
-        if (d->threading != FI_THREAD_UNSPEC)
-            offer.domain_attr->threading = d->threading;
-        if (d->control_progress == FI_PROGRESS_AUTO || d->data_progress == FI_PROGRESS_AUTO)
+        int threading = raw(d->threading);
+        if (threading < FI_THREAD_UNSPEC || threading > FI_THREAD_ENDPOINT)
+            return refuse(why, "threading level");
+        if (threading != FI_THREAD_UNSPEC) offer.domain_attr->threading = d->threading;
+        int control = raw(d->control_progress), data = raw(d->data_progress);
+        if (control == FI_PROGRESS_AUTO || data == FI_PROGRESS_AUTO)
             return refuse(why, "FI_PROGRESS_AUTO (progress is manual)");
-        if (d->resource_mgmt != FI_RM_UNSPEC)
-            offer.domain_attr->resource_mgmt = d->resource_mgmt;
-        if (d->av_type != FI_AV_UNSPEC) {
-            if (d->av_type != FI_AV_MAP && d->av_type != FI_AV_TABLE)
-                return refuse(why, "address vector type");
+        if ((control != FI_PROGRESS_UNSPEC && control != FI_PROGRESS_MANUAL) ||
+            (data != FI_PROGRESS_UNSPEC && data != FI_PROGRESS_MANUAL))
+            return refuse(why, "progress model");
+        int rm = raw(d->resource_mgmt);
+        if (rm != FI_RM_UNSPEC && rm != FI_RM_DISABLED && rm != FI_RM_ENABLED)
+            return refuse(why, "resource management");
+        if (rm != FI_RM_UNSPEC) offer.domain_attr->resource_mgmt = d->resource_mgmt;
+        int av = raw(d->av_type);
+        if (av != FI_AV_UNSPEC) {
+            if (av != FI_AV_MAP && av != FI_AV_TABLE) return refuse(why, "address vector type");
             offer.domain_attr->av_type = d->av_type;
         }
-        if (d->cq_data_size > cq_data_size)
-            return refuse(why, "cq_data_size above 4 bytes");
-        if (d->mr_key_size > sizeof(uint64_t))
-            return refuse(why, "mr_key_size above 8 bytes");
-        if (d->caps & ~(FI_LOCAL_COMM | FI_REMOTE_COMM))
-            return refuse(why, "domain capabilities");
+        if (d->cq_data_size > cq_data_size) return refuse(why, "cq_data_size above 4 bytes");
+        if (d->mr_key_size > sizeof(uint64_t)) return refuse(why, "mr_key_size above 8 bytes");
+        if (d->caps & ~(FI_LOCAL_COMM | FI_REMOTE_COMM)) return refuse(why, "domain capabilities");
     }
     if (caps & rma_caps) {
         offer.domain_attr->mr_mode = static_cast<int>(rma_mr_mode);
-        if (FI_VERSION_LT(api_version, FI_VERSION(1, 5)))
-            offer.domain_attr->mr_mode = FI_MR_BASIC;
+        if (FI_VERSION_LT(api_version, FI_VERSION(1, 5))) offer.domain_attr->mr_mode = FI_MR_BASIC;
     } else {
         offer.domain_attr->mr_mode = 0;
     }
@@ -233,28 +236,20 @@ status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std
         if (t->inject_size > inject_size || t->size > queue_size || t->iov_limit > iov_limit ||
             t->rma_iov_limit > rma_iov_limit)
             return refuse(why, "transmit queue sizes or limits");
-        if (t->msg_order & ~msg_order)
-            return refuse(why, "message ordering");
-        if (t->comp_order & ~FI_ORDER_NONE)
-            return refuse(why, "completion ordering");
-        if (t->caps & ~all_caps)
-            return refuse(why, "transmit capabilities");
-        if (t->caps)
-            offer.tx_attr->caps &= t->caps | secondary_caps;
+        if (t->msg_order & ~msg_order) return refuse(why, "message ordering");
+        if (t->comp_order & ~FI_ORDER_NONE) return refuse(why, "completion ordering");
+        if (t->caps & ~all_caps) return refuse(why, "transmit capabilities");
+        if (t->caps) offer.tx_attr->caps &= t->caps | secondary_caps;
         offer.tx_attr->op_flags = t->op_flags;
         offer.tx_attr->msg_order = t->msg_order ? t->msg_order : msg_order;
     }
     if (const fi_rx_attr *r = hints->rx_attr) {
         if (r->size > queue_size || r->iov_limit > iov_limit || r->total_buffered_recv > 0)
             return refuse(why, "receive queue sizes or limits");
-        if (r->msg_order & ~msg_order)
-            return refuse(why, "message ordering");
-        if (r->comp_order & ~FI_ORDER_NONE)
-            return refuse(why, "completion ordering");
-        if (r->caps & ~all_caps)
-            return refuse(why, "receive capabilities");
-        if (r->caps)
-            offer.rx_attr->caps &= r->caps | secondary_caps;
+        if (r->msg_order & ~msg_order) return refuse(why, "message ordering");
+        if (r->comp_order & ~FI_ORDER_NONE) return refuse(why, "completion ordering");
+        if (r->caps & ~all_caps) return refuse(why, "receive capabilities");
+        if (r->caps) offer.rx_attr->caps &= r->caps | secondary_caps;
         offer.rx_attr->op_flags = r->op_flags;
         offer.rx_attr->msg_order = r->msg_order ? r->msg_order : msg_order;
     }
@@ -264,8 +259,7 @@ status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std
 status build_infos(const std::vector<rail::fabric_desc> &fabrics, uint32_t api_version,
                    const fi_info *hints, fi_info **out)
 {
-    const char *fabric_hint =
-        hints && hints->fabric_attr ? hints->fabric_attr->name : nullptr;
+    const char *fabric_hint = hints && hints->fabric_attr ? hints->fabric_attr->name : nullptr;
     fi_info *head = nullptr, **tail = &head;
     info_ptr guard; // owns the list until it is handed out
     for (const rail::fabric_desc &fab : fabrics) {
@@ -284,12 +278,10 @@ status build_infos(const std::vector<rail::fabric_desc> &fabrics, uint32_t api_v
             }
             *tail = offer.release();
             tail = &(*tail)->next;
-            if (!guard)
-                guard.reset(head);
+            if (!guard) guard.reset(head);
         }
     }
-    if (!head)
-        return err_nodata;
+    if (!head) return err_nodata;
     *out = guard.release();
     return status::ok();
 }
@@ -300,8 +292,8 @@ int getinfo(uint32_t version, const char *node, const char *service, uint64_t fl
     return call("fi_getinfo", [&] {
         // Utility providers layer over core providers with MSG/DGRAM hints;
         // this provider is RDM only, so answer them quietly.
-        if (hints && hints->ep_attr && hints->ep_attr->type != FI_EP_UNSPEC &&
-            hints->ep_attr->type != FI_EP_RDM)
+        if (hints && hints->ep_attr && raw(hints->ep_attr->type) != FI_EP_UNSPEC &&
+            raw(hints->ep_attr->type) != FI_EP_RDM)
             return -FI_ENODATA;
         (void)node; // addresses are exchanged out of band (fi_getname / fi_av_insert)
         (void)service;

@@ -10,7 +10,8 @@
 #include <string>
 #include <vector>
 
-namespace mlx4fi::ofi {
+namespace mlx4fi::ofi
+{
 
 // What the provider offers on an RDM endpoint.
 inline constexpr uint64_t primary_caps = FI_MSG | FI_TAGGED | FI_RMA | FI_READ | FI_WRITE |

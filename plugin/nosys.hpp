@@ -5,7 +5,8 @@
 
 #include <rdma/fi_errno.h>
 
-namespace mlx4fi::ofi {
+namespace mlx4fi::ofi
+{
 
 template <class... Args> int nosys(Args...) noexcept
 {

@@ -4,7 +4,8 @@
 #include <rdma/fabric.h>
 #include <rdma/fi_domain.h>
 
-namespace mlx4fi::ofi {
+namespace mlx4fi::ofi
+{
 
 int fabric_open(fi_fabric_attr *attr, fid_fabric **fabric, void *context) noexcept;
 int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *context) noexcept;

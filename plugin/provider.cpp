@@ -8,8 +8,10 @@
 #include <memory>
 #include <mutex>
 
-namespace mlx4fi::ofi {
-namespace {
+namespace mlx4fi::ofi
+{
+namespace
+{
 
 std::mutex state_lock;
 // A plain pointer on purpose: libfabric calls cleanup from its own destructor,

@@ -8,7 +8,8 @@
 
 #include <rdma/providers/fi_prov.h>
 
-namespace mlx4fi::ofi {
+namespace mlx4fi::ofi
+{
 
 inline constexpr const char *provider_name = "mlx4";
 inline constexpr uint32_t provider_version = FI_VERSION(0, 1);
@@ -17,7 +18,7 @@ extern fi_provider mlx4_prov;
 
 struct provider_state {
     util::config cfg;
-    device::device_list devices; // owned; opened once, closed at cleanup
+    device::device_list devices;            // owned; opened once, closed at cleanup
     std::vector<device::device_attr> attrs; // devices[i]->attr(), for the topology
     std::vector<rail::fabric_desc> fabrics;
 };

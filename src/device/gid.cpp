@@ -9,7 +9,8 @@
 #include <algorithm>
 #include <cstdio>
 
-namespace mlx4fi::device {
+namespace mlx4fi::device
+{
 
 bool gid_is_zero(const gid &g) noexcept
 {
@@ -19,8 +20,7 @@ bool gid_is_zero(const gid &g) noexcept
 bool gid_is_ipv4_mapped(const gid &g) noexcept
 {
     for (int i = 0; i < 10; ++i)
-        if (g[i] != 0)
-            return false;
+        if (g[i] != 0) return false;
     return g[10] == 0xff && g[11] == 0xff;
 }
 
@@ -40,22 +40,19 @@ int choose_gid_index(std::span<const gid_entry> table, link_layer link, int over
     }
     if (link == link_layer::ib) {
         for (const gid_entry &e : table)
-            if (e.index == 0 && !gid_is_zero(e.value))
-                return 0;
+            if (e.index == 0 && !gid_is_zero(e.value)) return 0;
         return table.empty() ? -1 : static_cast<int>(table.front().index);
     }
     // Lower rank is better; ties go to the lower index.
     auto rank = [](const gid_entry &e) {
         bool routable = gid_is_ipv4_mapped(e.value) || !gid_is_link_local(e.value);
         bool v2 = e.type == gid_type::roce_v2;
-        if (routable)
-            return v2 ? 0 : 1;
+        if (routable) return v2 ? 0 : 1;
         return v2 ? 2 : 3;
     };
     int best = -1, best_rank = 4;
     for (const gid_entry &e : table) {
-        if (gid_is_zero(e.value) || e.type == gid_type::ib)
-            continue;
+        if (gid_is_zero(e.value) || e.type == gid_type::ib) continue;
         int r = rank(e);
         if (r < best_rank || (r == best_rank && e.index < static_cast<uint32_t>(best))) {
             best_rank = r;
@@ -70,8 +67,8 @@ std::string gid_network(const gid &g, unsigned prefix_len)
     char buf[INET6_ADDRSTRLEN + 8];
     if (gid_is_ipv4_mapped(g)) {
         prefix_len = std::min(prefix_len, 32u);
-        uint32_t addr = (uint32_t(g[12]) << 24) | (uint32_t(g[13]) << 16) |
-                        (uint32_t(g[14]) << 8) | g[15];
+        uint32_t addr =
+            (uint32_t(g[12]) << 24) | (uint32_t(g[13]) << 16) | (uint32_t(g[14]) << 8) | g[15];
         uint32_t mask = prefix_len ? ~uint32_t(0) << (32 - prefix_len) : 0;
         addr &= mask;
         std::snprintf(buf, sizeof buf, "%u.%u.%u.%u/%u", addr >> 24, (addr >> 16) & 0xff,

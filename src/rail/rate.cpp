@@ -1,7 +1,8 @@
 // Effective data rates; see rate.hpp.
 #include "mlx4fi/rail/rate.hpp"
 
-namespace mlx4fi::rail {
+namespace mlx4fi::rail
+{
 
 using device::ib_speed;
 using device::ib_width;
@@ -119,13 +120,11 @@ double pcie_data_gbps(device::pcie_link link) noexcept
 
 void apply_cap(std::span<double> rates, double cap) noexcept
 {
-    if (cap <= 0.0)
-        return;
+    if (cap <= 0.0) return;
     double sum = 0.0;
     for (double r : rates)
         sum += r;
-    if (sum <= cap)
-        return;
+    if (sum <= cap) return;
     double scale = cap / sum;
     for (double &r : rates)
         r *= scale;

@@ -7,7 +7,8 @@
 #include <cinttypes>
 #include <cstdio>
 
-namespace mlx4fi::rail {
+namespace mlx4fi::rail
+{
 
 using device::link_layer;
 
@@ -26,27 +27,24 @@ bool link_allowed(link_layer link, util::link_filter filter) noexcept
 
 std::string fabric_name(const device::port_attr &port)
 {
-    if (port.state != device::port_state::active)
-        return {};
-    if (port_data_gbps(port.link, port.active_speed, port.active_width) <= 0.0)
-        return {};
+    if (port.state != device::port_state::active) return {};
+    if (port_data_gbps(port.link, port.active_speed, port.active_width) <= 0.0) return {};
     char buf[96];
     if (port.link == link_layer::ib) {
         std::snprintf(buf, sizeof buf, "IB-0x%016" PRIx64, port.subnet_prefix);
         return buf;
     }
-    if (port.gid_index < 0 || port.network.empty())
-        return {};
+    if (port.gid_index < 0 || port.network.empty()) return {};
     device::gid_type type = device::gid_type::roce_v1;
     for (const device::gid_entry &e : port.gids)
-        if (e.index == static_cast<uint32_t>(port.gid_index))
-            type = e.type;
+        if (e.index == static_cast<uint32_t>(port.gid_index)) type = e.type;
     std::snprintf(buf, sizeof buf, "RoCEv%d-%s", type == device::gid_type::roce_v2 ? 2 : 1,
                   port.network.c_str());
     return buf;
 }
 
-namespace {
+namespace
+{
 
 // Fills effective rates (PCIe share per device among the domain's rails) and
 // weights.
@@ -55,15 +53,12 @@ void weigh(domain_desc &dom, std::span<const device::device_attr> devices)
     for (size_t d = 0; d < devices.size(); ++d) {
         std::vector<double> rates;
         for (const rail_desc &r : dom.rails)
-            if (r.device_index == d)
-                rates.push_back(r.port_gbps);
-        if (rates.empty())
-            continue;
+            if (r.device_index == d) rates.push_back(r.port_gbps);
+        if (rates.empty()) continue;
         apply_cap(rates, pcie_data_gbps(devices[d].pcie));
         size_t i = 0;
         for (rail_desc &r : dom.rails)
-            if (r.device_index == d)
-                r.effective_gbps = rates[i++];
+            if (r.device_index == d) r.effective_gbps = rates[i++];
     }
     dom.total_gbps = 0.0;
     for (const rail_desc &r : dom.rails)
@@ -87,20 +82,17 @@ std::vector<fabric_desc> build_topology(std::span<const device::device_attr> dev
                          dev.name.c_str(), port.num, static_cast<int>(port.state));
                 continue;
             }
-            if (!link_allowed(port.link, filter))
-                continue;
+            if (!link_allowed(port.link, filter)) continue;
             fabric_desc *fab = nullptr;
             for (fabric_desc &f : fabrics)
-                if (f.name == name)
-                    fab = &f;
+                if (f.name == name) fab = &f;
             if (!fab) {
                 fabrics.push_back(fabric_desc{name, port.link, {}});
                 fab = &fabrics.back();
             }
             domain_desc *dom = nullptr;
             for (domain_desc &m : fab->domains)
-                if (m.name == dev.name)
-                    dom = &m;
+                if (m.name == dev.name) dom = &m;
             if (!dom) {
                 fab->domains.push_back(domain_desc{dev.name, {}, 0.0});
                 dom = &fab->domains.back();

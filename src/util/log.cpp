@@ -3,8 +3,10 @@
 
 #include <atomic>
 
-namespace mlx4fi::util {
-namespace {
+namespace mlx4fi::util
+{
+namespace
+{
 
 // Used until the plugin installs its own (unit tests never load the plugin).
 const fi_provider fallback_provider = {

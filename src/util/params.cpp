@@ -5,8 +5,10 @@
 
 #include <strings.h>
 
-namespace mlx4fi::util {
-namespace {
+namespace mlx4fi::util
+{
+namespace
+{
 
 constexpr param_def table[] = {
     {"SIM", param_type::string,
@@ -45,8 +47,7 @@ void define_params(const fi_provider *prov) noexcept
 {
     for (const param_def &p : table) {
         int ret = fi_param_define(prov, p.name, to_fi(p.type), "%s", p.help);
-        if (ret)
-            MLX4_WARN(FI_LOG_CORE, "fi_param_define(%s) failed: %d\n", p.name, ret);
+        if (ret) MLX4_WARN(FI_LOG_CORE, "fi_param_define(%s) failed: %d\n", p.name, ret);
     }
 }
 
@@ -70,16 +71,14 @@ config load_config(const fi_provider *prov) noexcept
     config cfg;
     auto *p = const_cast<fi_provider *>(prov); // fi_param_get's signature is not const-correct
     char *str = nullptr;
-    if (fi_param_get_str(p, "SIM", &str) == FI_SUCCESS && str)
-        cfg.sim_spec = str;
+    if (fi_param_get_str(p, "SIM", &str) == FI_SUCCESS && str) cfg.sim_spec = str;
     str = nullptr;
     if (fi_param_get_str(p, "LINK", &str) == FI_SUCCESS && str) {
         if (!parse_link_filter(str, cfg.link))
             MLX4_WARN(FI_LOG_CORE, "FI_MLX4_LINK='%s' is not ib, roce or any; using any\n", str);
     }
     int b = 0;
-    if (fi_param_get_bool(p, "ANY_DEVICE", &b) == FI_SUCCESS)
-        cfg.any_device = b != 0;
+    if (fi_param_get_bool(p, "ANY_DEVICE", &b) == FI_SUCCESS) cfg.any_device = b != 0;
     int gid = -1;
     if (fi_param_get_int(p, "GID_INDEX", &gid) == FI_SUCCESS) {
         if (gid < -1) {

@@ -14,7 +14,8 @@
 #include <string>
 #include <vector>
 
-namespace {
+namespace
+{
 
 struct info_list {
     fi_info *head = nullptr;
@@ -36,10 +37,8 @@ void get(info_list &out, const char *fabric = nullptr, const char *domain = null
     fi_info *hints = extra ? fi_dupinfo(extra) : fi_allocinfo();
     ASSERT_NE(hints, nullptr);
     hints->fabric_attr->prov_name = strdup("mlx4");
-    if (fabric)
-        hints->fabric_attr->name = strdup(fabric);
-    if (domain)
-        hints->domain_attr->name = strdup(domain);
+    if (fabric) hints->fabric_attr->name = strdup(fabric);
+    if (domain) hints->domain_attr->name = strdup(domain);
     out.ret = fi_getinfo(version, nullptr, nullptr, 0, hints, &out.head);
     fi_freeinfo(hints);
 }
@@ -50,8 +49,7 @@ std::vector<fi_mlx4_rail_attr> rails_of(fi_info *info)
     fid_domain *domain = nullptr;
     std::vector<fi_mlx4_rail_attr> rails;
     EXPECT_EQ(fi_fabric(info->fabric_attr, &fabric, nullptr), 0);
-    if (!fabric)
-        return rails;
+    if (!fabric) return rails;
     EXPECT_EQ(fi_domain(fabric, info, &domain, nullptr), 0);
     if (domain) {
         fi_mlx4_domain_ops *ops = nullptr;

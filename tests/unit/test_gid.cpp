@@ -7,7 +7,8 @@
 
 using namespace mlx4fi::device;
 
-namespace {
+namespace
+{
 gid link_local(uint8_t last)
 {
     gid g{};

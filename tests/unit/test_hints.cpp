@@ -13,7 +13,8 @@
 
 using namespace mlx4fi;
 
-namespace {
+namespace
+{
 
 constexpr uint32_t api = FI_VERSION(1, 17);
 
@@ -40,8 +41,7 @@ std::vector<std::string> offers(const fi_info *hints, uint32_t version = api,
 {
     fi_info *list = nullptr;
     status s = ofi::build_infos(t, version, hints, &list);
-    if (!s.is_ok())
-        return {"error " + std::to_string(s.code())};
+    if (!s.is_ok()) return {"error " + std::to_string(s.code())};
     std::vector<std::string> out;
     for (fi_info *i = list; i; i = i->next)
         out.push_back(std::string(i->fabric_attr->name) + "/" + i->domain_attr->name);
@@ -52,8 +52,7 @@ std::vector<std::string> offers(const fi_info *hints, uint32_t version = api,
 fi_info *first(const fi_info *hints, uint32_t version = api)
 {
     fi_info *list = nullptr;
-    if (!ofi::build_infos(topo("mlx4_0:ib/fdr"), version, hints, &list).is_ok())
-        return nullptr;
+    if (!ofi::build_infos(topo("mlx4_0:ib/fdr"), version, hints, &list).is_ok()) return nullptr;
     return list;
 }
 
@@ -243,7 +242,31 @@ TEST(hints, refusals_one_field_at_a_time)
         {"msg size", [](fi_info *h) { h->ep_attr->max_msg_size = size_t(1) << 40; }},
         {"sep", [](fi_info *h) { h->ep_attr->tx_ctx_cnt = 4; }},
         {"protocol", [](fi_info *h) { h->ep_attr->protocol = FI_PROTO_RXM; }},
-        {"av type", [](fi_info *h) { h->domain_attr->av_type = static_cast<fi_av_type>(7); }},
+        {"av type",
+         [](fi_info *h) {
+             int v = 7;
+             std::memcpy(&h->domain_attr->av_type, &v, sizeof v);
+         }},
+        {"threading",
+         [](fi_info *h) {
+             int v = 42;
+             std::memcpy(&h->domain_attr->threading, &v, sizeof v);
+         }},
+        {"progress",
+         [](fi_info *h) {
+             int v = 9;
+             std::memcpy(&h->domain_attr->data_progress, &v, sizeof v);
+         }},
+        {"rm",
+         [](fi_info *h) {
+             int v = 5;
+             std::memcpy(&h->domain_attr->resource_mgmt, &v, sizeof v);
+         }},
+        {"ep type",
+         [](fi_info *h) {
+             int v = 77;
+             std::memcpy(&h->ep_attr->type, &v, sizeof v);
+         }},
         {"tx caps", [](fi_info *h) { h->tx_attr->caps = FI_ATOMIC; }},
         {"buffered recv", [](fi_info *h) { h->rx_attr->total_buffered_recv = 1 << 20; }},
     };

@@ -11,7 +11,8 @@ using device::ib_speed;
 using device::ib_width;
 using device::link_layer;
 
-namespace {
+namespace
+{
 double ib(ib_speed s, ib_width w)
 {
     return rail::port_data_gbps(link_layer::ib, static_cast<uint8_t>(s), static_cast<uint8_t>(w));

@@ -32,7 +32,8 @@ TEST(sim_spec, two_devices_mixed_links)
 
 TEST(sim_spec, widths_speeds_pcie_and_case)
 {
-    auto r = sim::parse_spec(" mlx4_0@gen2x8 : IB/FDR10/1x , ib/edr/12x ; hca@gen3x16:roce/10g,roce/56g");
+    auto r = sim::parse_spec(
+        " mlx4_0@gen2x8 : IB/FDR10/1x , ib/edr/12x ; hca@gen3x16:roce/10g,roce/56g");
     ASSERT_TRUE(r.ok());
     const auto &d = r.value();
     EXPECT_EQ(d[0].pcie.gen, 2);
@@ -61,7 +62,9 @@ struct bad_spec {
     const char *token; // must appear in the error message
 };
 
-class sim_spec_bad : public ::testing::TestWithParam<bad_spec> {};
+class sim_spec_bad : public ::testing::TestWithParam<bad_spec>
+{
+};
 
 TEST_P(sim_spec_bad, is_rejected_naming_the_token)
 {
@@ -74,21 +77,18 @@ TEST_P(sim_spec_bad, is_rejected_naming_the_token)
 
 INSTANTIATE_TEST_SUITE_P(
     tokens, sim_spec_bad,
-    ::testing::Values(bad_spec{"", "empty"}, bad_spec{"   ", "empty"},
-                      bad_spec{"mlx4_0", "'mlx4_0'"}, bad_spec{"mlx4_0:ib/xdr", "'ib/xdr'"},
-                      bad_spec{"mlx4_0:ib/fdr/3x", "'ib/fdr/3x'"},
-                      bad_spec{"mlx4_0:roce/25g", "'roce/25g'"},
-                      bad_spec{"mlx4_0:roce/40g/4x", "'roce/40g/4x'"},
-                      bad_spec{"mlx4_0:opa/100g", "'opa/100g'"}, bad_spec{"mlx4_0:", "''"},
-                      bad_spec{"mlx4_0:ib/fdr,", "''"}, bad_spec{"mlx4_0:ib/fdr;", "stray"},
-                      bad_spec{":ib/fdr", "bad device name"},
-                      bad_spec{"mlx 4:ib/fdr", "'mlx 4'"},
-                      bad_spec{"mlx4_0@gen9x8:ib/fdr", "'gen9x8'"},
-                      bad_spec{"mlx4_0@gen3x3:ib/fdr", "'gen3x3'"},
-                      bad_spec{"mlx4_0@:ib/fdr", "''"},
-                      bad_spec{"mlx4_0:ib/fdr,ib/fdr,ib/fdr", "more than 2 ports"},
-                      bad_spec{"a:ib/fdr;a:ib/qdr", "given twice"}, bad_spec{"ib/fdr", "'ib/fdr'"},
-                      bad_spec{"mlx4_0:ib", "'ib'"}, bad_spec{"mlx4_0:ib/fdr/4x/x", "'ib/fdr/4x/x'"}));
+    ::testing::Values(
+        bad_spec{"", "empty"}, bad_spec{"   ", "empty"}, bad_spec{"mlx4_0", "'mlx4_0'"},
+        bad_spec{"mlx4_0:ib/xdr", "'ib/xdr'"}, bad_spec{"mlx4_0:ib/fdr/3x", "'ib/fdr/3x'"},
+        bad_spec{"mlx4_0:roce/25g", "'roce/25g'"}, bad_spec{"mlx4_0:roce/40g/4x", "'roce/40g/4x'"},
+        bad_spec{"mlx4_0:opa/100g", "'opa/100g'"}, bad_spec{"mlx4_0:", "''"},
+        bad_spec{"mlx4_0:ib/fdr,", "''"}, bad_spec{"mlx4_0:ib/fdr;", "stray"},
+        bad_spec{":ib/fdr", "bad device name"}, bad_spec{"mlx 4:ib/fdr", "'mlx 4'"},
+        bad_spec{"mlx4_0@gen9x8:ib/fdr", "'gen9x8'"}, bad_spec{"mlx4_0@gen3x3:ib/fdr", "'gen3x3'"},
+        bad_spec{"mlx4_0@:ib/fdr", "''"},
+        bad_spec{"mlx4_0:ib/fdr,ib/fdr,ib/fdr", "more than 2 ports"},
+        bad_spec{"a:ib/fdr;a:ib/qdr", "given twice"}, bad_spec{"ib/fdr", "'ib/fdr'"},
+        bad_spec{"mlx4_0:ib", "'ib'"}, bad_spec{"mlx4_0:ib/fdr/4x/x", "'ib/fdr/4x/x'"}));
 
 TEST(sim_device, ports_report_real_attributes)
 {

@@ -6,7 +6,8 @@
 
 using namespace mlx4fi;
 
-namespace {
+namespace
+{
 std::vector<device::device_attr> host(const char *spec, int gid_override = -1)
 {
     auto r = device::sim::parse_spec(spec);

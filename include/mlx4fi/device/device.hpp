@@ -10,11 +10,13 @@
 #include <string_view>
 #include <vector>
 
-namespace mlx4fi::device {
+namespace mlx4fi::device
+{
 
 enum class backend_kind : uint8_t { verbs, sim };
 
-class device {
+class device
+{
   public:
     virtual ~device() = default;
     device(const device &) = delete;

@@ -7,7 +7,8 @@
 #include <span>
 #include <string>
 
-namespace mlx4fi::device {
+namespace mlx4fi::device
+{
 
 [[nodiscard]] bool gid_is_zero(const gid &g) noexcept;
 // ::ffff:a.b.c.d

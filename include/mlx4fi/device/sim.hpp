@@ -18,7 +18,8 @@
 #include <string_view>
 #include <vector>
 
-namespace mlx4fi::device::sim {
+namespace mlx4fi::device::sim
+{
 
 struct port_spec {
     link_layer link = link_layer::ib;

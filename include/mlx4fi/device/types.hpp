@@ -8,7 +8,8 @@
 #include <string>
 #include <vector>
 
-namespace mlx4fi::device {
+namespace mlx4fi::device
+{
 
 enum class link_layer : uint8_t { ib, ethernet };
 
@@ -17,7 +18,15 @@ enum class port_state : uint8_t { nop = 0, down = 1, init = 2, armed = 3, active
 
 // ibv_port_attr.active_speed bits (IB_SPEED_*). Ethernet ports on mlx4 report
 // through the same enums (40GbE is 4X QDR, 56GbE 4X FDR, 10GbE 1X QDR).
-enum class ib_speed : uint8_t { sdr = 1, ddr = 2, qdr = 4, fdr10 = 8, fdr = 16, edr = 32, hdr = 64 };
+enum class ib_speed : uint8_t {
+    sdr = 1,
+    ddr = 2,
+    qdr = 4,
+    fdr10 = 8,
+    fdr = 16,
+    edr = 32,
+    hdr = 64
+};
 
 // ibv_port_attr.active_width bits.
 enum class ib_width : uint8_t { x1 = 1, x4 = 2, x8 = 4, x12 = 8, x2 = 16 };
@@ -59,7 +68,7 @@ struct device_attr {
     uint32_t vendor_part_id = 0; // 4099 for ConnectX-3
     uint64_t node_guid = 0;
     std::string fw_version;
-    std::string driver;          // "mlx4" for real mlx4, "sim" for the software HCA
+    std::string driver; // "mlx4" for real mlx4, "sim" for the software HCA
     pcie_link pcie;
     uint32_t max_qp_wr = 0;
     uint32_t max_sge = 0;

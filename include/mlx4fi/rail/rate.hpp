@@ -8,7 +8,8 @@
 
 #include <span>
 
-namespace mlx4fi::rail {
+namespace mlx4fi::rail
+{
 
 // Lanes of an ibv active_width value (1x=1, 2x=2, 4x=4, 8x=8, 12x=12); 0 if unknown.
 [[nodiscard]] unsigned width_lanes(uint8_t active_width) noexcept;

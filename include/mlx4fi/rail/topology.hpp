@@ -11,7 +11,8 @@
 #include <string>
 #include <vector>
 
-namespace mlx4fi::rail {
+namespace mlx4fi::rail
+{
 
 struct rail_desc {
     size_t device_index = 0; // into the device list the topology was built from

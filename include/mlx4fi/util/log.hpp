@@ -7,7 +7,8 @@
 #include <rdma/providers/fi_log.h>
 #include <rdma/providers/fi_prov.h>
 
-namespace mlx4fi::util {
+namespace mlx4fi::util
+{
 
 // The provider struct messages are logged under. The plugin installs its
 // fi_provider at fi_prov_ini; before that (unit tests) a built-in one named
@@ -17,11 +18,11 @@ void set_log_provider(const fi_provider *prov) noexcept;
 
 } // namespace mlx4fi::util
 
-#define MLX4_LOG(level, subsys, ...)                                                              \
-    do {                                                                                          \
-        const fi_provider *mlx4_log_prov_ = ::mlx4fi::util::log_provider();                       \
-        if (fi_log_enabled(mlx4_log_prov_, level, subsys))                                        \
-            fi_log(mlx4_log_prov_, level, subsys, __func__, __LINE__, __VA_ARGS__);               \
+#define MLX4_LOG(level, subsys, ...)                                                               \
+    do {                                                                                           \
+        const fi_provider *mlx4_log_prov_ = ::mlx4fi::util::log_provider();                        \
+        if (fi_log_enabled(mlx4_log_prov_, level, subsys))                                         \
+            fi_log(mlx4_log_prov_, level, subsys, __func__, __LINE__, __VA_ARGS__);                \
     } while (0)
 
 #define MLX4_WARN(subsys, ...) MLX4_LOG(FI_LOG_WARN, subsys, __VA_ARGS__)

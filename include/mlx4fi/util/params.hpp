@@ -9,16 +9,17 @@
 #include <span>
 #include <string>
 
-namespace mlx4fi::util {
+namespace mlx4fi::util
+{
 
 // Which link layer's fabrics the provider exposes (FI_MLX4_LINK).
 enum class link_filter : uint8_t { any, ib, roce };
 
 struct config {
-    std::string sim_spec;                 // FI_MLX4_SIM; empty: no software HCA
-    link_filter link = link_filter::any;  // FI_MLX4_LINK
-    bool any_device = false;              // FI_MLX4_ANY_DEVICE
-    int gid_index = -1;                   // FI_MLX4_GID_INDEX; -1: choose automatically
+    std::string sim_spec;                // FI_MLX4_SIM; empty: no software HCA
+    link_filter link = link_filter::any; // FI_MLX4_LINK
+    bool any_device = false;             // FI_MLX4_ANY_DEVICE
+    int gid_index = -1;                  // FI_MLX4_GID_INDEX; -1: choose automatically
 };
 
 enum class param_type : uint8_t { string, integer, boolean };

@@ -9,9 +9,11 @@
 #include <utility>
 #include <variant>
 
-namespace mlx4fi {
+namespace mlx4fi
+{
 
-class [[nodiscard]] status {
+class [[nodiscard]] status
+{
   public:
     constexpr status() noexcept = default;
     constexpr explicit status(int code) noexcept : code_(code) { assert(code <= 0); }
@@ -35,15 +37,13 @@ inline constexpr status err_other{-FI_EOTHER};
 
 // Either a T or a non-ok status. Small on purpose: no exceptions on access,
 // callers check ok() first (asserted in debug builds).
-template <class T> class [[nodiscard]] result {
+template <class T> class [[nodiscard]] result
+{
   public:
     result(T value) : v_(std::move(value)) {}
     result(status s) : v_(s) { assert(!s.is_ok()); }
     [[nodiscard]] bool ok() const noexcept { return v_.index() == 0; }
-    [[nodiscard]] status error() const noexcept
-    {
-        return ok() ? status::ok() : std::get<1>(v_);
-    }
+    [[nodiscard]] status error() const noexcept { return ok() ? status::ok() : std::get<1>(v_); }
     T &value() &
     {
         assert(ok());

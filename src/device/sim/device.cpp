@@ -5,8 +5,10 @@
 #include "mlx4fi/device/gid.hpp"
 #include "mlx4fi/util/log.hpp"
 
-namespace mlx4fi::device::sim {
-namespace {
+namespace mlx4fi::device::sim
+{
+namespace
+{
 
 constexpr uint32_t mellanox_vendor = 0x02c9;
 constexpr uint32_t connectx3_part = 4099;
@@ -18,7 +20,8 @@ constexpr uint64_t guid_base = 0x0002c9ff5e000000ull;
 // for a host's address.
 constexpr unsigned roce_prefix_len = 16;
 
-class sim_device final : public device {
+class sim_device final : public device
+{
   public:
     explicit sim_device(device_attr attr) : device(std::move(attr)) {}
     backend_kind backend() const noexcept override { return backend_kind::sim; }
@@ -88,10 +91,10 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
         }
         p.gid_index = choose_gid_index(p.gids, p.link, gid_override);
         if (p.link == link_layer::ethernet && p.gid_index >= 0)
-            p.network = gid_network(p.gids[static_cast<size_t>(p.gid_index)].value,
-                                    gid_is_ipv4_mapped(p.gids[static_cast<size_t>(p.gid_index)].value)
-                                        ? roce_prefix_len
-                                        : 64);
+            p.network = gid_network(
+                p.gids[static_cast<size_t>(p.gid_index)].value,
+                gid_is_ipv4_mapped(p.gids[static_cast<size_t>(p.gid_index)].value) ? roce_prefix_len
+                                                                                   : 64);
         a.ports.push_back(std::move(p));
     }
     return a;
@@ -102,13 +105,13 @@ device_list discover(const util::config &cfg) noexcept
     device_list out;
     try {
         auto specs = parse_spec(cfg.sim_spec);
-        if (!specs.ok())
-            return out;
+        if (!specs.ok()) return out;
         unsigned index = 0;
         for (const device_spec &s : specs.value()) {
-            out.push_back(std::make_unique<sim_device>(make_device_attr(s, index++, cfg.gid_index)));
-            MLX4_INFO(FI_LOG_CORE, "software HCA %s: %zu port(s), PCIe gen%ux%u\n",
-                      s.name.c_str(), s.ports.size(), s.pcie.gen, s.pcie.lanes);
+            out.push_back(
+                std::make_unique<sim_device>(make_device_attr(s, index++, cfg.gid_index)));
+            MLX4_INFO(FI_LOG_CORE, "software HCA %s: %zu port(s), PCIe gen%ux%u\n", s.name.c_str(),
+                      s.ports.size(), s.pcie.gen, s.pcie.lanes);
         }
     } catch (const std::exception &e) {
         MLX4_WARN(FI_LOG_CORE, "software HCA set-up failed: %s\n", e.what());

@@ -6,8 +6,10 @@
 #include <algorithm>
 #include <cctype>
 
-namespace mlx4fi::device::sim {
-namespace {
+namespace mlx4fi::device::sim
+{
+namespace
+{
 
 constexpr size_t max_devices = 16;
 constexpr size_t max_ports = 2; // ConnectX-3 has one or two ports
@@ -27,8 +29,7 @@ std::vector<std::string_view> split(std::string_view s, char sep)
     for (;;) {
         size_t pos = s.find(sep);
         out.push_back(trim(s.substr(0, pos)));
-        if (pos == std::string_view::npos)
-            return out;
+        if (pos == std::string_view::npos) return out;
         s.remove_prefix(pos + 1);
     }
 }
@@ -43,8 +44,7 @@ bool iequals(std::string_view a, std::string_view b)
 
 bool valid_name(std::string_view name)
 {
-    if (name.empty() || name.size() > 31)
-        return false;
+    if (name.empty() || name.size() > 31) return false;
     return std::all_of(name.begin(), name.end(), [](char c) {
         return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
     });
@@ -52,11 +52,9 @@ bool valid_name(std::string_view name)
 
 bool parse_pcie(std::string_view t, pcie_link &out)
 {
-    if (t.size() < 6 || !iequals(t.substr(0, 3), "gen"))
-        return false;
+    if (t.size() < 6 || !iequals(t.substr(0, 3), "gen")) return false;
     char g = t[3];
-    if (g < '1' || g > '4' || (t[4] != 'x' && t[4] != 'X'))
-        return false;
+    if (g < '1' || g > '4' || (t[4] != 'x' && t[4] != 'X')) return false;
     std::string_view lanes = t.substr(5);
     static constexpr std::pair<std::string_view, uint8_t> widths[] = {
         {"1", 1}, {"2", 2}, {"4", 4}, {"8", 8}, {"16", 16}};
@@ -72,25 +70,24 @@ bool parse_pcie(std::string_view t, pcie_link &out)
 bool parse_port(std::string_view t, port_spec &out)
 {
     std::vector<std::string_view> f = split(t, '/');
-    if (f.size() < 2 || f.size() > 3)
-        return false;
+    if (f.size() < 2 || f.size() > 3) return false;
     if (iequals(f[0], "ib")) {
         static constexpr std::pair<std::string_view, ib_speed> speeds[] = {
-            {"sdr", ib_speed::sdr}, {"ddr", ib_speed::ddr},     {"qdr", ib_speed::qdr},
+            {"sdr", ib_speed::sdr},     {"ddr", ib_speed::ddr}, {"qdr", ib_speed::qdr},
             {"fdr10", ib_speed::fdr10}, {"fdr", ib_speed::fdr}, {"edr", ib_speed::edr}};
         auto s = std::find_if(std::begin(speeds), std::end(speeds),
                               [&](auto &p) { return iequals(p.first, f[1]); });
-        if (s == std::end(speeds))
-            return false;
+        if (s == std::end(speeds)) return false;
         out = {link_layer::ib, s->second, ib_width::x4};
         if (f.size() == 3) {
             static constexpr std::pair<std::string_view, ib_width> widths[] = {
-                {"1x", ib_width::x1}, {"4x", ib_width::x4}, {"8x", ib_width::x8},
+                {"1x", ib_width::x1},
+                {"4x", ib_width::x4},
+                {"8x", ib_width::x8},
                 {"12x", ib_width::x12}};
             auto w = std::find_if(std::begin(widths), std::end(widths),
                                   [&](auto &p) { return iequals(p.first, f[2]); });
-            if (w == std::end(widths))
-                return false;
+            if (w == std::end(widths)) return false;
             out.width = w->second;
         }
         return true;
@@ -114,8 +111,7 @@ status fail(std::string *why, std::string_view spec, std::string msg)
 {
     MLX4_WARN(FI_LOG_CORE, "FI_MLX4_SIM='%.*s': %s; no simulated devices\n",
               static_cast<int>(spec.size()), spec.data(), msg.c_str());
-    if (why)
-        *why = std::move(msg);
+    if (why) *why = std::move(msg);
     return err_inval;
 }
 
@@ -129,15 +125,12 @@ std::string quoted(std::string_view token)
 result<std::vector<device_spec>> parse_spec(std::string_view spec, std::string *why)
 {
     std::string_view text = trim(spec);
-    if (text == "1")
-        text = default_spec;
-    if (text.empty())
-        return fail(why, spec, "empty spec");
+    if (text == "1") text = default_spec;
+    if (text.empty()) return fail(why, spec, "empty spec");
 
     std::vector<device_spec> devices;
     for (std::string_view dev : split(text, ';')) {
-        if (dev.empty())
-            return fail(why, spec, "empty device entry (stray ';')");
+        if (dev.empty()) return fail(why, spec, "empty device entry (stray ';')");
         size_t colon = dev.find(':');
         if (colon == std::string_view::npos)
             return fail(why, spec, "device " + quoted(dev) + " has no ':' before its ports");
@@ -145,8 +138,7 @@ result<std::vector<device_spec>> parse_spec(std::string_view spec, std::string *
         device_spec d;
         size_t at = head.find('@');
         std::string_view name = trim(head.substr(0, at));
-        if (!valid_name(name))
-            return fail(why, spec, "bad device name " + quoted(name));
+        if (!valid_name(name)) return fail(why, spec, "bad device name " + quoted(name));
         if (at != std::string_view::npos) {
             std::string_view pcie = trim(head.substr(at + 1));
             if (!parse_pcie(pcie, d.pcie))
@@ -167,8 +159,7 @@ result<std::vector<device_spec>> parse_spec(std::string_view spec, std::string *
         if (d.ports.size() > max_ports)
             return fail(why, spec, "device " + quoted(name) + " has more than 2 ports");
         devices.push_back(std::move(d));
-        if (devices.size() > max_devices)
-            return fail(why, spec, "more than 16 devices");
+        if (devices.size() > max_devices) return fail(why, spec, "more than 16 devices");
     }
     return devices;
 }

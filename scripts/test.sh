@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test: once in a normal
+# build (build/) and once under AddressSanitizer + UndefinedBehaviorSanitizer
+# (build-asan/). Exits non-zero if anything fails.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$mlx4_root"
+
+mlx4_install_packages
+mlx4_build build
+mlx4_log "tests (build)"
+meson test -C build --print-errorlogs --num-processes 2
+
+mlx4_build build-asan -Db_sanitize=address,undefined -Db_lundef=false
+mlx4_log "tests under ASan+UBSan (build-asan)"
+ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1} \
+UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1} \
+    meson test -C build-asan --print-errorlogs --num-processes 2
