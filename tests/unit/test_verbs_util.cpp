@@ -133,7 +133,7 @@ TEST(verbs_util, pcie_lanes_from_width)
 }
 
 // A scratch directory standing in for /sys/class/infiniband/<name>/device.
-class fake_sysfs : public ::testing::Test
+class verbs_sysfs : public ::testing::Test
 {
   protected:
     void SetUp() override
@@ -157,7 +157,7 @@ class fake_sysfs : public ::testing::Test
     fs::path root_;
 };
 
-TEST_F(fake_sysfs, normal_link)
+TEST_F(verbs_sysfs, normal_link)
 {
     write("device/current_link_speed", "8.0 GT/s PCIe\n");
     write("device/current_link_width", "8\n");
@@ -166,7 +166,7 @@ TEST_F(fake_sysfs, normal_link)
     EXPECT_EQ(l.lanes, 8);
 }
 
-TEST_F(fake_sysfs, old_kernel_format)
+TEST_F(verbs_sysfs, old_kernel_format)
 {
     write("device/current_link_speed", "5 GT/s\n");
     write("device/current_link_width", "4\n");
@@ -175,7 +175,7 @@ TEST_F(fake_sysfs, old_kernel_format)
     EXPECT_EQ(l.lanes, 4);
 }
 
-TEST_F(fake_sysfs, missing_files)
+TEST_F(verbs_sysfs, missing_files)
 {
     fs::create_directories(root_ / "device");
     pcie_link l = read_pcie_link(dir("device"));
@@ -187,7 +187,7 @@ TEST_F(fake_sysfs, missing_files)
     EXPECT_EQ(none.lanes, 0);
 }
 
-TEST_F(fake_sysfs, missing_width_only)
+TEST_F(verbs_sysfs, missing_width_only)
 {
     write("device/current_link_speed", "16.0 GT/s PCIe\n");
     pcie_link l = read_pcie_link(dir("device"));
@@ -195,7 +195,7 @@ TEST_F(fake_sysfs, missing_width_only)
     EXPECT_EQ(l.lanes, 0);
 }
 
-TEST_F(fake_sysfs, virtual_function_uses_physfn)
+TEST_F(verbs_sysfs, virtual_function_uses_physfn)
 {
     write("device/current_link_speed", "Unknown\n");
     write("device/current_link_width", "0\n");
@@ -206,7 +206,7 @@ TEST_F(fake_sysfs, virtual_function_uses_physfn)
     EXPECT_EQ(l.lanes, 16);
 }
 
-TEST_F(fake_sysfs, virtual_function_physfn_symlink)
+TEST_F(verbs_sysfs, virtual_function_physfn_symlink)
 {
     // On a real host physfn is a symlink to the PF's PCI directory.
     write("pf/current_link_speed", "5.0 GT/s PCIe\n");
@@ -219,7 +219,7 @@ TEST_F(fake_sysfs, virtual_function_physfn_symlink)
     EXPECT_EQ(l.lanes, 8);
 }
 
-TEST_F(fake_sysfs, virtual_function_without_physfn)
+TEST_F(verbs_sysfs, virtual_function_without_physfn)
 {
     write("device/current_link_speed", "Unknown\n");
     write("device/current_link_width", "4\n");
@@ -228,7 +228,7 @@ TEST_F(fake_sysfs, virtual_function_without_physfn)
     EXPECT_EQ(l.lanes, 4);
 }
 
-TEST_F(fake_sysfs, physical_function_ignores_physfn)
+TEST_F(verbs_sysfs, physical_function_ignores_physfn)
 {
     // A known link is never replaced by another directory's.
     write("device/current_link_speed", "2.5 GT/s\n");
@@ -241,7 +241,7 @@ TEST_F(fake_sysfs, physical_function_ignores_physfn)
 }
 
 // A getifaddrs-style list built by hand.
-class fake_ifaddrs : public ::testing::Test
+class verbs_ifaddrs : public ::testing::Test
 {
   protected:
     void add_v4(const char *name, const char *addr, const char *mask)
@@ -311,7 +311,7 @@ class fake_ifaddrs : public ::testing::Test
     std::vector<ifaddrs> links_;
 };
 
-TEST_F(fake_ifaddrs, ipv4_on_named_interface)
+TEST_F(verbs_ifaddrs, ipv4_on_named_interface)
 {
     add_v4("lo", "127.0.0.1", "255.0.0.0");
     add_v4("eth0", "10.1.2.3", "255.255.255.0");
@@ -325,7 +325,7 @@ TEST_F(fake_ifaddrs, ipv4_on_named_interface)
     EXPECT_EQ(ifaddr_prefix_len(list(), v4_gid("10.9.9.9"), ""), -1);
 }
 
-TEST_F(fake_ifaddrs, ipv4_alias_label)
+TEST_F(verbs_ifaddrs, ipv4_alias_label)
 {
     add_v4("eth0", "10.1.2.3", "255.255.255.0");
     add_v4("eth0:1", "198.18.4.5", "255.254.0.0");
@@ -335,7 +335,7 @@ TEST_F(fake_ifaddrs, ipv4_alias_label)
     EXPECT_EQ(ifaddr_prefix_len(list(), v4_gid("172.16.0.1"), "eth0"), -1);
 }
 
-TEST_F(fake_ifaddrs, ipv6_global)
+TEST_F(verbs_ifaddrs, ipv6_global)
 {
     add_v4("eth0", "10.1.2.3", "255.255.255.0");
     add_v6("eth0", "2001:db8:1:2::17", "ffff:ffff:ffff:ff00::");
@@ -346,7 +346,7 @@ TEST_F(fake_ifaddrs, ipv6_global)
     EXPECT_EQ(ifaddr_prefix_len(list(), v6_gid("::ffff:10.1.2.3"), "eth0"), 24);
 }
 
-TEST_F(fake_ifaddrs, empty_list_and_missing_fields)
+TEST_F(verbs_ifaddrs, empty_list_and_missing_fields)
 {
     EXPECT_EQ(ifaddr_prefix_len(nullptr, v4_gid("10.1.2.3"), ""), -1);
     add_v4("eth0", "10.1.2.3", "255.255.255.0");

@@ -1,0 +1,87 @@
+// Endpoint names (what fi_getname returns and fi_av_insert takes) and the
+// address table behind an fi_av.
+//
+// Name layout (little endian, packed; docs/protocol.md):
+//   u8 version | u8 rail count | u16 reserved | u64 endpoint nonce
+//   rail[n]: u8 link (1 IB, 2 Ethernet) | u8 port | u16 lid | u32 UD QPN |
+//            u8 gid[16] | u32 mtu
+//   zero padding up to max_name_bytes
+// Every name is exactly max_name_bytes long, whatever its rail count:
+// fi_av_insert takes an array of names with no lengths, so the stride must be
+// fixed (it is the addrlen fi_getname reports).
+#pragma once
+
+#include "mlx4fi/device/types.hpp"
+#include "mlx4fi/util/status.hpp"
+
+#include <rdma/fabric.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace mlx4fi::proto {
+
+inline constexpr uint8_t name_version = 1;
+inline constexpr size_t max_rails = 4;
+
+struct rail_name {
+    device::link_layer link = device::link_layer::ib;
+    uint8_t port = 0;
+    uint16_t lid = 0;
+    uint32_t ud_qpn = 0;
+    device::gid gid_value{};
+    uint32_t mtu = 0;
+    bool operator==(const rail_name &) const = default;
+};
+
+struct ep_name {
+    uint64_t nonce = 0; // distinguishes endpoints (and their incarnations)
+    uint8_t rail_count = 0;
+    std::array<rail_name, max_rails> rails{};
+    bool operator==(const ep_name &) const = default;
+};
+
+inline constexpr size_t rail_name_bytes = 1 + 1 + 2 + 4 + 16 + 4;
+inline constexpr size_t name_header_bytes = 1 + 1 + 2 + 8;
+inline constexpr size_t max_name_bytes = name_header_bytes + max_rails * rail_name_bytes;
+
+// Always max_name_bytes (names are padded to a fixed size).
+[[nodiscard]] size_t name_size(const ep_name &n) noexcept;
+// Writes the wire form (max_name_bytes); returns bytes written, or 0 if len is
+// too small or n has no rails or more than max_rails.
+size_t pack_name(const ep_name &n, void *buf, size_t len) noexcept;
+// Parses and validates a wire name: len must be max_name_bytes; version, rail
+// count, reserved bits, link layers and the zero padding are checked.
+[[nodiscard]] status unpack_name(const void *buf, size_t len, ep_name &out) noexcept;
+// "fi_addr_mlx4://<nonce>/IB:lid=1,qpn=0x1234;..." for fi_av_straddr.
+std::string name_to_string(const ep_name &n);
+
+// The table behind an fi_av: fi_addr_t is the index (for FI_AV_MAP and
+// FI_AV_TABLE alike). Removed slots are not reused, so a stale fi_addr_t
+// never names a different peer.
+class av_table {
+  public:
+    fi_addr_t insert(const ep_name &n);
+    status remove(fi_addr_t a) noexcept;
+    // The name at a, or nullptr if a is not a live entry.
+    const ep_name *lookup(fi_addr_t a) const noexcept;
+    // The live entry with this name, or FI_ADDR_NOTAVAIL.
+    fi_addr_t find(const ep_name &n) const noexcept;
+    size_t size() const noexcept { return entries_.size(); }
+    // Bumped on every insert/remove, so caches of lookups can revalidate.
+    uint64_t generation() const noexcept { return generation_; }
+
+  private:
+    struct entry {
+        ep_name name;
+        bool live = false;
+    };
+    std::vector<entry> entries_;
+    std::unordered_map<uint64_t, std::vector<fi_addr_t>> by_nonce_;
+    uint64_t generation_ = 0;
+};
+
+} // namespace mlx4fi::proto

@@ -1,0 +1,82 @@
+// The RDM protocol engine: one per fi_endpoint. It owns the endpoint's
+// device resources on every rail (a CQ, an SRQ with receive buffers, a UD QP
+// for connection set-up), its peers and their on-demand RC connections, the
+// matching queues, and the eager, rendezvous and RMA protocols.
+//
+// Not thread-safe: the plugin serialises calls (a lock per endpoint or
+// domain, which vanishes under FI_THREAD_DOMAIN). Completions are reported
+// through the event_sink from inside these calls.
+#pragma once
+
+#include "mlx4fi/device/device.hpp"
+#include "mlx4fi/proto/address.hpp"
+#include "mlx4fi/proto/types.hpp"
+#include "mlx4fi/util/status.hpp"
+
+#include <memory>
+#include <vector>
+
+namespace mlx4fi::proto {
+
+// One rail of a domain: a port of a device. The device is owned by the
+// provider and outlives every domain.
+struct rail {
+    device::device *dev = nullptr;
+    uint8_t port = 0;
+    device::port_attr attr;
+    double weight = 1.0;
+};
+
+struct engine_config {
+    size_t eager_limit = 8192;  // larger messages use the rendezvous
+    uint32_t inline_size = 64;  // sends up to this size are posted inline
+    uint32_t srq_depth = 256;   // receive buffers per rail
+    uint32_t cq_depth = 4096;
+    uint32_t connect_timeout_ms = 200; // per REQ attempt
+    uint32_t connect_retries = 25;     // then the peer is unreachable (FI_EIO)
+};
+
+// Memory registered on every rail of a domain, for fi_mr_reg and the
+// rendezvous. key packs the rkeys of the first two rails (docs/protocol.md).
+struct registration {
+    std::vector<std::unique_ptr<device::memory_region>> per_rail;
+    uint64_t key = 0;
+};
+
+result<registration> register_memory(const std::vector<rail> &rails, void *addr, size_t len,
+                                     uint32_t access);
+
+class engine {
+  public:
+    // Opens the device resources on every rail. av may be null until bound.
+    static result<std::unique_ptr<engine>> open(const std::vector<rail> &rails,
+                                                const engine_config &cfg, event_sink &sink);
+    virtual ~engine() = default;
+
+    // The address table used to resolve fi_addr_t (fi_ep_bind of an AV).
+    virtual void bind_av(const av_table *av) noexcept = 0;
+    virtual const ep_name &name() const noexcept = 0;
+
+    // Posting. err_again when a queue is full (progress, then retry);
+    // err_inval (logged) for bad arguments, e.g. an unknown fi_addr.
+    virtual status send(const send_args &a) noexcept = 0;
+    virtual status recv(const recv_args &a) noexcept = 0;
+    virtual status rma(const rma_args &a) noexcept = 0;
+
+    // Cancels a posted receive with this context: reported as an FI_ECANCELED
+    // error event. -FI_ENOENT if there is none (already completed, unknown).
+    virtual status cancel(void *context) noexcept = 0;
+
+    // Drives the devices' completion queues and the protocols.
+    virtual void progress() noexcept = 0;
+
+    // FI_OPT_MIN_MULTI_RECV.
+    virtual void set_min_multi_recv(size_t bytes) noexcept = 0;
+    virtual size_t min_multi_recv() const noexcept = 0;
+
+    // Closing: every operation still in flight is reported (FI_ECANCELED),
+    // none is lost. Called once, before destruction.
+    virtual void shutdown() noexcept = 0;
+};
+
+} // namespace mlx4fi::proto

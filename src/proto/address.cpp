@@ -1,0 +1,186 @@
+// Endpoint names on the wire and the address table behind an fi_av.
+// Names are fixed-size (max_name_bytes, zero padded) so fi_av_insert can walk
+// an array of them; unpack_name checks every byte, since names arrive from the
+// application (and, through it, from other processes).
+#include "mlx4fi/proto/address.hpp"
+
+#include "mlx4fi/device/device.hpp"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+
+namespace mlx4fi::proto
+{
+namespace
+{
+
+constexpr uint8_t wire_link_ib = 1;
+constexpr uint8_t wire_link_eth = 2;
+
+static_assert(name_header_bytes == 12);
+static_assert(rail_name_bytes == 28);
+static_assert(max_name_bytes == 124);
+
+void put16(uint8_t *p, uint16_t v) noexcept
+{
+    p[0] = uint8_t(v);
+    p[1] = uint8_t(v >> 8);
+}
+
+void put32(uint8_t *p, uint32_t v) noexcept
+{
+    for (int i = 0; i < 4; ++i)
+        p[i] = uint8_t(v >> (8 * i));
+}
+
+void put64(uint8_t *p, uint64_t v) noexcept
+{
+    for (int i = 0; i < 8; ++i)
+        p[i] = uint8_t(v >> (8 * i));
+}
+
+uint16_t get16(const uint8_t *p) noexcept
+{
+    return uint16_t(p[0] | (p[1] << 8));
+}
+
+uint32_t get32(const uint8_t *p) noexcept
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; ++i)
+        v |= uint32_t(p[i]) << (8 * i);
+    return v;
+}
+
+uint64_t get64(const uint8_t *p) noexcept
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; ++i)
+        v |= uint64_t(p[i]) << (8 * i);
+    return v;
+}
+
+} // namespace
+
+size_t name_size(const ep_name &) noexcept
+{
+    return max_name_bytes;
+}
+
+size_t pack_name(const ep_name &n, void *buf, size_t len) noexcept
+{
+    if (!buf || len < max_name_bytes || n.rail_count == 0 || n.rail_count > max_rails) return 0;
+    uint8_t *p = static_cast<uint8_t *>(buf);
+    std::memset(p, 0, max_name_bytes);
+    p[0] = name_version;
+    p[1] = n.rail_count;
+    put16(p + 2, 0);
+    put64(p + 4, n.nonce);
+    uint8_t *r = p + name_header_bytes;
+    for (size_t i = 0; i < n.rail_count; ++i, r += rail_name_bytes) {
+        const rail_name &rn = n.rails[i];
+        r[0] = rn.link == device::link_layer::ib ? wire_link_ib : wire_link_eth;
+        r[1] = rn.port;
+        put16(r + 2, rn.lid);
+        put32(r + 4, rn.ud_qpn);
+        std::memcpy(r + 8, rn.gid_value.data(), 16);
+        put32(r + 24, rn.mtu);
+    }
+    return max_name_bytes;
+}
+
+status unpack_name(const void *buf, size_t len, ep_name &out) noexcept
+{
+    if (!buf || len != max_name_bytes) return err_inval;
+    const uint8_t *p = static_cast<const uint8_t *>(buf);
+    if (p[0] != name_version) return err_inval;
+    uint8_t count = p[1];
+    if (count == 0 || count > max_rails) return err_inval;
+    if (get16(p + 2) != 0) return err_inval;
+    ep_name n;
+    n.nonce = get64(p + 4);
+    n.rail_count = count;
+    const uint8_t *r = p + name_header_bytes;
+    for (size_t i = 0; i < count; ++i, r += rail_name_bytes) {
+        rail_name &rn = n.rails[i];
+        if (r[0] == wire_link_ib)
+            rn.link = device::link_layer::ib;
+        else if (r[0] == wire_link_eth)
+            rn.link = device::link_layer::ethernet;
+        else
+            return err_inval;
+        rn.port = r[1];
+        rn.lid = get16(r + 2);
+        rn.ud_qpn = get32(r + 4);
+        std::memcpy(rn.gid_value.data(), r + 8, 16);
+        rn.mtu = get32(r + 24);
+    }
+    // The padding must be zero: anything else is not a name this version wrote.
+    if (std::any_of(r, p + max_name_bytes, [](uint8_t b) { return b != 0; })) return err_inval;
+    out = n;
+    return status::ok();
+}
+
+std::string name_to_string(const ep_name &n)
+{
+    char head[48];
+    std::snprintf(head, sizeof head, "fi_addr_mlx4://%016" PRIx64 "/", n.nonce);
+    std::string s = head;
+    for (size_t i = 0; i < n.rail_count && i < max_rails; ++i) {
+        const rail_name &r = n.rails[i];
+        char rail[128];
+        if (r.link == device::link_layer::ib)
+            std::snprintf(rail, sizeof rail, "%sIB:port=%u,lid=0x%x,qpn=0x%x", i ? ";" : "",
+                          unsigned(r.port), unsigned(r.lid), unsigned(r.ud_qpn));
+        else
+            std::snprintf(rail, sizeof rail, "%sRoCE:port=%u,gid=%s,qpn=0x%x", i ? ";" : "",
+                          unsigned(r.port), device::gid_to_string(r.gid_value).c_str(),
+                          unsigned(r.ud_qpn));
+        s += rail;
+    }
+    return s;
+}
+
+fi_addr_t av_table::insert(const ep_name &n)
+{
+    fi_addr_t a = entries_.size();
+    std::vector<fi_addr_t> &same = by_nonce_[n.nonce];
+    same.reserve(same.size() + 1); // may throw before anything changes
+    entries_.push_back(entry{n, true});
+    same.push_back(a);
+    ++generation_;
+    return a;
+}
+
+status av_table::remove(fi_addr_t a) noexcept
+{
+    if (a >= entries_.size() || !entries_[a].live) return err_inval;
+    entry &e = entries_[a];
+    e.live = false;
+    auto it = by_nonce_.find(e.name.nonce);
+    if (it != by_nonce_.end()) {
+        std::erase(it->second, a);
+        if (it->second.empty()) by_nonce_.erase(it);
+    }
+    ++generation_;
+    return status::ok();
+}
+
+const ep_name *av_table::lookup(fi_addr_t a) const noexcept
+{
+    if (a >= entries_.size() || !entries_[a].live) return nullptr;
+    return &entries_[a].name;
+}
+
+fi_addr_t av_table::find(const ep_name &n) const noexcept
+{
+    auto it = by_nonce_.find(n.nonce);
+    if (it == by_nonce_.end()) return FI_ADDR_NOTAVAIL;
+    for (fi_addr_t a : it->second)
+        if (entries_[a].live && entries_[a].name == n) return a;
+    return FI_ADDR_NOTAVAIL;
+}
+
+} // namespace mlx4fi::proto

@@ -1,0 +1,525 @@
+// The engine: set-up of each rail's device resources, progress, completion
+// dispatch, and the tx pool shared by every protocol.
+#include "engine_impl.hpp"
+
+#include "mlx4fi/util/log.hpp"
+
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <ctime>
+
+namespace mlx4fi::proto {
+
+uint64_t now_ns() noexcept
+{
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return uint64_t(ts.tv_sec) * 1000000000ull + uint64_t(ts.tv_nsec);
+}
+
+result<registration> register_memory(const std::vector<rail> &rails, void *addr, size_t len,
+                                     uint32_t access)
+{
+    registration reg;
+    for (size_t i = 0; i < rails.size(); ++i) {
+        auto mr = rails[i].dev->reg_mr(addr, len, access);
+        if (!mr.ok())
+            return mr.error();
+        if (i < 2)
+            reg.key |= uint64_t(mr.value()->rkey()) << (32 * i);
+        reg.per_rail.push_back(std::move(mr).value());
+    }
+    return reg;
+}
+
+result<std::unique_ptr<engine>> engine::open(const std::vector<rail> &rails,
+                                             const engine_config &cfg, event_sink &sink)
+{
+    if (rails.empty() || rails.size() > max_rails) {
+        MLX4_WARN(FI_LOG_EP_CTRL, "an endpoint needs 1 to %zu rails, not %zu\n", max_rails,
+                  rails.size());
+        return err_inval;
+    }
+    auto e = std::make_unique<engine_impl>(cfg, sink);
+    status s = e->init(rails);
+    if (!s.is_ok())
+        return s;
+    return std::unique_ptr<engine>(std::move(e));
+}
+
+engine_impl::engine_impl(const engine_config &cfg, event_sink &sink) : cfg_(cfg), sink_(sink)
+{
+    size_t body = std::max({cfg_.eager_limit, sizeof(wire::rts_body), sizeof(wire::fin_body)});
+    buf_size_ = (sizeof(wire::msg_hdr) + body + 63) & ~size_t(63);
+    txs_.resize(max_tx);
+    tx_free_.reserve(max_tx);
+    for (uint32_t i = max_tx; i-- > 0;)
+        tx_free_.push_back(i);
+    addr_cache_.reserve(1024);
+}
+
+engine_impl::~engine_impl()
+{
+    if (!shut_)
+        shutdown();
+}
+
+status engine_impl::init(const std::vector<rail> &rails)
+{
+    uint64_t nonce = 0;
+    if (getrandom(&nonce, sizeof nonce, 0) != sizeof nonce)
+        nonce = now_ns() ^ (uint64_t(getpid()) << 32);
+    name_.nonce = nonce;
+    name_.rail_count = static_cast<uint8_t>(rails.size());
+
+    for (size_t i = 0; i < rails.size(); ++i) {
+        auto rr = std::make_unique<rail_res>();
+        rr->r = rails[i];
+        rr->index = static_cast<unsigned>(i);
+        const device::port_attr &pa = rr->r.attr;
+        rr->gid_index = pa.gid_index < 0 ? 0 : pa.gid_index;
+        for (const auto &g : pa.gids)
+            if (static_cast<int>(g.index) == rr->gid_index)
+                rr->local_gid = g.value;
+        device::device &dev = *rr->r.dev;
+
+        auto cq = dev.create_cq(cfg_.cq_depth);
+        if (!cq.ok())
+            return cq.error();
+        rr->cq = std::move(cq).value();
+        auto srq = dev.create_srq(cfg_.srq_depth, 1);
+        if (!srq.ok())
+            return srq.error();
+        rr->srq = std::move(srq).value();
+        device::qp_caps caps;
+        caps.max_send_wr = 256;
+        caps.max_recv_wr = ud_depth;
+        auto ud = dev.create_qp(device::qp_type::ud, rr->r.port, *rr->cq, *rr->cq, nullptr, caps);
+        if (!ud.ok())
+            return ud.error();
+        rr->ud = std::move(ud).value();
+
+        auto rx = dev.alloc_buffer(size_t(cfg_.srq_depth) * buf_size_);
+        auto udb = dev.alloc_buffer(size_t(ud_depth) * ud_buf_size);
+        auto tx = dev.alloc_buffer(size_t(tx_slots) * buf_size_);
+        if (!rx.ok() || !udb.ok() || !tx.ok()) {
+            MLX4_WARN(FI_LOG_EP_CTRL, "%s: cannot allocate receive/bounce buffers\n",
+                      dev.attr().name.c_str());
+            return err_nomem;
+        }
+        rr->rx_bufs = std::move(rx).value();
+        rr->ud_bufs = std::move(udb).value();
+        rr->tx_bufs = std::move(tx).value();
+        rr->tx_free.reserve(tx_slots);
+        for (uint32_t s = tx_slots; s-- > 0;)
+            rr->tx_free.push_back(s);
+
+        rail_name &rn = name_.rails[i];
+        rn.link = pa.link;
+        rn.port = rr->r.port;
+        rn.lid = pa.lid;
+        rn.ud_qpn = rr->ud->qp_num();
+        rn.gid_value = rr->local_gid;
+        rn.mtu = pa.mtu;
+        rails_.push_back(std::move(rr));
+        rail_res &ref = *rails_.back();
+        for (uint32_t b = 0; b < cfg_.srq_depth; ++b)
+            repost_srq(ref, b);
+        for (uint32_t b = 0; b < ud_depth; ++b)
+            repost_ud(ref, b);
+    }
+    MLX4_INFO(FI_LOG_EP_CTRL, "endpoint %016llx: %zu rail(s), eager limit %zu\n",
+              static_cast<unsigned long long>(name_.nonce), rails_.size(), cfg_.eager_limit);
+    return status::ok();
+}
+
+void engine_impl::repost_srq(rail_res &rr, uint32_t idx) noexcept
+{
+    device::sge s{reinterpret_cast<uint64_t>(rr.rx_base() + size_t(idx) * buf_size_),
+                  static_cast<uint32_t>(buf_size_), rr.rx_bufs->lkey()};
+    device::recv_wr wr{make_wr_id(wr_kind::srq_recv, rr.index, idx), &s, 1};
+    if (!rr.srq->post_recv(wr).is_ok())
+        MLX4_WARN(FI_LOG_EP_DATA, "rail %u: cannot repost receive buffer %u\n", rr.index, idx);
+}
+
+void engine_impl::repost_ud(rail_res &rr, uint32_t idx) noexcept
+{
+    device::sge s{reinterpret_cast<uint64_t>(rr.ud_base() + size_t(idx) * ud_buf_size),
+                  ud_buf_size, rr.ud_bufs->lkey()};
+    device::recv_wr wr{make_wr_id(wr_kind::ud_recv, rr.index, idx), &s, 1};
+    if (!rr.ud->post_recv(wr).is_ok())
+        MLX4_WARN(FI_LOG_EP_CTRL, "rail %u: cannot repost UD buffer %u\n", rr.index, idx);
+}
+
+tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
+{
+    if (tx_free_.empty())
+        return nullptr;
+    tx_entry *tx = &txs_[tx_free_.back()];
+    tx_free_.pop_back();
+    uint32_t gen = tx->gen;
+    tx->~tx_entry();
+    new (tx) tx_entry();
+    tx->gen = gen;
+    tx->in_use = true;
+    tx->kind = kind;
+    tx->peer = pi;
+    return tx;
+}
+
+void engine_impl::release_tx(tx_entry *tx) noexcept
+{
+    if (tx->buf >= 0) {
+        rail_res &rr = *rails_[peers_[tx->peer].lrail];
+        rr.tx_free.push_back(static_cast<uint32_t>(tx->buf));
+        tx->buf = -1;
+    }
+    for (auto &m : tx->mr)
+        m.reset();
+    tx->in_use = false;
+    ++tx->gen;
+    tx_free_.push_back(static_cast<uint32_t>(tx - txs_.data()));
+}
+
+int32_t engine_impl::alloc_buf(rail_res &rr) noexcept
+{
+    if (rr.tx_free.empty())
+        return -1;
+    uint32_t s = rr.tx_free.back();
+    rr.tx_free.pop_back();
+    return static_cast<int32_t>(s);
+}
+
+uint8_t *engine_impl::tx_buf(const tx_entry *tx) noexcept
+{
+    return rails_[peers_[tx->peer].lrail]->tx_base() + size_t(tx->buf) * buf_size_;
+}
+
+void engine_impl::submit(tx_entry *tx) noexcept
+{
+    peer &p = peers_[tx->peer];
+    if (p.st == peer::state::failed) {
+        fail_tx(tx, p.fail_err ? p.fail_err : FI_EIO, p.fail_prov);
+        return;
+    }
+    if (p.st != peer::state::connected || !p.pending.empty()) {
+        p.pending.push_back(tx);
+        ++pending_total_;
+        if (p.st == peer::state::idle && !start_connect(tx->peer).is_ok())
+            fail_peer(tx->peer, FI_EIO, 0);
+        return;
+    }
+    if (!post_tx(tx)) {
+        p.pending.push_back(tx);
+        ++pending_total_;
+    }
+}
+
+bool engine_impl::post_tx(tx_entry *tx) noexcept
+{
+    peer &p = peers_[tx->peer];
+    while (tx->next_wr < tx->nwr) {
+        const tx_entry::wr_desc &d = tx->wrs[tx->next_wr];
+        device::send_wr wr;
+        wr.wr_id = make_wr_id(wr_kind::tx, p.lrail, static_cast<uint32_t>(tx - txs_.data()),
+                              tx->gen);
+        wr.opcode = d.opcode;
+        wr.signaled = true;
+        wr.inline_data = d.inline_data;
+        wr.sg_list = d.sge;
+        wr.num_sge = d.num_sge;
+        wr.imm_data = d.imm;
+        wr.remote_addr = d.remote_addr;
+        wr.rkey = d.rkey;
+        status s = p.qp->post_send(wr);
+        if (s == err_again)
+            return false;
+        if (!s.is_ok()) {
+            MLX4_WARN(FI_LOG_EP_DATA, "post to peer %016llx failed: %d\n",
+                      static_cast<unsigned long long>(p.name.nonce), s.code());
+            fail_peer(tx->peer, FI_EIO, 0);
+            return true;
+        }
+        ++tx->next_wr;
+        ++tx->outstanding;
+    }
+    if (!tx->posted) {
+        tx->posted = true;
+        p.inflight.push_back(tx);
+    }
+    return true;
+}
+
+void engine_impl::finish_tx(tx_entry *tx) noexcept
+{
+    peer &p = peers_[tx->peer];
+    if (tx->posted)
+        p.inflight.remove(tx);
+    event ev = tx->ev;
+    bool rep = tx->report;
+    release_tx(tx);
+    if (rep)
+        report(ev);
+}
+
+void engine_impl::fail_tx(tx_entry *tx, int err, int prov_errno) noexcept
+{
+    peer &p = peers_[tx->peer];
+    if (tx->posted)
+        p.inflight.remove(tx);
+    tx->posted = false;
+    event ev = tx->ev;
+    bool rep = tx->report || tx->kind == tx_kind::read;
+    rx_entry *rx = tx->rx;
+    release_tx(tx);
+    if (rx) { // a rendezvous read: the receive fails
+        ev = event{};
+        ev.kind = event_kind::recv;
+        ev.context = rx->context;
+        ev.op_flags = rx->flags;
+        ev.flags = FI_RECV | (rx->tagged ? FI_TAGGED : FI_MSG);
+        release_rx(rx);
+        rep = true;
+    }
+    if (!rep)
+        return;
+    ev.err = err;
+    ev.prov_errno = prov_errno;
+    report(ev);
+}
+
+status engine_impl::resolve(fi_addr_t addr, uint32_t &pi) noexcept
+{
+    if (!av_) {
+        MLX4_WARN(FI_LOG_EP_DATA, "no address vector bound\n");
+        return err_inval;
+    }
+    if (addr_cache_gen_ != av_->generation()) {
+        std::fill(addr_cache_.begin(), addr_cache_.end(), 0u);
+        addr_cache_gen_ = av_->generation();
+    }
+    if (addr < addr_cache_.size() && addr_cache_[addr]) {
+        pi = addr_cache_[addr] - 1;
+        return status::ok();
+    }
+    const ep_name *n = av_->lookup(addr);
+    if (!n) {
+        MLX4_WARN(FI_LOG_EP_DATA, "fi_addr %llu is not in the address vector\n",
+                  static_cast<unsigned long long>(addr));
+        return err_inval;
+    }
+    pi = peer_for(*n);
+    if (pi == UINT32_MAX)
+        return err_nomem;
+    peers_[pi].addr = addr;
+    if (addr < (1u << 20)) {
+        if (addr >= addr_cache_.size())
+            addr_cache_.resize(addr + 1, 0u);
+        addr_cache_[addr] = pi + 1;
+    }
+    return status::ok();
+}
+
+fi_addr_t engine_impl::peer_addr(peer &p) noexcept
+{
+    if (p.addr == FI_ADDR_NOTAVAIL && av_)
+        p.addr = av_->find(p.name);
+    return p.addr;
+}
+
+void engine_impl::progress() noexcept
+{
+    device::work_completion wc[32];
+    for (auto &rr : rails_) {
+        for (;;) {
+            int n = rr->cq->poll(wc, 32);
+            for (int i = 0; i < n; ++i)
+                handle_wc(*rr, wc[i]);
+            if (n < 32)
+                break;
+        }
+    }
+    if (pending_total_) {
+        for (uint32_t i = 0; i < peers_.size() && pending_total_; ++i) {
+            peer &p = peers_[i];
+            while (p.st == peer::state::connected && !p.pending.empty()) {
+                tx_entry *tx = p.pending.head;
+                p.pending.remove(tx);
+                --pending_total_;
+                if (!post_tx(tx)) {
+                    p.pending.push_front(tx); // still full: keep its place
+                    ++pending_total_;
+                    break;
+                }
+            }
+        }
+    }
+    if (connecting_)
+        check_timers();
+}
+
+void engine_impl::handle_wc(rail_res &rr, const device::work_completion &wc) noexcept
+{
+    switch (wr_id_kind(wc.wr_id)) {
+    case wr_kind::srq_recv: {
+        uint32_t idx = wr_id_index(wc.wr_id);
+        if (wc.status != device::wc_status::success) {
+            if (wc.status != device::wc_status::wr_flush_err)
+                MLX4_WARN(FI_LOG_EP_DATA, "rail %u: receive error %d\n", rr.index,
+                          static_cast<int>(wc.status));
+            if (!shut_)
+                repost_srq(rr, idx);
+            return;
+        }
+        auto it = peer_by_qpn_.find((uint64_t(rr.index) << 32) | wc.qp_num);
+        if (it == peer_by_qpn_.end()) {
+            MLX4_WARN(FI_LOG_EP_DATA, "rail %u: message on unknown QP %u dropped\n", rr.index,
+                      wc.qp_num);
+        } else if (wc.opcode == device::wc_opcode::recv_rdma_with_imm) {
+            event ev;
+            ev.kind = event_kind::remote_write;
+            ev.flags = FI_RMA | FI_REMOTE_WRITE | FI_REMOTE_CQ_DATA;
+            ev.data = wc.imm_data;
+            ev.len = 0;
+            ev.src = peer_addr(peers_[it->second]);
+            report(ev);
+        } else {
+            handle_msg(rr, it->second, rr.rx_base() + size_t(idx) * buf_size_, wc.byte_len);
+        }
+        repost_srq(rr, idx);
+        return;
+    }
+    case wr_kind::ud_recv: {
+        uint32_t idx = wr_id_index(wc.wr_id);
+        if (wc.status == device::wc_status::success && wc.byte_len > device::ud_grh_bytes)
+            handle_conn(rr, rr.ud_base() + size_t(idx) * ud_buf_size + device::ud_grh_bytes,
+                        wc.byte_len - device::ud_grh_bytes);
+        if (!shut_)
+            repost_ud(rr, idx);
+        return;
+    }
+    case wr_kind::tx:
+        handle_tx_wc(wc);
+        return;
+    }
+    MLX4_WARN(FI_LOG_EP_DATA, "completion with unknown wr_id %llx\n",
+              static_cast<unsigned long long>(wc.wr_id));
+}
+
+void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
+{
+    uint32_t idx = wr_id_index(wc.wr_id);
+    if (idx >= txs_.size() || !txs_[idx].in_use ||
+        (txs_[idx].gen & 0xffffff) != wr_id_gen(wc.wr_id))
+        return; // an operation already failed or cancelled
+    tx_entry *tx = &txs_[idx];
+    if (tx->outstanding)
+        --tx->outstanding;
+    if (wc.status != device::wc_status::success) {
+        if (tx->kind == tx_kind::conn) {
+            finish_tx(tx);
+            return;
+        }
+        int prov = static_cast<int>(wc.status);
+        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: work request failed, status %d\n",
+                  static_cast<unsigned long long>(peers_[tx->peer].name.nonce), prov);
+        int err = wc.status == device::wc_status::rem_access_err ? FI_EACCES : FI_EIO;
+        if (tx->kind == tx_kind::rma && wc.status == device::wc_status::rem_access_err) {
+            // The QP is in error now; the peer's connection must be rebuilt.
+            uint32_t pi = tx->peer;
+            fail_tx(tx, err, prov);
+            fail_peer(pi, FI_EIO, prov);
+            return;
+        }
+        fail_peer(tx->peer, err, prov);
+        return;
+    }
+    if (tx->outstanding || tx->next_wr < tx->nwr)
+        return;
+    switch (tx->kind) {
+    case tx_kind::rts:
+        // The buffer is free now; the transfer completes on FIN.
+        if (tx->buf >= 0) {
+            rails_[peers_[tx->peer].lrail]->tx_free.push_back(static_cast<uint32_t>(tx->buf));
+            tx->buf = -1;
+        }
+        if (tx->fin_seen)
+            finish_tx(tx);
+        else
+            tx->waiting_fin = true;
+        return;
+    case tx_kind::read:
+        read_done(tx);
+        return;
+    default:
+        finish_tx(tx);
+        return;
+    }
+}
+
+status engine_impl::cancel(void *context) noexcept
+{
+    rx_entry *rx = mq_.find_posted_by_context(context);
+    if (!rx)
+        return status(-FI_ENOENT);
+    mq_.unpost(rx);
+    event ev;
+    ev.kind = event_kind::recv;
+    ev.context = rx->context;
+    ev.op_flags = rx->flags;
+    ev.flags = FI_RECV | (rx->tagged ? FI_TAGGED : FI_MSG);
+    ev.tag = rx->tag;
+    ev.err = FI_ECANCELED;
+    ev.olen = 0;
+    release_rx(rx);
+    report(ev);
+    return status::ok();
+}
+
+void engine_impl::shutdown() noexcept
+{
+    if (shut_)
+        return;
+    shut_ = true;
+    for (uint32_t i = 0; i < peers_.size(); ++i) {
+        peer &p = peers_[i];
+        while (tx_entry *tx = p.pending.head) {
+            p.pending.remove(tx);
+            --pending_total_;
+            fail_tx(tx, FI_ECANCELED, 0);
+        }
+        while (tx_entry *tx = p.inflight.head)
+            fail_tx(tx, FI_ECANCELED, 0);
+    }
+    for (bool tagged : {true, false}) {
+        while (rx_entry *rx = mq_.posted(tagged).head) {
+            mq_.unpost(rx);
+            event ev;
+            ev.kind = event_kind::recv;
+            ev.context = rx->context;
+            ev.op_flags = rx->flags;
+            ev.flags = FI_RECV | (tagged ? FI_TAGGED : FI_MSG);
+            ev.err = FI_ECANCELED;
+            release_rx(rx);
+            report(ev);
+        }
+        while (unexp_msg *m = mq_.unexpected(tagged).head) {
+            mq_.remove_unexpected(m);
+            release_unexp(m);
+        }
+    }
+    peers_.clear(); // QPs before the CQs and SRQs they use
+    for (auto &rr : rails_) {
+        rr->ud.reset();
+        rr->srq.reset();
+        rr->cq.reset();
+        rr->rx_bufs.reset();
+        rr->ud_bufs.reset();
+        rr->tx_bufs.reset();
+    }
+}
+
+} // namespace mlx4fi::proto

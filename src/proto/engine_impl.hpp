@@ -1,0 +1,206 @@
+// The engine's private state: rails with their device resources, peers with
+// their RC connections, the tx/rx pools and the matching queues.
+// Split over engine.cpp (set-up, progress, dispatch), conn.cpp (connection
+// management), msg.cpp (eager and matching), rndv.cpp (rendezvous), rma.cpp.
+#pragma once
+
+#include "match.hpp"
+#include "mlx4fi/proto/engine.hpp"
+#include "wire.hpp"
+
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+namespace mlx4fi::proto {
+
+// wr_id layout: kind (4 bits) | rail (4) | generation (24) | index (32). The
+// generation lets a completion for a tx entry that was failed and reused
+// (a flushed work request after a peer error) be recognised and dropped.
+enum class wr_kind : uint64_t { srq_recv = 1, ud_recv = 2, tx = 3 };
+inline uint64_t make_wr_id(wr_kind k, unsigned rail, uint32_t index, uint32_t gen = 0) noexcept
+{
+    return (uint64_t(k) << 60) | (uint64_t(rail & 0xf) << 56) |
+           (uint64_t(gen & 0xffffff) << 32) | index;
+}
+inline wr_kind wr_id_kind(uint64_t id) noexcept { return wr_kind(id >> 60); }
+inline unsigned wr_id_rail(uint64_t id) noexcept { return unsigned(id >> 56) & 0xf; }
+inline uint32_t wr_id_gen(uint64_t id) noexcept { return uint32_t(id >> 32) & 0xffffff; }
+inline uint32_t wr_id_index(uint64_t id) noexcept { return uint32_t(id); }
+
+inline constexpr uint32_t ud_depth = 64;
+inline constexpr uint32_t ud_buf_size = 256;
+inline constexpr uint32_t tx_slots = 512; // bounce buffers per rail
+inline constexpr uint32_t max_tx = 2048;  // tx entries per engine
+inline constexpr uint32_t max_wr_sge = 4;
+
+// A rail's device resources for this endpoint.
+struct rail_res {
+    rail r;
+    unsigned index = 0;
+    int gid_index = 0;
+    device::gid local_gid{};
+    std::unique_ptr<device::completion_queue> cq;  // every QP of the rail reports here
+    std::unique_ptr<device::shared_receive_queue> srq;
+    std::unique_ptr<device::queue_pair> ud;         // connection set-up
+    std::unique_ptr<device::memory_region> rx_bufs; // srq_depth x buf_size, posted to srq
+    std::unique_ptr<device::memory_region> ud_bufs; // ud_depth x ud_buf_size
+    std::unique_ptr<device::memory_region> tx_bufs; // tx_slots x buf_size
+    std::vector<uint32_t> tx_free;                  // free tx_bufs slots
+    uint8_t *rx_base() const noexcept { return static_cast<uint8_t *>(rx_bufs->addr()); }
+    uint8_t *ud_base() const noexcept { return static_cast<uint8_t *>(ud_bufs->addr()); }
+    uint8_t *tx_base() const noexcept { return static_cast<uint8_t *>(tx_bufs->addr()); }
+};
+
+enum class tx_kind : uint8_t { eager, rts, fin, conn, read, rma };
+
+// One transfer the engine tracks until it completes. Pool entry (txs_).
+struct tx_entry {
+    tx_entry *next = nullptr, *prev = nullptr; // peer's pending or in-flight list
+    tx_kind kind = tx_kind::eager;
+    bool in_use = false;
+    bool posted = false;     // on the in-flight list (else pending)
+    bool report = true;      // report an event when done (false: inject, fin, conn)
+    bool waiting_fin = false; // rendezvous sender: RTS sent, waiting for FIN
+    bool fin_seen = false;    // FIN arrived before the RTS send completion
+    uint32_t peer = 0;
+    uint32_t gen = 0;        // bumped on release: a FIN for an old incarnation is dropped
+    int32_t buf = -1;        // tx_bufs slot on the peer's rail
+    uint32_t outstanding = 0;// device completions still expected
+    uint32_t next_wr = 0;    // wrs[] posted so far
+    uint32_t nwr = 0;
+    int err = 0, prov_errno = 0;
+    event ev;                // the completion to report
+    // The work requests, prepared at submit time and posted when the peer is
+    // connected (and re-posted after a queue-full).
+    struct wr_desc {
+        device::wr_opcode opcode = device::wr_opcode::send;
+        bool inline_data = false;
+        uint32_t num_sge = 0;
+        device::sge sge[max_wr_sge];
+        uint64_t remote_addr = 0;
+        uint32_t rkey = 0;
+        uint32_t imm = 0;
+    };
+    wr_desc wrs[8];
+    // Registrations held until completion (rendezvous, RMA); per rail.
+    std::unique_ptr<device::memory_region> mr[4];
+    // Rendezvous receiver side.
+    rx_entry *rx = nullptr;
+    uint64_t remote_msg_id = 0;
+    uint64_t msg_size = 0;
+    bool truncated = false;
+};
+
+struct peer {
+    enum class state : uint8_t { idle, connecting, connected, failed };
+    ep_name name;
+    fi_addr_t addr = FI_ADDR_NOTAVAIL;
+    unsigned lrail = 0, rrail = 0;
+    std::unique_ptr<device::queue_pair> qp;
+    std::unique_ptr<device::address_handle> ah;
+    state st = state::idle;
+    uint32_t remote_qpn = 0;
+    uint32_t attempts = 0;
+    uint64_t next_try_ns = 0;
+    uint32_t tx_seq = 0, rx_seq = 0;
+    int fail_err = 0, fail_prov = 0;
+    ilist<tx_entry> pending;  // prepared, waiting for the connection
+    ilist<tx_entry> inflight; // posted, waiting for completions (or FIN)
+};
+
+class engine_impl final : public engine {
+  public:
+    engine_impl(const engine_config &cfg, event_sink &sink);
+    ~engine_impl() override;
+    status init(const std::vector<rail> &rails);
+
+    void bind_av(const av_table *av) noexcept override { av_ = av; }
+    const ep_name &name() const noexcept override { return name_; }
+    status send(const send_args &a) noexcept override;
+    status recv(const recv_args &a) noexcept override;
+    status rma(const rma_args &a) noexcept override;
+    status cancel(void *context) noexcept override;
+    void progress() noexcept override;
+    void set_min_multi_recv(size_t b) noexcept override { min_multi_recv_ = b; }
+    size_t min_multi_recv() const noexcept override { return min_multi_recv_; }
+    void shutdown() noexcept override;
+
+  private:
+    // engine.cpp
+    void handle_wc(rail_res &rr, const device::work_completion &wc) noexcept;
+    void handle_tx_wc(const device::work_completion &wc) noexcept;
+    void repost_srq(rail_res &rr, uint32_t idx) noexcept;
+    void repost_ud(rail_res &rr, uint32_t idx) noexcept;
+    tx_entry *alloc_tx(tx_kind kind, uint32_t peer) noexcept;
+    void release_tx(tx_entry *tx) noexcept;
+    int32_t alloc_buf(rail_res &rr) noexcept;
+    void submit(tx_entry *tx) noexcept; // pending until connected, then post
+    bool post_tx(tx_entry *tx) noexcept; // false: queue full, retry later
+    void finish_tx(tx_entry *tx) noexcept;
+    void fail_tx(tx_entry *tx, int err, int prov_errno) noexcept;
+    void report(const event &ev) noexcept { sink_.report(ev); }
+    status resolve(fi_addr_t addr, uint32_t &peer_index) noexcept;
+    fi_addr_t peer_addr(peer &p) noexcept;
+    uint8_t *tx_buf(const tx_entry *tx) noexcept;
+
+    // conn.cpp
+    uint32_t peer_for(const ep_name &n) noexcept; // creates on first use; UINT32_MAX if full
+    status start_connect(uint32_t pi) noexcept;
+    status prepare_qp(peer &p) noexcept;
+    void send_conn(uint32_t pi, wire::conn_op op) noexcept;
+    void handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) noexcept;
+    void connected(uint32_t pi) noexcept;
+    void fail_peer(uint32_t pi, int err, int prov_errno) noexcept;
+    void check_timers() noexcept;
+
+    // msg.cpp
+    void handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint32_t len) noexcept;
+    void deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t size, fi_addr_t src,
+                       uint64_t tag, uint64_t data, bool has_data) noexcept;
+    rx_entry *alloc_rx() noexcept;
+    void release_rx(rx_entry *rx) noexcept;
+    unexp_msg *alloc_unexp() noexcept;
+    void release_unexp(unexp_msg *m) noexcept;
+    // Where a message of size bytes lands in rx: fills out, returns bytes that fit.
+    size_t place(rx_entry *rx, uint64_t size, iovec *out, size_t &nout, void *&buf) noexcept;
+    void finish_rx(rx_entry *rx, event &ev, uint64_t size, size_t placed) noexcept;
+
+    // rndv.cpp
+    status send_rts(tx_entry *tx, const send_args &a) noexcept;
+    void start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rts, uint64_t size,
+                    fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept;
+    void read_done(tx_entry *tx) noexcept;
+    void handle_fin(uint32_t pi, const wire::fin_body &fin) noexcept;
+
+    engine_config cfg_;
+    event_sink &sink_;
+    const av_table *av_ = nullptr; // bound AV; not owned
+    ep_name name_;
+    size_t buf_size_ = 0;
+    size_t min_multi_recv_ = 0;
+    std::vector<std::unique_ptr<rail_res>> rails_;
+    std::vector<tx_entry> txs_;
+    std::vector<uint32_t> tx_free_;
+    std::vector<std::unique_ptr<rx_entry>> rx_pool_;
+    std::vector<rx_entry *> rx_free_;
+    std::vector<std::unique_ptr<unexp_msg>> unexp_pool_;
+    std::vector<unexp_msg *> unexp_free_;
+    match_queues mq_;
+    std::vector<peer> peers_; // declared after rails_: destroyed first (QPs before CQs)
+    std::unordered_map<uint64_t, uint32_t> peer_by_nonce_;
+    std::unordered_map<uint64_t, uint32_t> peer_by_qpn_; // (rail << 32 | qpn) -> peer
+    std::vector<uint32_t> addr_cache_;                     // fi_addr -> peer + 1
+    uint64_t addr_cache_gen_ = ~0ull;
+    uint32_t pending_total_ = 0; // tx entries waiting on peers' pending lists
+    uint32_t connecting_ = 0;
+    bool shut_ = false;
+};
+
+uint64_t now_ns() noexcept;
+
+} // namespace mlx4fi::proto
+
+namespace mlx4fi::proto {
+static_assert(sizeof(wire::conn_msg) + device::ud_grh_bytes <= ud_buf_size);
+} // namespace mlx4fi::proto

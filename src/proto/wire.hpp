@@ -1,0 +1,80 @@
+// Wire headers of the RDM protocol (docs/protocol.md). Packed, fixed-size,
+// little endian (every supported host is), with a protocol version byte.
+#pragma once
+
+#include "mlx4fi/proto/address.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace mlx4fi::proto::wire {
+
+inline constexpr uint8_t version = 1;
+
+// Operations carried by SENDs on an RC connection.
+enum class op : uint8_t {
+    eager = 1, // header + payload
+    rts = 2,   // rendezvous request: header + rts_body
+    fin = 3,   // rendezvous done: header + fin_body
+};
+
+enum hdr_flags : uint16_t {
+    flag_tagged = 1,
+    flag_data = 2, // remote CQ data present
+};
+
+struct msg_hdr {
+    uint8_t version;
+    uint8_t op;
+    uint16_t flags;
+    uint32_t data; // remote CQ data (4 bytes)
+    uint64_t tag;
+    uint64_t size; // payload bytes (eager) or message bytes (rts)
+    uint32_t seq;  // per-peer sequence number
+    uint32_t reserved;
+};
+static_assert(sizeof(msg_hdr) == 32);
+
+inline constexpr size_t max_segments = 4;
+
+struct segment {
+    uint64_t addr;
+    uint64_t len;
+    uint32_t rkey;
+    uint32_t reserved;
+};
+static_assert(sizeof(segment) == 24);
+
+struct rts_body {
+    uint64_t msg_id; // the sender's transfer, echoed in FIN
+    uint32_t nseg;
+    uint32_t reserved;
+    segment seg[max_segments];
+};
+static_assert(sizeof(rts_body) == 16 + 4 * 24);
+
+struct fin_body {
+    uint64_t msg_id;
+    int32_t status; // 0, or a positive FI_E* the receiver hit
+    uint32_t reserved;
+};
+static_assert(sizeof(fin_body) == 16);
+
+// Connection management over UD.
+enum class conn_op : uint8_t { req = 1, rep = 2, rtu = 3 };
+
+struct conn_msg {
+    uint8_t version;
+    uint8_t op;
+    uint8_t src_rail; // the sender's rail the RC QP lives on
+    uint8_t dst_rail; // the receiver's rail it must connect on
+    uint32_t rc_qpn;  // the sender's RC QP
+    uint32_t psn;
+    uint32_t reserved;
+    uint64_t dst_nonce; // who this is for (a stale message for an old endpoint is dropped)
+    uint8_t name[max_name_bytes]; // the sender's full endpoint name
+};
+static_assert(offsetof(conn_msg, name) == 24);
+
+} // namespace mlx4fi::proto::wire
