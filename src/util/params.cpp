@@ -21,6 +21,11 @@ constexpr param_def table[] = {
     {"GID_INDEX", param_type::integer,
      "RoCE GID table index to use on every port; -1 chooses a routable RoCE v2 entry "
      "(default: -1)"},
+    {"EAGER_LIMIT", param_type::integer,
+     "Largest message sent eagerly (copied); larger ones use the zero-copy RDMA READ "
+     "rendezvous, 0..65536 (default: 8192)"},
+    {"INLINE_SIZE", param_type::integer,
+     "Largest send (header included) posted inline in the work request, 0..912 (default: 64)"},
 };
 
 fi_param_type to_fi(param_type t) noexcept
@@ -87,6 +92,21 @@ config load_config(const fi_provider *prov) noexcept
             gid = -1;
         }
         cfg.gid_index = gid;
+    }
+    int v = 0;
+    if (fi_param_get_int(p, "EAGER_LIMIT", &v) == FI_SUCCESS) {
+        if (v < 0 || static_cast<size_t>(v) > max_eager_limit)
+            MLX4_WARN(FI_LOG_CORE, "FI_MLX4_EAGER_LIMIT=%d is outside 0..%zu; using %zu\n", v,
+                      max_eager_limit, cfg.eager_limit);
+        else
+            cfg.eager_limit = static_cast<size_t>(v);
+    }
+    if (fi_param_get_int(p, "INLINE_SIZE", &v) == FI_SUCCESS) {
+        if (v < 0 || static_cast<size_t>(v) > max_inline_size)
+            MLX4_WARN(FI_LOG_CORE, "FI_MLX4_INLINE_SIZE=%d is outside 0..%zu; using %zu\n", v,
+                      max_inline_size, cfg.inline_size);
+        else
+            cfg.inline_size = static_cast<size_t>(v);
     }
     return cfg;
 }
