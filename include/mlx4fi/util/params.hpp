@@ -20,7 +20,12 @@ struct config {
     link_filter link = link_filter::any; // FI_MLX4_LINK
     bool any_device = false;             // FI_MLX4_ANY_DEVICE
     int gid_index = -1;                  // FI_MLX4_GID_INDEX; -1: choose automatically
+    size_t eager_limit = 8192;           // FI_MLX4_EAGER_LIMIT: larger messages rendezvous
+    size_t inline_size = 64;             // FI_MLX4_INLINE_SIZE: sends up to this are inline
 };
+
+inline constexpr size_t max_eager_limit = 65536;
+inline constexpr size_t max_inline_size = 912; // ConnectX-3's largest inline send
 
 enum class param_type : uint8_t { string, integer, boolean };
 
