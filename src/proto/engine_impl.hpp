@@ -178,7 +178,7 @@ class engine_impl final : public engine {
     const av_table *av_ = nullptr; // bound AV; not owned
     ep_name name_;
     size_t buf_size_ = 0;
-    size_t min_multi_recv_ = 0;
+    size_t min_multi_recv_ = 64; // FI_OPT_MIN_MULTI_RECV default
     std::vector<std::unique_ptr<rail_res>> rails_;
     std::vector<tx_entry> txs_;
     std::vector<uint32_t> tx_free_;

@@ -27,6 +27,7 @@ struct rx_entry {
     uint64_t flags = 0;
     bool tagged = false;
     bool in_use = false;
+    bool multi_last = false; // a slice of a multi-receive buffer that used it up
 };
 
 // A message that arrived before its receive. Lives in the engine's unexpected

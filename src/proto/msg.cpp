@@ -176,6 +176,8 @@ void engine_impl::finish_rx(rx_entry *rx, event &ev, uint64_t size, size_t place
         ev.err = FI_ETRUNC;
         ev.olen = static_cast<size_t>(size - placed);
     }
+    if (rx->multi_last)
+        ev.flags |= FI_MULTI_RECV;
     if (rx->flags & FI_MULTI_RECV) {
         rx->multi_used += placed;
         if (rx->total - rx->multi_used < min_multi_recv_ || size > placed) {

@@ -86,7 +86,7 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
         target->total = placed;
         rx->multi_used += placed;
         if (rx->total - rx->multi_used < min_multi_recv_ || size > placed) {
-            target->flags |= FI_MULTI_RECV; // reported on the slice's completion
+            target->multi_last = true; // FI_MULTI_RECV goes on the slice's completion
             release_rx(rx);
         } else {
             mq_.repost_front(rx);
