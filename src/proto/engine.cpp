@@ -167,6 +167,8 @@ tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
     tx->in_use = true;
     tx->kind = kind;
     tx->peer = pi;
+    if (kind == tx_kind::rts)
+        ++rts_outstanding_;
     return tx;
 }
 
@@ -179,6 +181,8 @@ void engine_impl::release_tx(tx_entry *tx) noexcept
     }
     for (auto &m : tx->mr)
         m.reset();
+    if (tx->kind == tx_kind::rts)
+        --rts_outstanding_;
     tx->in_use = false;
     ++tx->gen;
     tx_free_.push_back(static_cast<uint32_t>(tx - txs_.data()));
@@ -359,6 +363,49 @@ void engine_impl::progress() noexcept
     }
     if (connecting_)
         check_timers();
+    if (rts_outstanding_)
+        keepalive();
+}
+
+void engine_impl::keepalive() noexcept
+{
+    uint64_t now = now_ns();
+    if (now < next_keepalive_ns_)
+        return;
+    if (!next_keepalive_ns_) { // first waiter: probe one interval from now
+        next_keepalive_ns_ = now + uint64_t(cfg_.keepalive_ms) * 1000000ull;
+        return;
+    }
+    next_keepalive_ns_ = now + uint64_t(cfg_.keepalive_ms) * 1000000ull;
+    for (uint32_t pi = 0; pi < peers_.size(); ++pi) {
+        peer &p = peers_[pi];
+        if (p.st != peer::state::connected)
+            continue;
+        bool waiting = false;
+        for (tx_entry *t = p.inflight.head; t && !waiting; t = t->next)
+            waiting = t->kind == tx_kind::rts;
+        if (!waiting)
+            continue;
+        tx_entry *tx = alloc_tx(tx_kind::fin, pi);
+        if (!tx)
+            return;
+        tx->report = false;
+        tx->buf = alloc_buf(*rails_[p.lrail]);
+        if (tx->buf < 0) {
+            release_tx(tx);
+            return;
+        }
+        auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
+        std::memset(h, 0, sizeof *h);
+        h->version = wire::version;
+        h->op = static_cast<uint8_t>(wire::op::nop);
+        tx_entry::wr_desc &d = tx->wrs[0];
+        d.opcode = device::wr_opcode::send;
+        d.num_sge = 1;
+        d.sge[0] = {reinterpret_cast<uint64_t>(h), sizeof *h, rails_[p.lrail]->tx_bufs->lkey()};
+        tx->nwr = 1;
+        submit(tx);
+    }
 }
 
 void engine_impl::handle_wc(rail_res &rr, const device::work_completion &wc) noexcept

@@ -153,6 +153,7 @@ class engine_impl final : public engine {
     void connected(uint32_t pi) noexcept;
     void fail_peer(uint32_t pi, int err, int prov_errno) noexcept;
     void check_timers() noexcept;
+    void keepalive() noexcept;
 
     // msg.cpp
     void handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint32_t len) noexcept;
@@ -192,6 +193,8 @@ class engine_impl final : public engine {
     std::unordered_map<uint64_t, uint32_t> peer_by_qpn_; // (rail << 32 | qpn) -> peer
     std::vector<uint32_t> addr_cache_;                     // fi_addr -> peer + 1
     uint64_t addr_cache_gen_ = ~0ull;
+    uint32_t rts_outstanding_ = 0; // rendezvous sends waiting for FIN
+    uint64_t next_keepalive_ns_ = 0;
     uint32_t pending_total_ = 0; // tx entries waiting on peers' pending lists
     uint32_t connecting_ = 0;
     bool shut_ = false;

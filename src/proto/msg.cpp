@@ -237,6 +237,8 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
         handle_fin(pi, fin);
         return;
     }
+    if (op == wire::op::nop)
+        return;
     if (h.seq != p.rx_seq)
         MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: sequence %u, expected %u\n",
                   static_cast<unsigned long long>(p.name.nonce), h.seq, p.rx_seq);

@@ -17,6 +17,7 @@ enum class op : uint8_t {
     eager = 1, // header + payload
     rts = 2,   // rendezvous request: header + rts_body
     fin = 3,   // rendezvous done: header + fin_body
+    nop = 4,   // keepalive: probes a peer a rendezvous is waiting on; ignored
 };
 
 enum hdr_flags : uint16_t {

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <poll.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -206,11 +207,20 @@ TEST_F(engine_test, order_is_kept_across_eager_and_rendezvous)
     got.assign(8, std::vector<uint8_t>(5000));
     for (int i = 0; i < 8; ++i)
         ASSERT_TRUE(trecv(b, got[i].data(), got[i].size(), 77, &got[i]).is_ok());
-    for (int i = 0; i < 8; ++i) {
+    // Completions may come out of order (a rendezvous finishes after the
+    // eager message behind it), but matching follows sending order: message i
+    // lands in the i-th receive.
+    std::vector<size_t> len(8, 0);
+    for (int n = 0; n < 8; ++n) {
         event r = next(b);
-        EXPECT_EQ(r.context, &got[i]);
-        ASSERT_EQ(r.len, msgs[i].size());
-        EXPECT_EQ(0, std::memcmp(got[i].data(), msgs[i].data(), r.len));
+        ASSERT_EQ(r.err, 0);
+        auto i = static_cast<size_t>(static_cast<std::vector<uint8_t> *>(r.context) - got.data());
+        ASSERT_LT(i, 8u);
+        len[i] = r.len;
+    }
+    for (size_t i = 0; i < 8; ++i) {
+        ASSERT_EQ(len[i], msgs[i].size()) << i;
+        EXPECT_EQ(0, std::memcmp(got[i].data(), msgs[i].data(), len[i])) << i;
     }
 }
 
@@ -331,4 +341,144 @@ TEST_F(engine_test, shutdown_reports_everything_in_flight)
     ASSERT_EQ(b.sink.events.size(), 2u);
     EXPECT_EQ(b.sink.events[0].err, FI_ECANCELED);
     EXPECT_EQ(b.sink.events[1].err, FI_ECANCELED);
+}
+
+TEST_F(engine_test, multi_recv_buffer_takes_several_messages)
+{
+    std::vector<uint8_t> big(4096);
+    int mctx;
+    iovec iov{big.data(), big.size()};
+    recv_args r{&iov, 1, FI_ADDR_UNSPEC, 0, 0, FI_MULTI_RECV | FI_COMPLETION, &mctx, false};
+    b.eng->set_min_multi_recv(1500);
+    ASSERT_TRUE(b.eng->recv(r).is_ok());
+    auto m1 = pattern(1000, 1), m2 = pattern(1000, 2), m3 = pattern(1000, 3);
+    int sctx;
+    for (auto *m : {&m1, &m2, &m3}) {
+        iovec s{m->data(), m->size()};
+        send_args sa{&s, 1, a.peer, 0, 0, FI_COMPLETION, &sctx, false};
+        ASSERT_TRUE(a.eng->send(sa).is_ok());
+    }
+    event e1 = next(b), e2 = next(b);
+    EXPECT_EQ(e1.buf, big.data());
+    EXPECT_EQ(e2.buf, big.data() + 1000);
+    EXPECT_FALSE(e1.flags & FI_MULTI_RECV);
+    // 2096 bytes left after the second... 1096 after the third: below 1500.
+    event e3 = next(b);
+    EXPECT_EQ(e3.buf, big.data() + 2000);
+    EXPECT_TRUE(e3.flags & FI_MULTI_RECV) << "buffer released once below the minimum";
+    EXPECT_EQ(0, std::memcmp(big.data() + 1000, m2.data(), 1000));
+}
+
+TEST(engine_failure, unreachable_peer_fails_within_bound)
+{
+    util::config cfg;
+    cfg.sim_spec = "mlx4_0:ib/fdr";
+    auto devices = device::sim::discover(cfg);
+    rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
+    engine_config ec;
+    ec.connect_timeout_ms = 20;
+    ec.connect_retries = 5;
+    collector sink;
+    auto e = engine::open({r}, ec, sink);
+    ASSERT_TRUE(e.ok());
+    av_table av;
+    e.value()->bind_av(&av);
+    ep_name ghost = e.value()->name();
+    ghost.nonce ^= 0x1111;
+    ghost.rails[0].ud_qpn = 0xfffff0; // nobody there
+    fi_addr_t addr = av.insert(ghost);
+    char buf[8] = {};
+    iovec iov{buf, 8};
+    int ctx;
+    send_args s{&iov, 1, addr, 0, 0, FI_COMPLETION, &ctx, true};
+    ASSERT_TRUE(e.value()->send(s).is_ok());
+    auto start = std::chrono::steady_clock::now();
+    while (sink.events.empty() && std::chrono::steady_clock::now() - start < std::chrono::seconds(5))
+        e.value()->progress();
+    ASSERT_EQ(sink.events.size(), 1u);
+    EXPECT_EQ(sink.events[0].err, FI_EIO);
+    EXPECT_EQ(sink.events[0].context, &ctx);
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+    e.value()->shutdown();
+}
+
+TEST(engine_failure, dead_peer_process_gives_errors_not_hangs)
+{
+    int to_parent[2], to_child[2];
+    ASSERT_EQ(pipe(to_parent), 0);
+    ASSERT_EQ(pipe(to_child), 0);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    util::config cfg;
+    cfg.sim_spec = "mlx4_0:ib/fdr";
+    if (pid == 0) {
+        auto devices = device::sim::discover(cfg);
+        rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
+        collector sink;
+        auto e = engine::open({r}, {}, sink);
+        if (!e.ok())
+            _exit(2);
+        uint8_t name[max_name_bytes];
+        size_t n = pack_name(e.value()->name(), name, sizeof name);
+        if (write(to_parent[1], name, n) != static_cast<ssize_t>(n))
+            _exit(3);
+        // Serve until told to die, then die without closing anything.
+        std::vector<uint8_t> rb(64);
+        iovec iov{rb.data(), rb.size()};
+        int ctx;
+        recv_args ra{&iov, 1, FI_ADDR_UNSPEC, 0, ~0ull, FI_COMPLETION, &ctx, true};
+        (void)e.value()->recv(ra);
+        char go = 0;
+        for (;;) {
+            e.value()->progress();
+            pollfd pfd{to_child[0], POLLIN, 0};
+            if (poll(&pfd, 1, 0) == 1 && read(to_child[0], &go, 1) == 1)
+                _exit(0);
+        }
+    }
+    auto devices = device::sim::discover(cfg);
+    rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
+    collector sink;
+    auto e = engine::open({r}, {}, sink);
+    ASSERT_TRUE(e.ok());
+    av_table av;
+    e.value()->bind_av(&av);
+    uint8_t name[max_name_bytes];
+    ssize_t n = read(to_parent[0], name, sizeof name);
+    ASSERT_GT(n, 0);
+    ep_name peer;
+    ASSERT_TRUE(unpack_name(name, static_cast<size_t>(n), peer).is_ok());
+    fi_addr_t addr = av.insert(peer);
+
+    auto run = [&](size_t want) {
+        auto start = std::chrono::steady_clock::now();
+        while (sink.events.size() < want &&
+               std::chrono::steady_clock::now() - start < std::chrono::seconds(5))
+            e.value()->progress();
+        return std::chrono::steady_clock::now() - start;
+    };
+    char msg[16] = "hello";
+    iovec iov{msg, sizeof msg};
+    int c1, c2;
+    send_args s{&iov, 1, addr, 1, 0, FI_COMPLETION, &c1, true};
+    ASSERT_TRUE(e.value()->send(s).is_ok());
+    run(1);
+    ASSERT_EQ(sink.events.size(), 1u);
+    EXPECT_EQ(sink.events[0].err, 0);
+
+    char go = 1;
+    ASSERT_EQ(write(to_child[1], &go, 1), 1);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+
+    std::vector<uint8_t> big(1 << 20);
+    iovec biov{big.data(), big.size()};
+    send_args s2{&biov, 1, addr, 2, 0, FI_COMPLETION, &c2, true};
+    ASSERT_TRUE(e.value()->send(s2).is_ok());
+    auto took = run(2);
+    ASSERT_EQ(sink.events.size(), 2u) << "no completion: the send to a dead peer hung";
+    EXPECT_NE(sink.events[1].err, 0);
+    EXPECT_EQ(sink.events[1].context, &c2);
+    EXPECT_LT(took, std::chrono::seconds(3));
+    e.value()->shutdown();
 }

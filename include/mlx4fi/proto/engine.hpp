@@ -34,6 +34,10 @@ struct engine_config {
     uint32_t cq_depth = 4096;
     uint32_t connect_timeout_ms = 200; // per REQ attempt
     uint32_t connect_retries = 25;     // then the peer is unreachable (FI_EIO)
+    // A rendezvous sender waits for FIN with nothing on the wire; a peer that
+    // died meanwhile would never be noticed. Peers with such transfers get a
+    // NOP this often, so a dead one surfaces as a send error.
+    uint32_t keepalive_ms = 250;
 };
 
 // Memory registered on every rail of a domain, for fi_mr_reg and the
