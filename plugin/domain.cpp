@@ -2,7 +2,12 @@
 // (rail attributes, fi_ext_mlx4.h).
 #include "domain.hpp"
 
+#include "av.hpp"
 #include "barrier.hpp"
+#include "cntr.hpp"
+#include "cq.hpp"
+#include "ep.hpp"
+#include "mr.hpp"
 #include "nosys.hpp"
 #include "objects.hpp"
 #include "provider.hpp"
@@ -39,6 +44,11 @@ int domain_close(fid *f) noexcept
 {
     return call("fi_close(domain)", [&] {
         domain_obj *dom = to_domain(reinterpret_cast<fid_domain *>(f));
+        if (int n = dom->open_objects.load(); n > 0) {
+            MLX4_WARN(FI_LOG_DOMAIN, "domain %s still has %d open object(s)\n",
+                      dom->desc.name.c_str(), n);
+            return -FI_EBUSY;
+        }
         dom->fabric->open_domains.fetch_sub(1);
         delete dom;
         return 0;
@@ -69,28 +79,32 @@ fi_ops domain_fi_ops = {
     .ops_set = nosys,
 };
 
-// Endpoints, AVs, CQs, counters and memory registration arrive with the data
-// path; until then the domain answers -FI_ENOSYS for them.
+int endpoint2(fid_domain *d, fi_info *info, fid_ep **ep, uint64_t flags, void *context) noexcept
+{
+    return call("fi_endpoint2", [&] {
+        if (flags) {
+            MLX4_WARN(FI_LOG_DOMAIN, "fi_endpoint2: unsupported flags 0x%llx\n",
+                      static_cast<unsigned long long>(flags));
+            return -FI_EBADFLAGS;
+        }
+        return ep_open(d, info, ep, context);
+    });
+}
+
+// No scalable endpoints, shared contexts, poll sets or atomics.
 fi_ops_domain domain_ops = {
     .size = sizeof(fi_ops_domain),
-    .av_open = nosys,
-    .cq_open = nosys,
-    .endpoint = nosys,
+    .av_open = av_open,
+    .cq_open = cq_open,
+    .endpoint = ep_open,
     .scalable_ep = nosys,
-    .cntr_open = nosys,
+    .cntr_open = cntr_open,
     .poll_open = nosys,
     .stx_ctx = nosys,
     .srx_ctx = nosys,
     .query_atomic = nosys,
     .query_collective = nosys,
-    .endpoint2 = nosys,
-};
-
-fi_ops_mr domain_mr_ops = {
-    .size = sizeof(fi_ops_mr),
-    .reg = nosys,
-    .regv = nosys,
-    .regattr = nosys,
+    .endpoint2 = endpoint2,
 };
 
 fi_mlx4_rail_attr to_rail_attr(const rail::rail_desc &r, const device::device_attr &dev)
@@ -140,15 +154,28 @@ int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *co
         auto dom = std::make_unique<domain_obj>();
         dom->fabric = fab;
         dom->desc = *desc;
-        for (const rail::rail_desc &r : desc->rails)
-            dom->rails.push_back(to_rail_attr(r, st.attrs.at(r.device_index)));
+        for (const rail::rail_desc &r : desc->rails) {
+            const device::device_attr &dev = st.attrs.at(r.device_index);
+            dom->rails.push_back(to_rail_attr(r, dev));
+            proto::rail pr;
+            pr.dev = st.devices.at(r.device_index).get();
+            pr.port = r.port;
+            for (const device::port_attr &p : dev.ports)
+                if (p.num == r.port) pr.attr = p;
+            pr.weight = r.weight;
+            dom->proto_rails.push_back(std::move(pr));
+        }
         if (info->domain_attr->threading != FI_THREAD_UNSPEC)
             dom->threading = info->domain_attr->threading;
+        // The application serialises access itself under these models.
+        dom->lock.set_enabled(dom->threading != FI_THREAD_DOMAIN &&
+                              dom->threading != FI_THREAD_COMPLETION);
+        dom->api_version = fab->fid.api_version;
         dom->fid.fid.fclass = FI_CLASS_DOMAIN;
         dom->fid.fid.context = context;
         dom->fid.fid.ops = &domain_fi_ops;
         dom->fid.ops = &domain_ops;
-        dom->fid.mr = &domain_mr_ops;
+        dom->fid.mr = &mr_ops;
         fab->open_domains.fetch_add(1);
         *domain = &dom.release()->fid;
         MLX4_INFO(FI_LOG_DOMAIN, "opened domain %s with %zu rail(s), %.1f Gb/s\n",

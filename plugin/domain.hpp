@@ -2,10 +2,14 @@
 #pragma once
 
 #include "fabric.hpp"
+#include "lock.hpp"
+
+#include "mlx4fi/proto/engine.hpp"
 
 #include <rdma/fi_domain.h>
 #include <rdma/fi_ext_mlx4.h>
 
+#include <atomic>
 #include <vector>
 
 namespace mlx4fi::ofi
@@ -16,7 +20,15 @@ struct domain_obj {
     fabric_obj *fabric; // not owned; kept open (open_domains) while this lives
     rail::domain_desc desc;
     std::vector<fi_mlx4_rail_attr> rails; // desc's rails as the extension reports them
+    // The same rails as the engine sees them; the devices are the provider's.
+    std::vector<proto::rail> proto_rails;
     int threading = FI_THREAD_SAFE;
+    uint32_t api_version = FI_VERSION(1, 17); // the fabric's, for version-dependent structs
+    // Serialises engines, CQs, counters and AVs of this domain (see lock.hpp).
+    domain_lock lock;
+    // AVs, CQs, counters, endpoints and MRs open on this domain: closing it
+    // with any of them open is -FI_EBUSY.
+    std::atomic<int> open_objects{0};
 };
 
 inline domain_obj *to_domain(fid_domain *d) noexcept

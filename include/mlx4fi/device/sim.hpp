@@ -48,4 +48,23 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
 // spec is malformed.
 device_list discover(const util::config &cfg) noexcept;
 
+// Data-path tunables, read from the environment when a QP (or a device's
+// shared-memory context) is created:
+//   FI_MLX4_SIM_RNR_TIMEOUT_MS    how long an RC send retries a receiver that has
+//                                 no receive posted before it completes with
+//                                 rnr_retry_exc_err; 0 (default) retries forever,
+//                                 as verbs does with rnr_retry = 7.
+//   FI_MLX4_SIM_RETRY_TIMEOUT_MS  how long an RC send waits for a remote QP that
+//                                 is not connected yet (INIT) before it completes
+//                                 with retry_exc_err (default 500, about what
+//                                 timeout 14 x retry_cnt 7 gives on hardware).
+//   FI_MLX4_SIM_ARENA_MB          shared memory reserved per device and process for
+//                                 alloc_buffer and the queues (default 64; only
+//                                 pages in use cost memory).
+
+// Sets one QP's receiver-not-ready budget in milliseconds (0: forever), as
+// FI_MLX4_SIM_RNR_TIMEOUT_MS does for new QPs. -FI_EINVAL for a QP that is not
+// the software HCA's.
+status set_rnr_timeout(queue_pair &qp, uint32_t ms) noexcept;
+
 } // namespace mlx4fi::device::sim

@@ -5,14 +5,23 @@
 #include "mlx4fi/device/device.hpp"
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <string_view>
 
 struct ibv_context;
+struct ibv_pd;
 struct ifaddrs;
 
 namespace mlx4fi::device::verbs
 {
+
+// How many RDMA READs a QP may have outstanding, as initiator and as responder
+// (ibv_device_attr max_qp_init_rd_atom / max_qp_rd_atom); 0: not reported.
+struct rd_atomic_limits {
+    uint32_t initiator = 16;
+    uint32_t responder = 16;
+};
 
 // A verbs HCA. It keeps the context it was queried through open for its whole
 // life: discovery has to open it anyway, and the data-path objects (PD, QPs,
@@ -22,15 +31,40 @@ class verbs_device final : public device
 {
   public:
     // Takes ownership of ctx.
-    verbs_device(device_attr attr, ibv_context *ctx);
+    verbs_device(device_attr attr, ibv_context *ctx, rd_atomic_limits rd = {});
     ~verbs_device() override;
 
     [[nodiscard]] backend_kind backend() const noexcept override { return backend_kind::verbs; }
     // Owned by this object; valid until it is destroyed.
     [[nodiscard]] ibv_context *context() const noexcept { return ctx_; }
 
+    // The data path (src/device/verbs/{cq,srq,qp,mr}.cpp): every object is a
+    // libibverbs object in this device's one protection domain.
+    result<std::unique_ptr<completion_queue>> create_cq(uint32_t entries) override;
+    result<std::unique_ptr<shared_receive_queue>> create_srq(uint32_t max_wr,
+                                                             uint32_t max_sge) override;
+    result<std::unique_ptr<queue_pair>>
+    create_qp(qp_type type, uint8_t port, completion_queue &send_cq, completion_queue &recv_cq,
+              shared_receive_queue *srq, const qp_caps &caps) override;
+    result<std::unique_ptr<memory_region>> reg_mr(void *addr, size_t length,
+                                                  uint32_t access) override;
+    // Page-aligned anonymous memory, registered for local write.
+    result<std::unique_ptr<memory_region>> alloc_buffer(size_t length) override;
+    result<std::unique_ptr<address_handle>> create_ah(uint8_t port,
+                                                      const port_address &dest) override;
+
+    // The protection domain, allocated on first use; null (logged) when the
+    // device refuses one. Owned by this object.
+    [[nodiscard]] ibv_pd *pd() noexcept;
+    // The attributes of port num (1-based); null when the device has no such port.
+    [[nodiscard]] const port_attr *port(uint8_t num) const noexcept;
+
   private:
     ibv_context *ctx_; // owned: ibv_close_device in the destructor
+    std::mutex pd_lock_;
+    ibv_pd *pd_ = nullptr; // owned: ibv_dealloc_pd before the context closes
+    rd_atomic_limits rd_;
+    uint8_t traffic_class_ = 0; // RoCE/GRH traffic class; a parameter may set it later
 };
 
 // Opens and queries the host's verbs devices that cfg admits; ports that are

@@ -1,9 +1,14 @@
 // The software HCA's devices: attributes derived from the spec exactly as a
-// ConnectX-3 reports them through verbs.
+// ConnectX-3 reports them through verbs, and the factories of the data-path
+// objects (memory regions, CQs, SRQs, QPs, address handles).
 #include "mlx4fi/device/sim.hpp"
+
+#include "sim.hpp"
 
 #include "mlx4fi/device/gid.hpp"
 #include "mlx4fi/util/log.hpp"
+
+#include <cstring>
 
 namespace mlx4fi::device::sim
 {
@@ -19,13 +24,6 @@ constexpr uint64_t guid_base = 0x0002c9ff5e000000ull;
 // benchmarking (RFC 2544): never routed, so a simulated GID can't be mistaken
 // for a host's address.
 constexpr unsigned roce_prefix_len = 16;
-
-class sim_device final : public device
-{
-  public:
-    explicit sim_device(device_attr attr) : device(std::move(attr)) {}
-    backend_kind backend() const noexcept override { return backend_kind::sim; }
-};
 
 void put_u64(gid &g, size_t off, uint64_t v)
 {
@@ -99,6 +97,132 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
     }
     return a;
 }
+
+// ---------------------------------------------------------------- data path
+
+sim_device::~sim_device()
+{
+    if (!ctx_.expired())
+        MLX4_WARN(FI_LOG_CORE, "software HCA %s closed with data-path objects still open\n",
+                  attr_.name.c_str());
+}
+
+result<std::shared_ptr<context>> sim_device::get_context() noexcept
+{
+    std::lock_guard<std::mutex> g(lock_);
+    if (auto c = ctx_.lock()) return c;
+    auto c = context::open(attr_);
+    if (c.ok()) ctx_ = c.value();
+    return c;
+}
+
+result<std::unique_ptr<completion_queue>> sim_device::create_cq(uint32_t entries)
+{
+    auto c = get_context();
+    if (!c.ok()) return c.error();
+    auto cq = sim_cq::create(std::move(c).value(), entries);
+    if (!cq.ok()) return cq.error();
+    return std::unique_ptr<completion_queue>(std::move(cq).value());
+}
+
+result<std::unique_ptr<shared_receive_queue>> sim_device::create_srq(uint32_t max_wr,
+                                                                     uint32_t max_sge)
+{
+    auto c = get_context();
+    if (!c.ok()) return c.error();
+    auto srq = sim_srq::create(std::move(c).value(), max_wr, max_sge);
+    if (!srq.ok()) return srq.error();
+    return std::unique_ptr<shared_receive_queue>(std::move(srq).value());
+}
+
+result<std::unique_ptr<queue_pair>>
+sim_device::create_qp(qp_type type, uint8_t port, completion_queue &send_cq,
+                      completion_queue &recv_cq, shared_receive_queue *srq, const qp_caps &caps)
+{
+    auto *scq = dynamic_cast<sim_cq *>(&send_cq);
+    auto *rcq = dynamic_cast<sim_cq *>(&recv_cq);
+    auto *ssrq = srq ? dynamic_cast<sim_srq *>(srq) : nullptr;
+    if (!scq || !rcq || (srq && !ssrq)) return err_inval;
+    auto c = get_context();
+    if (!c.ok()) return c.error();
+    return sim_qp::create(std::move(c).value(), type, port, *scq, *rcq, ssrq, caps);
+}
+
+namespace
+{
+
+constexpr uint32_t all_access = access_local_write | access_remote_write | access_remote_read;
+
+} // namespace
+
+sim_mr::~sim_mr()
+{
+    if (!ctx_->is_owner()) return;
+    ctx_->mr_remove(lkey_);
+    if (arena_off_ != ~uint64_t(0)) ctx_->arena_free(arena_off_);
+}
+
+result<std::unique_ptr<memory_region>> sim_device::reg_mr(void *addr, size_t length,
+                                                          uint32_t access)
+{
+    // As ibv_reg_mr: remote write needs local write; unknown bits are refused.
+    if ((access & ~all_access) ||
+        ((access & access_remote_write) && !(access & access_local_write)) || (!addr && length))
+        return err_inval;
+    auto c = get_context();
+    if (!c.ok()) return c.error();
+    std::shared_ptr<context> ctx = std::move(c).value();
+    auto key = ctx->mr_add(reinterpret_cast<uint64_t>(addr), length, access);
+    if (!key.ok()) return key.error();
+    try {
+        return std::unique_ptr<memory_region>(
+            new sim_mr(ctx, addr, length, key.value(), access, ~uint64_t(0)));
+    } catch (...) {
+        ctx->mr_remove(key.value());
+        return err_nomem;
+    }
+}
+
+result<std::unique_ptr<memory_region>> sim_device::alloc_buffer(size_t length)
+{
+    if (length == 0) return err_inval;
+    auto c = get_context();
+    if (!c.ok()) return c.error();
+    std::shared_ptr<context> ctx = std::move(c).value();
+    auto off = ctx->arena_alloc(length, length >= 4096 ? 4096 : 64);
+    if (!off.ok()) return off.error();
+    void *addr = ctx->base() + off.value();
+    auto key = ctx->mr_add(reinterpret_cast<uint64_t>(addr), length, all_access);
+    if (!key.ok()) {
+        ctx->arena_free(off.value());
+        return key.error();
+    }
+    try {
+        return std::unique_ptr<memory_region>(
+            new sim_mr(ctx, addr, length, key.value(), all_access, off.value()));
+    } catch (...) {
+        ctx->mr_remove(key.value());
+        ctx->arena_free(off.value());
+        return err_nomem;
+    }
+}
+
+result<std::unique_ptr<address_handle>> sim_device::create_ah(uint8_t port,
+                                                              const port_address &dest)
+{
+    if (port == 0 || port > attr_.ports.size() || attr_.ports[port - 1].link != dest.link)
+        return err_inval;
+    if (dest.link == link_layer::ib ? dest.lid == 0 : gid_is_zero(dest.gid_value)) return err_inval;
+    auto c = get_context();
+    if (!c.ok()) return c.error();
+    try {
+        return std::unique_ptr<address_handle>(new sim_ah(std::move(c).value(), port, dest));
+    } catch (...) {
+        return err_nomem;
+    }
+}
+
+// ---------------------------------------------------------------- discovery
 
 device_list discover(const util::config &cfg) noexcept
 {

@@ -1,5 +1,7 @@
 // Discovery of real HCAs through libibverbs: which devices are mlx4, and the
-// device, port and GID attributes the layers above choose fabrics and rails by.
+// device, port and GID attributes the layers above choose fabrics and rails by;
+// and the device's protection domain, which the data path (cq/srq/qp/mr.cpp)
+// creates every object in.
 #include "mlx4fi/device/verbs.hpp"
 
 #include "mlx4fi/device/gid.hpp"
@@ -352,18 +354,52 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
               "%zu ports\n",
               name, a.driver.c_str(), a.vendor_id, a.vendor_part_id, a.fw_version.c_str(),
               unsigned(a.pcie.gen), unsigned(a.pcie.lanes), a.ports.size());
-    return std::make_unique<verbs_device>(std::move(a), ctx.release());
+    rd_atomic_limits rd;
+    rd.initiator = uint32_t(std::max(da.max_qp_init_rd_atom, 0));
+    rd.responder = uint32_t(std::max(da.max_qp_rd_atom, 0));
+    return std::make_unique<verbs_device>(std::move(a), ctx.release(), rd);
 }
 
 } // namespace
 
-verbs_device::verbs_device(device_attr attr, ibv_context *ctx) : device(std::move(attr)), ctx_(ctx)
+verbs_device::verbs_device(device_attr attr, ibv_context *ctx, rd_atomic_limits rd)
+    : device(std::move(attr)), ctx_(ctx), rd_(rd)
 {
 }
 
 verbs_device::~verbs_device()
 {
+    // Fails with EBUSY while data-path objects are still open: the caller broke
+    // the destruction order (device.hpp); the context close then reclaims all.
+    if (pd_) {
+        if (int rc = ibv_dealloc_pd(pd_)) {
+            int err = error_of(rc);
+            MLX4_WARN(FI_LOG_CORE, "%s: ibv_dealloc_pd: %s\n", attr_.name.c_str(),
+                      std::strerror(err));
+        }
+    }
     if (ctx_) context_deleter{}(ctx_);
+}
+
+ibv_pd *verbs_device::pd() noexcept
+{
+    std::lock_guard<std::mutex> g(pd_lock_);
+    if (!pd_ && ctx_) {
+        pd_ = ibv_alloc_pd(ctx_);
+        if (!pd_) {
+            int err = errno;
+            MLX4_WARN(FI_LOG_DOMAIN, "%s: ibv_alloc_pd: %s\n", attr_.name.c_str(),
+                      std::strerror(err));
+        }
+    }
+    return pd_;
+}
+
+const port_attr *verbs_device::port(uint8_t num) const noexcept
+{
+    for (const port_attr &p : attr_.ports)
+        if (p.num == num) return &p;
+    return nullptr;
 }
 
 bool is_mlx4_device(std::string_view name, uint32_t vendor_id, uint32_t part_id) noexcept

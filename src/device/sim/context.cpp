@@ -1,0 +1,413 @@
+// A sim device's data-path context in one process: the shared-memory segment
+// peers map (header, MR table, QP table, arena), its registry slots, the arena
+// allocator and the cache of peer mappings. Closed (segment unlinked, slots
+// freed) when its last object goes, or when the process exits.
+#include "sim.hpp"
+
+#include "mlx4fi/util/log.hpp"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+namespace mlx4fi::device::sim
+{
+namespace
+{
+
+constexpr size_t page = 4096;
+
+size_t align_up(size_t v, size_t a) noexcept
+{
+    return (v + a - 1) & ~(a - 1);
+}
+
+// Contexts of this process, so that a normal exit unlinks their segments even
+// when the application leaked objects. Never destroyed: exit handlers run in
+// an order we do not control.
+struct live_set {
+    std::mutex lock;
+    std::vector<context *> list;
+};
+
+live_set &live()
+{
+    static live_set *s = new live_set;
+    return *s;
+}
+
+void exit_handler()
+{
+    live_set &s = live();
+    std::lock_guard<std::mutex> g(s.lock);
+    for (context *c : s.list)
+        c->unpublish();
+}
+
+void track(context *c)
+{
+    static std::once_flag once;
+    std::call_once(once, [] { std::atexit(exit_handler); });
+    live_set &s = live();
+    std::lock_guard<std::mutex> g(s.lock);
+    s.list.push_back(c);
+}
+
+void untrack(context *c) noexcept
+{
+    live_set &s = live();
+    std::lock_guard<std::mutex> g(s.lock);
+    s.list.erase(std::remove(s.list.begin(), s.list.end(), c), s.list.end());
+}
+
+} // namespace
+
+// ---------------------------------------------------------------- MR lookups
+
+bool mr_check(const seg_mr *table, uint32_t key, uint64_t addr, uint64_t len,
+              uint32_t access) noexcept
+{
+    const seg_mr &e = table[key & (max_mrs - 1)];
+    if (key == 0 || e.key.load(std::memory_order_acquire) != key) return false;
+    uint64_t a = e.addr.load(std::memory_order_relaxed);
+    uint64_t l = e.length.load(std::memory_order_relaxed);
+    uint32_t acc = e.access.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (e.key.load(std::memory_order_relaxed) != key) return false; // deregistered meanwhile
+    if ((acc & access) != access) return false;
+    return addr >= a && len <= l && addr - a <= l - len;
+}
+
+// ---------------------------------------------------------------- peers
+
+bool peer::alive(uint64_t interval_ns) noexcept
+{
+    if (dead.load(std::memory_order_relaxed)) return false;
+    if (hdr->closed.load(std::memory_order_acquire)) {
+        mark_dead();
+        return false;
+    }
+    if (same_process) return true;
+    uint64_t now = coarse_now_ns();
+    if (now < next_check.load(std::memory_order_relaxed)) return true;
+    next_check.store(now + interval_ns, std::memory_order_relaxed);
+    if (process_alive(owner)) return true;
+    MLX4_INFO(FI_LOG_EP_DATA, "software HCA: peer process %d is gone\n", owner.pid);
+    mark_dead();
+    return false;
+}
+
+seg_qp *peer::qp_entry(uint32_t qpn) const noexcept
+{
+    uint32_t index = qp_base + (qpn & (qps_per_slot - 1));
+    if (index >= max_qps) return nullptr;
+    return at<seg_qp>(hdr->qp_off) + index;
+}
+
+// ---------------------------------------------------------------- context
+
+result<std::shared_ptr<context>> context::open(const device_attr &attr) noexcept
+{
+    try {
+        registry *reg = registry::get();
+        if (!reg) return err_other;
+        knobs k = read_knobs();
+        std::shared_ptr<context> c(new context());
+        c->attr_ = &attr;
+        c->owner_ = self_process();
+        static std::atomic<uint32_t> counter{0};
+        c->name_ = "/mlx4fi-sim-" + std::to_string(getuid()) + "-" + std::to_string(c->owner_.pid) +
+                   "-" + attr.name + "-" + std::to_string(counter.fetch_add(1));
+
+        const size_t mr_off = page;
+        const size_t qp_off = align_up(mr_off + max_mrs * sizeof(seg_mr), page);
+        const size_t arena_off = align_up(qp_off + max_qps * sizeof(seg_qp), page);
+        const size_t arena_bytes = align_up(k.arena_bytes, page);
+        const size_t size = arena_off + arena_bytes;
+
+        // The slot first: a segment is always reachable from the registry, so
+        // it is reclaimed if this process dies before it closes it.
+        uint32_t seq = 0;
+        uint32_t slot = reg->alloc(c->name_, 0, seq);
+        if (!slot) return err_nomem;
+        c->slots_[0] = slot;
+        c->slot_seq_[0] = seq;
+        c->nslots_ = 1;
+        c->published_ = true;
+        auto m = shm_map::create(c->name_, size);
+        if (!m.ok()) {
+            reg->release(slot, seq);
+            c->published_ = false;
+            return m.error();
+        }
+        c->map_ = std::move(m).value();
+
+        auto *h = reinterpret_cast<seg_header *>(c->map_.base());
+        c->hdr_ = h;
+        h->version = layout_version;
+        h->pid = c->owner_.pid;
+        h->start_time = c->owner_.start_time;
+        h->owner_base = reinterpret_cast<uint64_t>(c->map_.base());
+        h->size = size;
+        h->mr_off = mr_off;
+        h->qp_off = qp_off;
+        h->arena_off = arena_off;
+        h->arena_size = arena_bytes;
+        h->num_ports = static_cast<uint32_t>(std::min<size_t>(attr.ports.size(), 2));
+        for (uint32_t i = 0; i < h->num_ports; ++i) {
+            const port_attr &p = attr.ports[i];
+            seg_port &sp = h->ports[i];
+            sp.num = p.num;
+            sp.link = static_cast<uint8_t>(p.link);
+            sp.lid = p.lid;
+            sp.mtu = p.mtu;
+            sp.num_gids = static_cast<uint32_t>(std::min<size_t>(p.gids.size(), max_port_gids));
+            for (uint32_t g = 0; g < sp.num_gids; ++g)
+                sp.gids[g] = p.gids[g].value;
+        }
+        std::strncpy(h->device, attr.name.c_str(), sizeof h->device - 1);
+        std::atomic_thread_fence(std::memory_order_release);
+        h->magic = segment_magic;
+
+        c->free_[arena_off] = arena_bytes;
+        // Generations start somewhere new in every context, so keys differ from
+        // those of this process's previous contexts too.
+        c->mr_gen_.assign(max_mrs, static_cast<uint16_t>(now_ns() >> 10));
+        c->local_qps_ = std::make_unique<std::atomic<sim_qp *>[]>(max_qps);
+        c->by_slot_ = std::make_unique<std::atomic<peer *>[]>(registry_slots);
+        track(c.get());
+        MLX4_INFO(FI_LOG_CORE, "software HCA %s: context %s (slot %u, arena %zu MiB)\n",
+                  attr.name.c_str(), c->name_.c_str(), slot, arena_bytes >> 20);
+        return c;
+    } catch (const std::exception &e) {
+        MLX4_WARN(FI_LOG_CORE, "software HCA context: %s\n", e.what());
+        return err_nomem;
+    }
+}
+
+context::~context()
+{
+    if (hdr_) untrack(this);
+    unpublish();
+    peers_.clear(); // unmaps the peers' segments; map_ goes with the members
+}
+
+bool context::is_owner() const noexcept
+{
+    return owner_.pid == static_cast<int32_t>(getpid());
+}
+
+void context::unpublish() noexcept
+{
+    if (!published_ || !is_owner()) return;
+    published_ = false;
+    if (hdr_) {
+        hdr_->closed.store(1, std::memory_order_release);
+        shm_unlink(name_.c_str());
+    }
+    if (registry *reg = registry::get())
+        for (uint32_t i = 0; i < nslots_; ++i)
+            reg->release(slots_[i], slot_seq_[i]);
+}
+
+// ---------------------------------------------------------------- arena
+
+result<uint64_t> context::arena_alloc(size_t bytes, size_t align) noexcept
+{
+    bytes = align_up(bytes ? bytes : 1, 64);
+    align = std::max<size_t>(align, 64);
+    std::lock_guard<std::mutex> g(lock_);
+    try {
+        for (auto it = free_.begin(); it != free_.end(); ++it) {
+            uint64_t off = it->first, sz = it->second;
+            uint64_t at = align_up(off, align);
+            if (at + bytes > off + sz) continue;
+            free_.erase(it);
+            if (at > off) free_[off] = at - off;
+            if (at + bytes < off + sz) free_[at + bytes] = off + sz - (at + bytes);
+            used_[at] = bytes;
+            return at;
+        }
+    } catch (...) {
+        return err_nomem;
+    }
+    MLX4_WARN(FI_LOG_CORE,
+              "software HCA %s: shared arena exhausted (%zu bytes wanted); raise "
+              "FI_MLX4_SIM_ARENA_MB\n",
+              attr_->name.c_str(), bytes);
+    return err_nomem;
+}
+
+void context::arena_free(uint64_t off) noexcept
+{
+    std::lock_guard<std::mutex> g(lock_);
+    auto u = used_.find(off);
+    if (u == used_.end()) return;
+    uint64_t size = u->second;
+    used_.erase(u);
+    // Give large ranges' pages back to tmpfs; small ones are reused soon.
+    if (size >= (size_t(1) << 20) && is_owner()) madvise(base() + off, size, MADV_REMOVE);
+    try {
+        auto next = free_.lower_bound(off);
+        if (next != free_.end() && off + size == next->first) {
+            size += next->second;
+            next = free_.erase(next);
+        }
+        if (next != free_.begin()) {
+            auto prev = std::prev(next);
+            if (prev->first + prev->second == off) {
+                prev->second += size;
+                return;
+            }
+        }
+        free_.emplace_hint(next, off, size);
+    } catch (...) {
+        // The range is lost to the allocator; nothing else to do.
+    }
+}
+
+// ---------------------------------------------------------------- MR table
+
+result<uint32_t> context::mr_add(uint64_t addr, uint64_t length, uint32_t access) noexcept
+{
+    std::lock_guard<std::mutex> g(lock_);
+    seg_mr *t = mr_table();
+    for (uint32_t k = 0; k < max_mrs; ++k) {
+        uint32_t i = (next_mr_ + k) & (max_mrs - 1);
+        if (t[i].key.load(std::memory_order_relaxed) != 0) continue;
+        // A generation in the upper bits: a key is not valid again soon after
+        // its deregistration, so a stale rkey is rejected.
+        uint16_t gen = ++mr_gen_[i];
+        if (gen == 0) gen = mr_gen_[i] = 1;
+        uint32_t key = uint32_t(gen) << mr_index_bits | i;
+        t[i].addr.store(addr, std::memory_order_relaxed);
+        t[i].length.store(length, std::memory_order_relaxed);
+        t[i].access.store(access, std::memory_order_relaxed);
+        t[i].key.store(key, std::memory_order_release);
+        next_mr_ = i + 1;
+        ++live_mrs_;
+        return key;
+    }
+    MLX4_WARN(FI_LOG_MR, "software HCA %s: MR table full (%u)\n", attr_->name.c_str(), max_mrs);
+    return err_nomem;
+}
+
+void context::mr_remove(uint32_t key) noexcept
+{
+    std::lock_guard<std::mutex> g(lock_);
+    seg_mr &e = mr_table()[key & (max_mrs - 1)];
+    if (e.key.load(std::memory_order_relaxed) != key) return;
+    e.key.store(0, std::memory_order_release);
+    --live_mrs_;
+}
+
+// ---------------------------------------------------------------- QP table
+
+result<uint32_t> context::qp_add(sim_qp *qp, uint32_t &qpn) noexcept
+{
+    std::lock_guard<std::mutex> g(lock_);
+    uint32_t span = nslots_ * qps_per_slot;
+    uint32_t index = max_qps;
+    // Next-fit, so a destroyed QP's number is not handed out again at once.
+    for (uint32_t k = 0; k < span; ++k) {
+        uint32_t i = (next_qp_ + k) % span;
+        if (!local_qps_[i].load(std::memory_order_relaxed) &&
+            qp_entry(i)->qpn.load(std::memory_order_relaxed) == 0) {
+            index = i;
+            break;
+        }
+    }
+    if (index == max_qps) {
+        registry *reg = registry::get();
+        if (nslots_ == slots_per_context || !reg) {
+            MLX4_WARN(FI_LOG_EP_CTRL, "software HCA %s: QP table full (%u)\n", attr_->name.c_str(),
+                      max_qps);
+            return err_nomem;
+        }
+        uint32_t seq = 0;
+        uint32_t slot = reg->alloc(name_, nslots_ * qps_per_slot, seq);
+        if (!slot) return err_nomem;
+        slots_[nslots_] = slot;
+        slot_seq_[nslots_] = seq;
+        index = nslots_ * qps_per_slot;
+        ++nslots_;
+    }
+    next_qp_ = index + 1;
+    local_qps_[index].store(qp, std::memory_order_release);
+    qpn = slots_[index / qps_per_slot] << 8 | (index % qps_per_slot);
+    return index;
+}
+
+void context::qp_remove(uint32_t index) noexcept
+{
+    std::lock_guard<std::mutex> g(lock_);
+    if (index < max_qps) local_qps_[index].store(nullptr, std::memory_order_release);
+}
+
+// ---------------------------------------------------------------- peer cache
+
+peer *context::find_peer(uint32_t qpn) noexcept
+{
+    uint32_t slot = qpn >> 8;
+    if (slot == 0 || slot >= registry_slots) return nullptr;
+    registry *reg = registry::get();
+    peer *p = by_slot_[slot].load(std::memory_order_acquire);
+    if (p && p->seq == reg->seq(slot)) return p;
+    std::lock_guard<std::mutex> g(lock_);
+    return map_peer_locked(slot);
+}
+
+peer *context::map_peer_locked(uint32_t slot) noexcept
+{
+    registry *reg = registry::get();
+    peer *p = by_slot_[slot].load(std::memory_order_acquire);
+    if (p && p->seq == reg->seq(slot)) return p;
+    registry::slot_info info;
+    if (!reg->lookup(slot, info)) return nullptr;
+    try {
+        auto np = std::make_unique<peer>();
+        np->slot = slot;
+        np->seq = info.seq;
+        np->qp_base = info.qp_base;
+        np->owner = info.owner;
+        if (info.name == name_) {
+            np->base = map_.base();
+            np->same_process = true;
+        } else {
+            auto m = shm_map::open(info.name);
+            if (!m.ok()) return nullptr;
+            np->map = std::move(m).value();
+            np->base = np->map.base();
+            const process_id &me = self_process();
+            np->same_process = info.owner.pid == me.pid && info.owner.start_time == me.start_time;
+        }
+        const size_t size = info.name == name_ ? map_.size() : np->map.size();
+        auto *h = reinterpret_cast<seg_header *>(np->base);
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (size < page || h->magic != segment_magic || h->version != layout_version ||
+            h->pid != info.owner.pid || h->start_time != info.owner.start_time || h->size > size ||
+            h->mr_off + max_mrs * sizeof(seg_mr) > size ||
+            h->qp_off + max_qps * sizeof(seg_qp) > size || h->arena_off + h->arena_size > size) {
+            MLX4_INFO(FI_LOG_EP_CTRL, "software HCA: %s is not a usable context segment\n",
+                      info.name.c_str());
+            return nullptr;
+        }
+        np->hdr = h;
+        np->mrs = reinterpret_cast<seg_mr *>(np->base + h->mr_off);
+        np->arena_lo = h->owner_base + h->arena_off;
+        np->arena_hi = np->arena_lo + h->arena_size;
+        peer *raw = np.get();
+        // A stale peer of this slot stays in peers_ until close: QPs or a
+        // concurrent post may still be using it.
+        peers_.push_back(std::move(np));
+        by_slot_[slot].store(raw, std::memory_order_release);
+        return raw;
+    } catch (...) {
+        return nullptr;
+    }
+}
+
+} // namespace mlx4fi::device::sim

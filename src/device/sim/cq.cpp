@@ -1,0 +1,229 @@
+// Completion queues and receive queues of the software HCA: rings in the
+// owner's shared segment. Any process pushes completions (under the ring's
+// robust lock) and pops receive WQEs; only the owner polls and posts.
+#include "sim.hpp"
+
+#include "mlx4fi/util/log.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+
+namespace mlx4fi::device::sim
+{
+
+// ---------------------------------------------------------------- rings
+
+bool cq_push(seg_cq *cq, const seg_cqe &e) noexcept
+{
+    shm_guard g(cq->lock);
+    uint32_t t = cq->tail.load(std::memory_order_relaxed);
+    uint32_t h = cq->head.load(std::memory_order_acquire);
+    if (t - h > cq->mask) return false;
+    cq_entries(cq)[t & cq->mask] = e;
+    cq->tail.store(t + 1, std::memory_order_release);
+    return true;
+}
+
+status rq_post(seg_rq *rq, const recv_wr &wr) noexcept
+{
+    if (wr.num_sge > rq->max_sge || (wr.num_sge && !wr.sg_list)) return err_inval;
+    shm_guard g(rq->lock);
+    uint32_t t = rq->tail.load(std::memory_order_relaxed);
+    if (t - rq->head.load(std::memory_order_relaxed) >= rq->capacity) return err_again;
+    auto *w = reinterpret_cast<seg_rwqe *>(reinterpret_cast<uint8_t *>(rq) + rq_header_bytes() +
+                                           size_t(t % rq->capacity) * rq->stride);
+    w->wr_id = wr.wr_id;
+    w->num_sge = wr.num_sge;
+    if (wr.num_sge) std::memcpy(static_cast<void *>(w + 1), wr.sg_list, wr.num_sge * sizeof(sge));
+    rq->tail.store(t + 1, std::memory_order_release);
+    return status::ok();
+}
+
+bool rq_pop(seg_rq *rq, rwqe &out) noexcept
+{
+    // A peek first: the receiver-not-ready case costs no lock.
+    if (rq->head.load(std::memory_order_relaxed) == rq->tail.load(std::memory_order_acquire))
+        return false;
+    shm_guard g(rq->lock);
+    uint32_t h = rq->head.load(std::memory_order_relaxed);
+    if (h == rq->tail.load(std::memory_order_relaxed) || rq->dead) return false;
+    auto *w =
+        reinterpret_cast<const seg_rwqe *>(reinterpret_cast<uint8_t *>(rq) + rq_header_bytes() +
+                                           size_t(h % rq->capacity) * rq->stride);
+    out.wr_id = w->wr_id;
+    out.num_sge = std::min(w->num_sge, std::min(rq->max_sge, max_sges));
+    std::memcpy(out.sg, static_cast<const void *>(w + 1), out.num_sge * sizeof(sge));
+    rq->head.store(h + 1, std::memory_order_relaxed);
+    return true;
+}
+
+result<uint64_t> rq_create(context &ctx, uint32_t max_wr, uint32_t max_sge) noexcept
+{
+    if (max_wr == 0 || max_wr > ctx.attr().max_qp_wr || max_sge == 0 || max_sge > max_sges)
+        return err_inval;
+    uint32_t stride = static_cast<uint32_t>(sizeof(seg_rwqe) + max_sge * sizeof(sge));
+    auto off = ctx.arena_alloc(rq_header_bytes() + size_t(max_wr) * stride, 64);
+    if (!off.ok()) return off.error();
+    auto *rq = ctx.at<seg_rq>(off.value());
+    std::memset(static_cast<void *>(rq), 0, sizeof(seg_rq));
+    if (!rq->lock.init()) {
+        ctx.arena_free(off.value());
+        return err_other;
+    }
+    rq->capacity = max_wr;
+    rq->max_sge = max_sge;
+    rq->stride = stride;
+    return off.value();
+}
+
+// ---------------------------------------------------------------- CQ
+
+sim_cq::sim_cq(std::shared_ptr<context> ctx, uint64_t off) noexcept
+    : ctx_(std::move(ctx)), off_(off), ring_(ctx_->at<seg_cq>(off)), slots_(cq_entries(ring_))
+{
+    async_seen_ = ctx_->header()->async_seq.load(std::memory_order_relaxed);
+}
+
+result<std::unique_ptr<sim_cq>> sim_cq::create(std::shared_ptr<context> ctx,
+                                               uint32_t entries) noexcept
+{
+    if (entries == 0 || entries > max_cq_entries) return err_inval;
+    uint32_t n = std::bit_ceil(entries);
+    auto off = ctx->arena_alloc(sizeof(seg_cq) + size_t(n) * sizeof(seg_cqe), 64);
+    if (!off.ok()) return off.error();
+    auto *ring = ctx->at<seg_cq>(off.value());
+    std::memset(static_cast<void *>(ring), 0, sizeof(seg_cq));
+    if (!ring->lock.init()) {
+        ctx->arena_free(off.value());
+        return err_other;
+    }
+    ring->mask = n - 1;
+    try {
+        return std::unique_ptr<sim_cq>(new sim_cq(std::move(ctx), off.value()));
+    } catch (...) {
+        return err_nomem;
+    }
+}
+
+sim_cq::~sim_cq()
+{
+    if (!attached_.empty())
+        MLX4_WARN(FI_LOG_CQ, "software HCA: CQ destroyed with %zu QP(s) still using it\n",
+                  attached_.size());
+    if (ctx_->is_owner()) ctx_->arena_free(off_);
+}
+
+bool sim_cq::push(const seg_cqe &e) noexcept
+{
+    if (cq_push(ring_, e)) return true;
+    if (!overrun_logged_.exchange(true))
+        MLX4_WARN(FI_LOG_CQ, "software HCA %s: CQ overrun (%u entries); QP %#x to error\n",
+                  ctx_->attr().name.c_str(), ring_->mask + 1, e.qp_num);
+    return false;
+}
+
+void sim_cq::attach(sim_qp *qp, bool as_send)
+{
+    std::lock_guard<std::mutex> g(lock_);
+    attached_.reserve(attached_.size() + 1);
+    send_qps_.reserve(send_qps_.size() + 1);
+    attached_.push_back(qp);
+    if (as_send) send_qps_.push_back(qp);
+}
+
+void sim_cq::detach(sim_qp *qp, uint32_t qpn) noexcept
+{
+    std::lock_guard<std::mutex> g(lock_);
+    attached_.erase(std::remove(attached_.begin(), attached_.end(), qp), attached_.end());
+    send_qps_.erase(std::remove(send_qps_.begin(), send_qps_.end(), qp), send_qps_.end());
+    // Drop the QP's completions still in the ring, keeping the others' order.
+    shm_guard rg(ring_->lock);
+    uint32_t t = ring_->tail.load(std::memory_order_relaxed);
+    uint32_t w = head_;
+    for (uint32_t r = head_; r != t; ++r) {
+        const seg_cqe &e = slots_[r & ring_->mask];
+        if (e.qp_num == qpn) continue;
+        if (w != r) slots_[w & ring_->mask] = e;
+        ++w;
+    }
+    ring_->tail.store(w, std::memory_order_release);
+}
+
+namespace
+{
+
+void to_wc(const seg_cqe &e, work_completion &wc) noexcept
+{
+    wc.wr_id = e.wr_id;
+    wc.status = static_cast<wc_status>(e.status);
+    wc.opcode = static_cast<wc_opcode>(e.opcode);
+    wc.with_imm = e.with_imm != 0;
+    wc.byte_len = e.byte_len;
+    wc.imm_data = e.imm_data;
+    wc.qp_num = e.qp_num;
+    wc.src_qp = e.src_qp;
+    wc.slid = e.slid;
+    wc.vendor_err = e.vendor_err;
+}
+
+} // namespace
+
+int sim_cq::poll(work_completion *wc, int n) noexcept
+{
+    std::lock_guard<std::mutex> g(lock_);
+    // Another process moved one of this context's QPs to error: the QP's
+    // owner (us) flushes its outstanding work.
+    uint32_t seq = ctx_->header()->async_seq.load(std::memory_order_acquire);
+    if (seq != async_seen_) {
+        async_seen_ = seq;
+        for (sim_qp *qp : attached_)
+            qp->sync_state();
+    }
+    // Receiver-not-ready and not-yet-connected retries.
+    if (pending_.load(std::memory_order_relaxed))
+        for (sim_qp *qp : send_qps_)
+            if (qp->has_pending()) qp->progress();
+
+    uint32_t h = head_;
+    uint32_t t = ring_->tail.load(std::memory_order_acquire);
+    int k = 0;
+    while (k < n && h != t) {
+        const seg_cqe &e = slots_[h & ring_->mask];
+        to_wc(e, wc[k++]);
+        if (e.sq_retire)
+            if (sim_qp *qp = ctx_->local_qp(e.qp_index)) qp->retire(e.sq_retire);
+        ++h;
+    }
+    if (h != head_) {
+        head_ = h;
+        ring_->head.store(h, std::memory_order_release);
+    }
+    return k;
+}
+
+// ---------------------------------------------------------------- SRQ
+
+result<std::unique_ptr<sim_srq>> sim_srq::create(std::shared_ptr<context> ctx, uint32_t max_wr,
+                                                 uint32_t max_sge) noexcept
+{
+    auto off = rq_create(*ctx, max_wr, max_sge);
+    if (!off.ok()) return off.error();
+    try {
+        return std::unique_ptr<sim_srq>(new sim_srq(std::move(ctx), off.value()));
+    } catch (...) {
+        return err_nomem;
+    }
+}
+
+sim_srq::~sim_srq()
+{
+    if (ctx_->is_owner()) ctx_->arena_free(off_);
+}
+
+status sim_srq::post_recv(const recv_wr &wr) noexcept
+{
+    return rq_post(ring_, wr);
+}
+
+} // namespace mlx4fi::device::sim

@@ -1,0 +1,655 @@
+// Private declarations of the software HCA's data path: the POSIX shared-memory
+// layout that the processes of one host exchange (registry, context segments,
+// rings, MR and QP tables), the per-process context that owns a device's
+// segment, and the data-path objects built on it.
+//
+// Sharing model. Every process that uses a sim device creates one context
+// segment per device object, /mlx4fi-sim-<uid>-<pid>-<dev>-<n> (mode 0600):
+// CQ rings, receive rings, the MR and QP tables and an arena for alloc_buffer.
+// A host-wide registry, /mlx4fi-sim-<uid>-registry, maps the upper bits of a
+// QP number (the slot) to the segment that holds the QP. Peers map each
+// other's segments, so everything in them is an offset, never a pointer.
+// A sender does the receiver's part itself ("DMA"): it pops the receive WQE,
+// copies the payload (memcpy into a mapped arena, Cross Memory Attach into
+// user memory) and pushes the receive completion onto the receiver's CQ.
+//
+// Threading. Every object may be used from several threads; each QP and each
+// CQ (for polling) has a process-local mutex, the shared rings a robust
+// process-shared one. Lock order: CQ poll lock -> QP lock -> ring locks.
+#pragma once
+
+#include "mlx4fi/device/sim.hpp"
+
+#include <pthread.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace mlx4fi::device::sim
+{
+
+// ---------------------------------------------------------------- limits
+
+inline constexpr uint32_t qps_per_slot = 256;    // QPN = slot << 8 | index
+inline constexpr uint32_t registry_slots = 4096; // slot 0 unused: QPNs start at 256
+inline constexpr uint32_t slots_per_context = 4; // so a context holds up to 1024 QPs
+inline constexpr uint32_t max_qps = qps_per_slot * slots_per_context;
+inline constexpr uint32_t mr_index_bits = 14; // key = generation << 14 | index
+inline constexpr uint32_t max_mrs = 1u << mr_index_bits;
+inline constexpr uint32_t max_sges = 32;    // device_attr.max_sge
+inline constexpr uint32_t max_inline = 912; // device_attr.max_inline
+inline constexpr uint32_t max_cq_entries = 1u << 22;
+inline constexpr uint32_t max_port_gids = 4;
+inline constexpr size_t shm_name_max = 96;
+
+// Tunables read from the environment at set-up (documented in sim.hpp).
+struct knobs {
+    uint32_t rnr_timeout_ms = 0;     // FI_MLX4_SIM_RNR_TIMEOUT_MS; 0: retry forever (rnr_retry=7)
+    uint32_t retry_timeout_ms = 500; // FI_MLX4_SIM_RETRY_TIMEOUT_MS: remote QP not ready yet
+    size_t arena_bytes = size_t(64) << 20; // FI_MLX4_SIM_ARENA_MB
+};
+knobs read_knobs() noexcept;
+
+// ---------------------------------------------------------------- shm.cpp
+
+// A pthread mutex that lives in shared memory and survives its holder's
+// death (PTHREAD_MUTEX_ROBUST: the next locker repairs it).
+struct shm_mutex {
+    pthread_mutex_t m;
+    bool init() noexcept;
+    void lock() noexcept;
+    void unlock() noexcept { pthread_mutex_unlock(&m); }
+};
+
+class shm_guard
+{
+  public:
+    explicit shm_guard(shm_mutex &m) noexcept : m_(m) { m_.lock(); }
+    ~shm_guard() { m_.unlock(); }
+    shm_guard(const shm_guard &) = delete;
+    shm_guard &operator=(const shm_guard &) = delete;
+
+  private:
+    shm_mutex &m_;
+};
+
+// A process as the sim names it: the pid and the start time (field 22 of
+// /proc/<pid>/stat), so a reused pid is not mistaken for the original.
+struct process_id {
+    int32_t pid = 0;
+    uint64_t start_time = 0;
+};
+// This process; recomputed after fork.
+const process_id &self_process() noexcept;
+// 0 when the process is gone, a zombie, or not readable.
+uint64_t process_start_time(int32_t pid) noexcept;
+bool process_alive(const process_id &p) noexcept;
+// CLOCK_MONOTONIC_COARSE in nanoseconds: a vDSO read, no system call.
+uint64_t coarse_now_ns() noexcept;
+uint64_t now_ns() noexcept; // CLOCK_MONOTONIC
+
+// A mapped POSIX shared-memory object. Unmapped on destruction (not unlinked).
+class shm_map
+{
+  public:
+    shm_map() = default;
+    shm_map(shm_map &&o) noexcept;
+    shm_map &operator=(shm_map &&o) noexcept;
+    shm_map(const shm_map &) = delete;
+    shm_map &operator=(const shm_map &) = delete;
+    ~shm_map();
+    // Creates name (exclusive, mode 0600) with size bytes.
+    static result<shm_map> create(const std::string &name, size_t size) noexcept;
+    // Maps an existing object whole; -FI_ENOENT style errors when it is gone.
+    static result<shm_map> open(const std::string &name) noexcept;
+    uint8_t *base() const noexcept { return base_; }
+    size_t size() const noexcept { return size_; }
+
+  private:
+    uint8_t *base_ = nullptr; // owned: munmap in the destructor
+    size_t size_ = 0;
+};
+
+// ---------------------------------------------------------------- registry
+
+struct registry_slot {
+    std::atomic<uint32_t> seq; // +1 on every allocation and release: a cached slot is stale
+                               // when its seq moved
+    int32_t pid;               // 0: free
+    uint64_t start_time;
+    uint32_t qp_base; // the segment's QP table index of this slot's QP index 0
+    uint32_t pad;
+    char name[shm_name_max]; // the context segment
+};
+static_assert(sizeof(registry_slot) == 120);
+
+struct registry_header {
+    uint64_t magic;
+    uint32_t version;
+    std::atomic<uint32_t> ready; // == version once initialised
+    shm_mutex lock;              // allocation and release
+    uint32_t next;               // next-fit start, so slot numbers (and QPNs) are not reused early
+    uint32_t nslots;
+    registry_slot slots[registry_slots];
+};
+
+// The host-wide QPN -> segment table, /mlx4fi-sim-<uid>-registry.
+class registry
+{
+  public:
+    // Mapped once per process; null (logged) when shared memory is unusable.
+    static registry *get() noexcept;
+
+    struct slot_info {
+        process_id owner;
+        uint32_t seq = 0;
+        uint32_t qp_base = 0;
+        std::string name;
+    };
+    // A free slot for segment; reclaims slots (and unlinks segments) of dead
+    // owners first. 0 when the table is full.
+    uint32_t alloc(const std::string &segment, uint32_t qp_base, uint32_t &seq) noexcept;
+    // Frees slot if it still holds the allocation seq names.
+    void release(uint32_t slot, uint32_t seq) noexcept;
+    // False when the slot is free.
+    bool lookup(uint32_t slot, slot_info &out) noexcept;
+    uint32_t seq(uint32_t slot) const noexcept
+    {
+        return hdr_->slots[slot].seq.load(std::memory_order_acquire);
+    }
+
+  private:
+    explicit registry(shm_map map) noexcept;
+    void reclaim_dead_locked() noexcept;
+    shm_map map_;
+    registry_header *hdr_;
+};
+
+// ---------------------------------------------------------------- segment layout
+
+inline constexpr uint64_t segment_magic = 0x31534d4934584c4dull; // "MLX4IMS1"
+inline constexpr uint32_t layout_version = 1;
+
+struct seg_port {
+    uint8_t num;
+    uint8_t link; // link_layer
+    uint16_t lid;
+    uint32_t mtu;
+    uint32_t num_gids;
+    gid gids[max_port_gids]; // any of them addresses the port
+};
+
+struct seg_header {
+    uint64_t magic; // written last: a segment whose magic is set is complete
+    uint32_t version;
+    int32_t pid;
+    uint64_t start_time;
+    uint64_t owner_base; // the owner's address of this segment (arena translation)
+    uint64_t size;
+    uint64_t mr_off, qp_off, arena_off, arena_size;
+    uint32_t num_ports;
+    uint32_t pad;
+    seg_port ports[2];
+    std::atomic<uint32_t> async_seq; // bumped after another process moves one of our QPs to error
+    std::atomic<uint32_t> closed;    // the owner is gone or closed the context
+    char device[32];
+};
+
+// An MR table entry. key is the seqlock: set last on registration, cleared
+// first on deregistration; readers re-check it after reading the fields.
+struct seg_mr {
+    std::atomic<uint32_t> key; // 0: free
+    std::atomic<uint32_t> access;
+    std::atomic<uint64_t> addr;
+    std::atomic<uint64_t> length;
+    uint64_t pad;
+};
+static_assert(sizeof(seg_mr) == 32);
+
+struct seg_qp {
+    std::atomic<uint32_t> qpn;  // 0: free; published last
+    std::atomic<uint8_t> state; // qp_state
+    uint8_t type;               // qp_type
+    uint8_t port;
+    uint8_t pad0;
+    uint32_t qkey;
+    std::atomic<uint32_t> remote_qpn; // RC: the QP it is connected to
+    uint64_t rq_off;                  // the receive ring (own RQ or the SRQ's)
+    uint64_t recv_cq_off;
+    uint64_t pad1[4];
+};
+static_assert(sizeof(seg_qp) == 64);
+
+// A completion as it sits in a CQ ring.
+struct seg_cqe {
+    uint64_t wr_id;
+    uint32_t byte_len, imm_data, qp_num, src_qp, vendor_err;
+    uint16_t slid;
+    uint8_t status, opcode, with_imm, pad;
+    uint16_t qp_index;  // send side: the local QP table index
+    uint32_t sq_retire; // send side: send-queue slots this completion frees
+};
+static_assert(sizeof(seg_cqe) == 40);
+
+// A CQ ring: many producers under lock, one consumer (the owner) lock-free.
+struct seg_cq {
+    shm_mutex lock;
+    uint32_t mask;
+    uint32_t pad;
+    alignas(64) std::atomic<uint32_t> tail;
+    alignas(64) std::atomic<uint32_t> head;
+};
+inline seg_cqe *cq_entries(seg_cq *cq) noexcept
+{
+    return reinterpret_cast<seg_cqe *>(reinterpret_cast<uint8_t *>(cq) + sizeof(seg_cq));
+}
+
+// A receive ring (SRQ or a QP's own RQ): the owner posts, senders pop, both
+// under lock.
+struct seg_rq {
+    shm_mutex lock;
+    uint32_t capacity; // max_wr
+    uint32_t max_sge;
+    uint32_t stride;
+    std::atomic<uint32_t> head, tail; // changed under lock; peeked without
+    uint32_t dead;                    // the QP that owned it is being destroyed
+};
+struct seg_rwqe {
+    uint64_t wr_id;
+    uint32_t num_sge;
+    uint32_t pad;
+    // followed by sge[max_sge]
+};
+inline size_t rq_header_bytes() noexcept
+{
+    return (sizeof(seg_rq) + 63) & ~size_t(63);
+}
+
+// A receive WQE copied out of a ring.
+struct rwqe {
+    uint64_t wr_id;
+    uint32_t num_sge;
+    sge sg[max_sges];
+};
+
+// Ring operations (cq.cpp).
+bool cq_push(seg_cq *cq, const seg_cqe &e) noexcept; // false: overrun
+status rq_post(seg_rq *rq, const recv_wr &wr) noexcept;
+bool rq_pop(seg_rq *rq, rwqe &out) noexcept;
+
+// True when [addr, addr + len) lies inside the registration key names, with
+// every bit of access. The table may belong to another process.
+bool mr_check(const seg_mr *table, uint32_t key, uint64_t addr, uint64_t len,
+              uint32_t access) noexcept;
+
+// ---------------------------------------------------------------- peers
+
+// Another context's segment as this process maps it (or this context's own),
+// reached through one registry slot. Owned by the context; RC QPs connected
+// through it hold a reference.
+class peer
+{
+  public:
+    uint32_t slot = 0, seq = 0, qp_base = 0;
+    process_id owner;
+    bool same_process = false; // user addresses are valid here: plain copies
+    shm_map map;               // empty when the segment is this context's own
+    uint8_t *base = nullptr;   // the segment as mapped here
+    seg_header *hdr = nullptr;
+    seg_mr *mrs = nullptr;
+    uint64_t arena_lo = 0, arena_hi = 0; // the owner's arena addresses
+    std::atomic<uint32_t> refs{0};
+    std::atomic<bool> dead{false};
+    std::atomic<uint64_t> next_check{0};
+
+    // Liveness: the peer process exists and has not closed its context. The
+    // process is looked at no more often than every interval_ns.
+    bool alive(uint64_t interval_ns) noexcept;
+    void mark_dead() noexcept { dead.store(true, std::memory_order_relaxed); }
+    // The QP table entry qpn names, or null.
+    seg_qp *qp_entry(uint32_t qpn) const noexcept;
+    template <class T> T *at(uint64_t off) const noexcept
+    {
+        return reinterpret_cast<T *>(base + off);
+    }
+    // Where [addr, addr + len) of the owner's address space can be reached
+    // with a plain copy from here, or null (Cross Memory Attach needed).
+    uint8_t *direct(uint64_t addr, uint64_t len) const noexcept
+    {
+        if (same_process) return reinterpret_cast<uint8_t *>(addr);
+        if (addr >= arena_lo && addr + len <= arena_hi && addr + len >= addr)
+            return base + (addr - hdr->owner_base);
+        return nullptr;
+    }
+};
+
+inline constexpr uint64_t liveness_interval_ns = 50'000'000;      // hot path: every 50 ms at most
+inline constexpr uint64_t retry_liveness_interval_ns = 5'000'000; // while retrying
+
+// Copies len bytes between local memory (iov) and memory in peer's process
+// (sges in its address space, starting skip bytes in). 0 or a negative errno.
+int copy_to_peer(peer &p, const iovec *src, uint32_t nsrc, const sge *dst, uint32_t ndst,
+                 uint64_t skip, uint64_t len) noexcept;
+int copy_from_peer(peer &p, const sge *src, uint32_t nsrc, const iovec *dst, uint32_t ndst,
+                   uint64_t len) noexcept;
+
+// ---------------------------------------------------------------- context
+
+class sim_qp;
+
+// A device's data-path state in this process: its segment, registry slots,
+// tables, arena and peer mappings. Shared (shared_ptr) by every object created
+// on the device; the last one closes it.
+class context
+{
+  public:
+    static result<std::shared_ptr<context>> open(const device_attr &attr) noexcept;
+    ~context();
+    context(const context &) = delete;
+    context &operator=(const context &) = delete;
+
+    const device_attr &attr() const noexcept { return *attr_; }
+    const process_id &owner() const noexcept { return owner_; }
+    // False in a forked child that inherited the context: it must not touch
+    // the shared state it describes.
+    bool is_owner() const noexcept;
+    seg_header *header() const noexcept { return hdr_; }
+    uint8_t *base() const noexcept { return map_.base(); }
+    template <class T> T *at(uint64_t off) const noexcept
+    {
+        return reinterpret_cast<T *>(map_.base() + off);
+    }
+    seg_mr *mr_table() const noexcept { return at<seg_mr>(hdr_->mr_off); }
+    const std::string &name() const noexcept { return name_; }
+
+    // Arena (shared memory peers copy into without a system call).
+    result<uint64_t> arena_alloc(size_t bytes, size_t align) noexcept;
+    void arena_free(uint64_t off) noexcept;
+
+    // MR table: a key valid until mr_remove.
+    result<uint32_t> mr_add(uint64_t addr, uint64_t length, uint32_t access) noexcept;
+    void mr_remove(uint32_t key) noexcept;
+
+    // QP table: reserves an index (and its QPN) for qp.
+    result<uint32_t> qp_add(sim_qp *qp, uint32_t &qpn) noexcept;
+    void qp_remove(uint32_t index) noexcept;
+    seg_qp *qp_entry(uint32_t index) const noexcept { return at<seg_qp>(hdr_->qp_off) + index; }
+    sim_qp *local_qp(uint32_t index) const noexcept
+    {
+        return index < max_qps ? local_qps_[index].load(std::memory_order_acquire) : nullptr;
+    }
+
+    // The peer whose segment holds qpn (this context's own included); null when
+    // no live context owns that QPN's slot. Cached; maps on first use.
+    peer *find_peer(uint32_t qpn) noexcept;
+    void hold(peer *p) noexcept { p->refs.fetch_add(1, std::memory_order_relaxed); }
+    void release(peer *p) noexcept { p->refs.fetch_sub(1, std::memory_order_relaxed); }
+
+    // Unlinks the segment and frees the registry slots (idempotent). Called on
+    // close and from the process's exit handler.
+    void unpublish() noexcept;
+
+  private:
+    context() = default;
+    peer *map_peer_locked(uint32_t slot) noexcept;
+
+    const device_attr *attr_ = nullptr; // owned by the device, which outlives its objects
+    process_id owner_;
+    std::string name_;
+    shm_map map_;
+    seg_header *hdr_ = nullptr;
+    std::mutex lock_; // set-up state below (not the hot path)
+    bool published_ = false;
+    // registry slots of this context and their allocation seqs
+    uint32_t slots_[slots_per_context] = {};
+    uint32_t slot_seq_[slots_per_context] = {};
+    uint32_t nslots_ = 0;
+    // arena: free ranges (offset -> size) and allocations (offset -> size)
+    std::map<uint64_t, uint64_t> free_;
+    std::unordered_map<uint64_t, uint64_t> used_;
+    // MR table allocation
+    uint32_t next_mr_ = 0;
+    std::vector<uint16_t> mr_gen_;
+    uint32_t live_mrs_ = 0;
+    // QP table: local objects by index (read by CQ polls)
+    std::unique_ptr<std::atomic<sim_qp *>[]> local_qps_;
+    uint32_t next_qp_ = 0;
+    // peers by registry slot; owned by peers_ (stale ones stay until close)
+    std::unique_ptr<std::atomic<peer *>[]> by_slot_;
+    std::vector<std::unique_ptr<peer>> peers_;
+};
+
+// ---------------------------------------------------------------- objects
+
+class sim_cq;
+
+class sim_mr final : public memory_region
+{
+  public:
+    sim_mr(std::shared_ptr<context> ctx, void *addr, size_t length, uint32_t key, uint32_t access,
+           uint64_t arena_off) noexcept
+        : memory_region(addr, length, key, key, access), ctx_(std::move(ctx)), arena_off_(arena_off)
+    {
+    }
+    ~sim_mr() override;
+
+  private:
+    std::shared_ptr<context> ctx_;
+    uint64_t arena_off_; // ~0 for application memory
+};
+
+class sim_ah final : public address_handle
+{
+  public:
+    sim_ah(std::shared_ptr<context> ctx, uint8_t port, const port_address &dest)
+        : ctx_(std::move(ctx)), port_(port), dest_(dest)
+    {
+    }
+    const port_address &dest() const noexcept { return dest_; }
+    uint8_t port() const noexcept { return port_; }
+
+  private:
+    std::shared_ptr<context> ctx_;
+    uint8_t port_;
+    port_address dest_;
+};
+
+class sim_cq final : public completion_queue
+{
+  public:
+    static result<std::unique_ptr<sim_cq>> create(std::shared_ptr<context> ctx,
+                                                  uint32_t entries) noexcept;
+    ~sim_cq() override;
+    int poll(work_completion *wc, int n) noexcept override;
+
+    context &ctx() const noexcept { return *ctx_; }
+    uint64_t ring_off() const noexcept { return off_; }
+    // Pushes a completion this process produced; false on overrun (logged).
+    bool push(const seg_cqe &e) noexcept;
+    // QPs using this CQ. attach throws on allocation failure.
+    void attach(sim_qp *qp, bool as_send);
+    // Removes qp and its completions (as mlx4 cleans a CQ on QP destroy).
+    void detach(sim_qp *qp, uint32_t qpn) noexcept;
+    void pending_add() noexcept { pending_.fetch_add(1, std::memory_order_relaxed); }
+    void pending_sub() noexcept { pending_.fetch_sub(1, std::memory_order_relaxed); }
+
+  private:
+    sim_cq(std::shared_ptr<context> ctx, uint64_t off) noexcept;
+    std::shared_ptr<context> ctx_;
+    uint64_t off_;
+    seg_cq *ring_;   // in ctx_'s segment
+    seg_cqe *slots_; // ring_'s entries
+    uint32_t head_ = 0;
+    uint32_t async_seen_ = 0;
+    std::atomic<uint32_t> pending_{0}; // attached QPs with work waiting for a retry
+    std::atomic<bool> overrun_logged_{false};
+    std::mutex lock_;                // poll; guards the vectors below
+    std::vector<sim_qp *> attached_; // every QP using this CQ (send or recv)
+    std::vector<sim_qp *> send_qps_; // those using it as their send CQ
+};
+
+class sim_srq final : public shared_receive_queue
+{
+  public:
+    static result<std::unique_ptr<sim_srq>> create(std::shared_ptr<context> ctx, uint32_t max_wr,
+                                                   uint32_t max_sge) noexcept;
+    ~sim_srq() override;
+    status post_recv(const recv_wr &wr) noexcept override;
+    context &ctx() const noexcept { return *ctx_; }
+    uint64_t ring_off() const noexcept { return off_; }
+
+  private:
+    sim_srq(std::shared_ptr<context> ctx, uint64_t off) noexcept
+        : ctx_(std::move(ctx)), off_(off), ring_(ctx_->at<seg_rq>(off))
+    {
+    }
+    std::shared_ptr<context> ctx_;
+    uint64_t off_;
+    seg_rq *ring_; // in ctx_'s segment
+};
+
+// Allocates a receive ring in ctx's arena.
+result<uint64_t> rq_create(context &ctx, uint32_t max_wr, uint32_t max_sge) noexcept;
+
+class sim_qp final : public queue_pair
+{
+  public:
+    static result<std::unique_ptr<queue_pair>> create(std::shared_ptr<context> ctx, qp_type type,
+                                                      uint8_t port, sim_cq &send_cq,
+                                                      sim_cq &recv_cq, sim_srq *srq,
+                                                      const qp_caps &caps) noexcept;
+    ~sim_qp() override;
+
+    uint32_t qp_num() const noexcept override { return qpn_; }
+    uint32_t psn() const noexcept override { return psn_; }
+    qp_state state() const noexcept override;
+    status connect(const rc_remote &remote) noexcept override;
+    status post_send(const send_wr &wr) noexcept override;
+    status post_recv(const recv_wr &wr) noexcept override;
+    void set_error() noexcept override;
+
+    // From the send CQ's poll: retries work that waits for the receiver.
+    void progress() noexcept;
+    bool has_pending() const noexcept { return pending_.load(std::memory_order_relaxed); }
+    // From CQ polls: flushes once another process moved this QP to error.
+    void sync_state() noexcept;
+    void retire(uint32_t n) noexcept { sq_retired_.fetch_add(n, std::memory_order_release); }
+    void set_rnr_timeout_ms(uint32_t ms) noexcept { rnr_timeout_ms_.store(ms); }
+
+  private:
+    struct sq_wqe;
+    enum class outcome : uint8_t { done, failed, rnr, not_ready };
+
+    sim_qp(std::shared_ptr<context> ctx, qp_type type, uint8_t port, sim_cq &send_cq,
+           sim_cq &recv_cq, sim_srq *srq, const qp_caps &caps) noexcept;
+    sq_wqe &slot(uint64_t n) noexcept;
+    void run_locked() noexcept;
+    void set_pending_locked(bool on) noexcept;
+    void to_error_locked() noexcept;
+    void flush_rq_locked() noexcept;
+    outcome execute(sq_wqe &w) noexcept;
+    outcome execute_rc(sq_wqe &w) noexcept;
+    outcome execute_ud(sq_wqe &w) noexcept;
+    outcome rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept;
+    outcome rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept;
+    outcome rc_read(sq_wqe &w, peer &p, seg_qp *t) noexcept;
+    // The payload as local iovecs; false when an sge fails the lkey check.
+    bool gather(sq_wqe &w, uint32_t access, iovec *iov, uint32_t &n, uint64_t &len) noexcept;
+    // Completes w on the send CQ (errors always, success when signaled).
+    void complete(const sq_wqe &w, wc_status st, uint64_t len = 0) noexcept;
+    outcome fail(const sq_wqe &w, wc_status st) noexcept;
+    void push_recv_cqe(seg_cqe &e) noexcept; // onto this QP's recv CQ
+    // Receiver side done by the sender: a completion onto t's recv CQ; an
+    // overrun moves t to error.
+    void remote_complete(peer &p, seg_qp *t, const seg_cqe &e) noexcept;
+    static void remote_error(peer &p, seg_qp *t) noexcept;
+
+    std::shared_ptr<context> ctx_;
+    context *c_;    // ctx_.get()
+    seg_qp *entry_; // this QP's table entry in c_'s segment
+    uint32_t index_ = 0, qpn_ = 0, psn_ = 0;
+    qp_type type_;
+    uint8_t port_;
+    uint16_t port_lid_;
+    uint32_t port_mtu_;
+    gid port_gid_{}; // the GID this QP sends from (UD GRHs on RoCE)
+    sim_cq &send_cq_, &recv_cq_;
+    sim_srq *srq_;         // not owned; outlives the QP
+    uint64_t rq_off_ = 0;  // own receive ring (no SRQ), in c_'s arena
+    seg_rq *rq_ = nullptr; // its address, or null with an SRQ
+    qp_caps caps_;
+    std::mutex lock_;
+    // RC remote; peer_ is held (context::hold) while connected
+    peer *peer_ = nullptr;
+    seg_qp *remote_ = nullptr;
+    uint32_t remote_qpn_ = 0;
+    // send queue: [retired, exec) executed, [exec, posted) waiting
+    std::unique_ptr<uint8_t[]> sq_;
+    size_t sq_stride_ = 0;
+    uint64_t posted_ = 0, exec_ = 0;
+    std::atomic<uint64_t> sq_retired_{0};
+    uint32_t unsignaled_run_ = 0; // executed unsignaled WRs since the last send completion
+    uint64_t stall_since_ = 0;    // when the head WR first waited (ns), 0: not waiting
+    std::atomic<bool> pending_{false};
+    bool flushed_ = false;
+    std::atomic<uint32_t> rnr_timeout_ms_{0};
+    uint32_t retry_timeout_ms_ = 500;
+};
+
+// A send WR as the QP keeps it until it has executed; followed in the send
+// queue by max_send_sge sges and max_inline bytes of inline payload.
+struct sim_qp::sq_wqe {
+    uint64_t wr_id;
+    uint64_t remote_addr;
+    uint32_t rkey, imm_data;
+    uint32_t remote_qpn, remote_qkey;
+    uint32_t num_sge, inline_len;
+    wr_opcode opcode;
+    bool signaled, inline_data;
+    link_layer dest_link; // UD: the address handle's destination
+    uint16_t dest_lid;
+    gid dest_gid;
+    sge *sges() noexcept { return reinterpret_cast<sge *>(this + 1); }
+};
+
+// True when addr names port port_num of the segment hdr describes.
+bool port_matches(const seg_header *hdr, uint8_t port_num, link_layer link, uint16_t lid,
+                  const gid &g) noexcept;
+
+// The software HCA device.
+class sim_device final : public device
+{
+  public:
+    explicit sim_device(device_attr attr) : device(std::move(attr)) {}
+    ~sim_device() override;
+    backend_kind backend() const noexcept override { return backend_kind::sim; }
+
+    result<std::unique_ptr<completion_queue>> create_cq(uint32_t entries) override;
+    result<std::unique_ptr<shared_receive_queue>> create_srq(uint32_t max_wr,
+                                                             uint32_t max_sge) override;
+    result<std::unique_ptr<queue_pair>>
+    create_qp(qp_type type, uint8_t port, completion_queue &send_cq, completion_queue &recv_cq,
+              shared_receive_queue *srq, const qp_caps &caps) override;
+    result<std::unique_ptr<memory_region>> reg_mr(void *addr, size_t length,
+                                                  uint32_t access) override;
+    result<std::unique_ptr<memory_region>> alloc_buffer(size_t length) override;
+    result<std::unique_ptr<address_handle>> create_ah(uint8_t port,
+                                                      const port_address &dest) override;
+
+  private:
+    // The context, opened on first use; every object holds it.
+    result<std::shared_ptr<context>> get_context() noexcept;
+    std::mutex lock_;
+    std::weak_ptr<context> ctx_;
+};
+
+} // namespace mlx4fi::device::sim

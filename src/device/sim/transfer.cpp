@@ -1,0 +1,405 @@
+// What a send does on the software HCA, end to end: the checks the hardware
+// makes (keys, bounds, access, lengths, the remote QP's state), the "DMA"
+// (a plain copy where the destination is mapped here, one Cross Memory Attach
+// call for everything else), and the completions on both ends.
+#include "sim.hpp"
+
+#include "mlx4fi/util/log.hpp"
+
+#include <sys/uio.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace mlx4fi::device::sim
+{
+namespace
+{
+
+// ---------------------------------------------------------------- copies
+
+constexpr uint32_t cma_batch_max = 64;
+
+struct cma_batch {
+    iovec loc[cma_batch_max];
+    iovec rem[cma_batch_max];
+    uint32_t n = 0;
+};
+
+int cma_flush(peer &p, cma_batch &b, bool to_peer) noexcept
+{
+    uint32_t i = 0;
+    while (i < b.n) {
+        size_t want = 0;
+        for (uint32_t k = i; k < b.n; ++k)
+            want += b.loc[k].iov_len;
+        unsigned long cnt = b.n - i;
+        ssize_t r = to_peer ? process_vm_writev(p.owner.pid, b.loc + i, cnt, b.rem + i, cnt, 0)
+                            : process_vm_readv(p.owner.pid, b.loc + i, cnt, b.rem + i, cnt, 0);
+        if (r < 0) {
+            int err = errno;
+            if (err == EINTR) continue;
+            if (err == ESRCH) {
+                p.mark_dead();
+                return -ESRCH;
+            }
+            if (err == EPERM) {
+                static std::atomic<bool> logged{false};
+                if (!logged.exchange(true))
+                    MLX4_WARN(FI_LOG_EP_DATA,
+                              "software HCA: Cross Memory Attach to process %d not "
+                              "permitted; treating it as unreachable\n",
+                              p.owner.pid);
+                p.mark_dead();
+                return -ESRCH;
+            }
+            return -err;
+        }
+        if (size_t(r) == want) break;
+        if (r == 0) return -EFAULT;
+        // Partial: an address further on faults; the retry reports it.
+        size_t done = size_t(r);
+        while (done >= b.loc[i].iov_len) {
+            done -= b.loc[i].iov_len;
+            ++i;
+        }
+        b.loc[i].iov_base = static_cast<uint8_t *>(b.loc[i].iov_base) + done;
+        b.loc[i].iov_len -= done;
+        b.rem[i].iov_base = static_cast<uint8_t *>(b.rem[i].iov_base) + done;
+        b.rem[i].iov_len -= done;
+    }
+    b.n = 0;
+    return 0;
+}
+
+// Walks the local and remote lists together; each piece is copied directly
+// when the remote side is mapped here, else batched for one CMA call.
+template <bool to_peer>
+int move(peer &p, const iovec *loc, uint32_t nloc, const sge *rem, uint32_t nrem, uint64_t skip,
+         uint64_t len) noexcept
+{
+    cma_batch b;
+    uint32_t li = 0, ri = 0;
+    uint64_t lo = 0, ro = skip;
+    while (len) {
+        while (li < nloc && lo >= loc[li].iov_len) {
+            lo -= loc[li].iov_len;
+            ++li;
+        }
+        while (ri < nrem && ro >= rem[ri].length) {
+            ro -= rem[ri].length;
+            ++ri;
+        }
+        if (li == nloc || ri == nrem) return -EFAULT;
+        uint64_t n = std::min({uint64_t(loc[li].iov_len) - lo, uint64_t(rem[ri].length) - ro, len});
+        uint8_t *lp = static_cast<uint8_t *>(loc[li].iov_base) + lo;
+        uint64_t ra = rem[ri].addr + ro;
+        if (uint8_t *d = p.direct(ra, n)) {
+            if (to_peer)
+                std::memmove(d, lp, n);
+            else
+                std::memmove(lp, d, n);
+        } else {
+            if (b.n == cma_batch_max)
+                if (int rc = cma_flush(p, b, to_peer)) return rc;
+            b.loc[b.n] = {lp, n};
+            b.rem[b.n] = {reinterpret_cast<void *>(ra), n};
+            ++b.n;
+        }
+        lo += n;
+        ro += n;
+        len -= n;
+    }
+    return b.n ? cma_flush(p, b, to_peer) : 0;
+}
+
+} // namespace
+
+int copy_to_peer(peer &p, const iovec *src, uint32_t nsrc, const sge *dst, uint32_t ndst,
+                 uint64_t skip, uint64_t len) noexcept
+{
+    return move<true>(p, src, nsrc, dst, ndst, skip, len);
+}
+
+int copy_from_peer(peer &p, const sge *src, uint32_t nsrc, const iovec *dst, uint32_t ndst,
+                   uint64_t len) noexcept
+{
+    return move<false>(p, dst, ndst, src, nsrc, 0, len);
+}
+
+// ---------------------------------------------------------------- checks
+
+bool sim_qp::gather(sq_wqe &w, uint32_t access, iovec *iov, uint32_t &n, uint64_t &len) noexcept
+{
+    n = 0;
+    len = 0;
+    if (w.inline_data) {
+        if (w.inline_len) iov[n++] = {w.sges() + caps_.max_send_sge, w.inline_len};
+        len = w.inline_len;
+        return true;
+    }
+    const seg_mr *table = c_->mr_table();
+    const sge *s = w.sges();
+    for (uint32_t i = 0; i < w.num_sge; ++i) {
+        if (!s[i].length) continue;
+        if (!mr_check(table, s[i].lkey, s[i].addr, s[i].length, access)) return false;
+        iov[n++] = {reinterpret_cast<void *>(s[i].addr), s[i].length};
+        len += s[i].length;
+    }
+    return true;
+}
+
+namespace
+{
+
+// The receive buffers' capacity, or false when one fails the receiver's key
+// check (it must allow local writes).
+bool receive_capacity(const peer &p, const rwqe &r, uint64_t &cap) noexcept
+{
+    cap = 0;
+    for (uint32_t i = 0; i < r.num_sge; ++i) {
+        const sge &s = r.sg[i];
+        if (!s.length) continue;
+        if (!mr_check(p.mrs, s.lkey, s.addr, s.length, access_local_write)) return false;
+        cap += s.length;
+    }
+    return true;
+}
+
+} // namespace
+
+void sim_qp::remote_error(peer &p, seg_qp *t) noexcept
+{
+    t->state.store(static_cast<uint8_t>(qp_state::error), std::memory_order_release);
+    p.hdr->async_seq.fetch_add(1, std::memory_order_release); // its owner flushes it
+}
+
+void sim_qp::remote_complete(peer &p, seg_qp *t, const seg_cqe &e) noexcept
+{
+    if (cq_push(p.at<seg_cq>(t->recv_cq_off), e)) return;
+    MLX4_WARN(FI_LOG_CQ, "software HCA: receive CQ of QP %#x overrun; QP to error\n", e.qp_num);
+    remote_error(p, t);
+}
+
+// ---------------------------------------------------------------- execution
+
+sim_qp::outcome sim_qp::execute(sq_wqe &w) noexcept
+{
+    return type_ == qp_type::ud ? execute_ud(w) : execute_rc(w);
+}
+
+sim_qp::outcome sim_qp::execute_rc(sq_wqe &w) noexcept
+{
+    // Unreachable, gone or not connected to us: the requester's retries run
+    // out (retry_exc_err). A remote QP still on its way to RTR gets time.
+    if (!peer_) return fail(w, wc_status::retry_exc_err);
+    peer &p = *peer_;
+    if (!p.alive(stall_since_ ? retry_liveness_interval_ns : liveness_interval_ns))
+        return fail(w, wc_status::retry_exc_err);
+    seg_qp *t = remote_;
+    if (t->qpn.load(std::memory_order_acquire) != remote_qpn_)
+        return fail(w, wc_status::retry_exc_err);
+    auto ts = static_cast<qp_state>(t->state.load(std::memory_order_acquire));
+    if (ts == qp_state::reset || ts == qp_state::init) return outcome::not_ready;
+    if (ts == qp_state::error || t->remote_qpn.load(std::memory_order_acquire) != qpn_)
+        return fail(w, wc_status::retry_exc_err);
+
+    switch (w.opcode) {
+    case wr_opcode::send:
+    case wr_opcode::send_with_imm:
+        return rc_send(w, p, t);
+    case wr_opcode::rdma_write:
+    case wr_opcode::rdma_write_with_imm:
+        return rc_write(w, p, t);
+    case wr_opcode::rdma_read:
+        return rc_read(w, p, t);
+    }
+    return fail(w, wc_status::loc_qp_op_err);
+}
+
+sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept
+{
+    iovec iov[max_sges];
+    uint32_t n = 0;
+    uint64_t len = 0;
+    if (!gather(w, 0, iov, n, len)) return fail(w, wc_status::loc_prot_err);
+    rwqe r;
+    if (!rq_pop(p.at<seg_rq>(t->rq_off), r)) return outcome::rnr;
+
+    seg_cqe e{};
+    e.wr_id = r.wr_id;
+    e.opcode = static_cast<uint8_t>(wc_opcode::recv);
+    e.qp_num = remote_qpn_;
+    e.src_qp = qpn_;
+    e.slid = port_lid_;
+    uint64_t cap = 0;
+    wc_status local = wc_status::success, remote = wc_status::success;
+    if (!receive_capacity(p, r, cap)) {
+        local = wc_status::rem_op_err;
+        remote = wc_status::loc_prot_err;
+    } else if (len > cap) {
+        local = wc_status::rem_inv_req_err;
+        remote = wc_status::loc_len_err;
+    } else if (int rc = copy_to_peer(p, iov, n, r.sg, r.num_sge, 0, len)) {
+        if (rc == -ESRCH) return fail(w, wc_status::retry_exc_err);
+        local = wc_status::rem_op_err;
+        remote = wc_status::loc_prot_err;
+    }
+    if (remote != wc_status::success) {
+        // Both ends stop, as the responder NAKs and both QPs enter error.
+        e.status = static_cast<uint8_t>(remote);
+        e.vendor_err = e.status;
+        remote_complete(p, t, e);
+        remote_error(p, t);
+        return fail(w, local);
+    }
+    e.byte_len = static_cast<uint32_t>(len);
+    if (w.opcode == wr_opcode::send_with_imm) {
+        e.with_imm = 1;
+        e.imm_data = w.imm_data;
+    }
+    remote_complete(p, t, e);
+    complete(w, wc_status::success, len);
+    return outcome::done;
+}
+
+sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept
+{
+    iovec iov[max_sges];
+    uint32_t n = 0;
+    uint64_t len = 0;
+    if (!gather(w, 0, iov, n, len)) return fail(w, wc_status::loc_prot_err);
+    if (len && !mr_check(p.mrs, w.rkey, w.remote_addr, len, access_remote_write)) {
+        remote_error(p, t);
+        return fail(w, wc_status::rem_access_err);
+    }
+    const bool imm = w.opcode == wr_opcode::rdma_write_with_imm;
+    rwqe r;
+    if (imm && !rq_pop(p.at<seg_rq>(t->rq_off), r)) return outcome::rnr;
+    sge dst{w.remote_addr, static_cast<uint32_t>(len), w.rkey};
+    if (int rc = copy_to_peer(p, iov, n, &dst, 1, 0, len)) {
+        if (rc == -ESRCH) return fail(w, wc_status::retry_exc_err);
+        remote_error(p, t);
+        return fail(w, wc_status::rem_access_err);
+    }
+    if (imm) {
+        seg_cqe e{};
+        e.wr_id = r.wr_id;
+        e.opcode = static_cast<uint8_t>(wc_opcode::recv_rdma_with_imm);
+        e.with_imm = 1;
+        e.imm_data = w.imm_data;
+        e.byte_len = static_cast<uint32_t>(len);
+        e.qp_num = remote_qpn_;
+        e.src_qp = qpn_;
+        e.slid = port_lid_;
+        remote_complete(p, t, e);
+    }
+    complete(w, wc_status::success, len);
+    return outcome::done;
+}
+
+sim_qp::outcome sim_qp::rc_read(sq_wqe &w, peer &p, seg_qp *t) noexcept
+{
+    iovec iov[max_sges];
+    uint32_t n = 0;
+    uint64_t len = 0;
+    if (!gather(w, access_local_write, iov, n, len)) return fail(w, wc_status::loc_prot_err);
+    if (len && !mr_check(p.mrs, w.rkey, w.remote_addr, len, access_remote_read)) {
+        remote_error(p, t);
+        return fail(w, wc_status::rem_access_err);
+    }
+    sge src{w.remote_addr, static_cast<uint32_t>(len), w.rkey};
+    if (int rc = copy_from_peer(p, &src, 1, iov, n, len)) {
+        if (rc == -ESRCH) return fail(w, wc_status::retry_exc_err);
+        remote_error(p, t);
+        return fail(w, wc_status::rem_access_err);
+    }
+    complete(w, wc_status::success, len);
+    return outcome::done;
+}
+
+// UD: unreliable, so everything that cannot be delivered is dropped and the
+// sender still completes successfully; only local errors complete in error
+// (and, UD being connectionless, leave the QP usable).
+sim_qp::outcome sim_qp::execute_ud(sq_wqe &w) noexcept
+{
+    iovec iov[max_sges + 1];
+    uint32_t n = 0;
+    uint64_t len = 0;
+    if (!gather(w, 0, iov + 1, n, len)) {
+        complete(w, wc_status::loc_prot_err);
+        return outcome::done;
+    }
+    if (len > port_mtu_) {
+        complete(w, wc_status::loc_len_err);
+        return outcome::done;
+    }
+    auto dropped = [&] {
+        complete(w, wc_status::success, len);
+        return outcome::done;
+    };
+    peer *p = c_->find_peer(w.remote_qpn);
+    if (!p || !p->alive(liveness_interval_ns)) return dropped();
+    seg_qp *t = p->qp_entry(w.remote_qpn);
+    if (!t || t->qpn.load(std::memory_order_acquire) != w.remote_qpn ||
+        t->type != static_cast<uint8_t>(qp_type::ud) ||
+        t->state.load(std::memory_order_acquire) != static_cast<uint8_t>(qp_state::rts))
+        return dropped();
+    if (!port_matches(p->hdr, t->port, w.dest_link, w.dest_lid, w.dest_gid)) return dropped();
+    if (w.remote_qkey != t->qkey) return dropped();
+    rwqe r;
+    if (!rq_pop(p->at<seg_rq>(t->rq_off), r)) return dropped();
+
+    seg_cqe e{};
+    e.wr_id = r.wr_id;
+    e.opcode = static_cast<uint8_t>(wc_opcode::recv);
+    e.qp_num = w.remote_qpn;
+    e.src_qp = qpn_;
+    e.slid = port_lid_;
+    uint64_t cap = 0;
+    wc_status remote = wc_status::success;
+    if (!receive_capacity(*p, r, cap))
+        remote = wc_status::loc_prot_err;
+    else if (cap < ud_grh_bytes + len)
+        remote = wc_status::loc_len_err;
+    if (remote == wc_status::success) {
+        // The first 40 bytes hold the GRH: present (and written) on RoCE,
+        // absent on IB, where they are left as they were.
+        uint8_t grh[ud_grh_bytes];
+        uint32_t first = 1, count = n;
+        uint64_t skip = ud_grh_bytes, total = len;
+        if (w.dest_link == link_layer::ethernet) {
+            std::memset(grh, 0, sizeof grh);
+            grh[0] = 0x60; // IPv6 version
+            grh[4] = static_cast<uint8_t>(len >> 8);
+            grh[5] = static_cast<uint8_t>(len);
+            grh[6] = 0x1b; // next header: IB BTH
+            grh[7] = 64;   // hop limit
+            std::memcpy(grh + 8, port_gid_.data(), 16);
+            std::memcpy(grh + 24, w.dest_gid.data(), 16);
+            iov[0] = {grh, sizeof grh};
+            first = 0;
+            ++count;
+            skip = 0;
+            total += ud_grh_bytes;
+        }
+        int rc = copy_to_peer(*p, iov + first, count, r.sg, r.num_sge, skip, total);
+        if (rc == -ESRCH) return dropped();
+        if (rc) remote = wc_status::loc_prot_err;
+    }
+    e.status = static_cast<uint8_t>(remote);
+    e.vendor_err = e.status;
+    if (remote == wc_status::success) {
+        e.byte_len = static_cast<uint32_t>(ud_grh_bytes + len);
+        if (w.opcode == wr_opcode::send_with_imm) {
+            e.with_imm = 1;
+            e.imm_data = w.imm_data;
+        }
+    }
+    remote_complete(*p, t, e);
+    complete(w, wc_status::success, len);
+    return outcome::done;
+}
+
+} // namespace mlx4fi::device::sim

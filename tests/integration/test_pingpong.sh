@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# fi_pingpong (Debian's libfabric-bin) over the provider on the software HCA,
+# as a user runs it: a server and a client on this host. TAP.
+#   $1 = the plugin folder
+set -u
+plugin_dir=$1
+export FI_PROVIDER_PATH=$plugin_dir
+export FI_MLX4_SIM=${FI_MLX4_SIM:-'mlx4_0:ib/fdr;mlx4_1:roce/40g'}
+n=0
+failed=0
+port=$((47600 + RANDOM % 2000))
+
+# run NAME ARGS...: server and client with the same arguments; both must
+# succeed within the time limit.
+run() {
+    local name=$1; shift
+    n=$((n + 1))
+    local log; log=$(mktemp)
+    timeout 120 fi_pingpong -p mlx4 -e rdm -B "$port" "$@" >"$log.srv" 2>&1 &
+    local srv=$!
+    sleep 0.3
+    timeout 120 fi_pingpong -p mlx4 -e rdm -P "$port" "$@" 127.0.0.1 >"$log.cli" 2>&1
+    local crc=$?
+    wait $srv
+    local src=$?
+    if [ $crc -eq 0 ] && [ $src -eq 0 ]; then
+        echo "ok $n - $name"
+        grep -E '^ *[0-9]' "$log.cli" | tail -3 | sed 's/^/#   /'
+    else
+        failed=$((failed + 1))
+        echo "not ok $n - $name (client rc=$crc, server rc=$src)"
+        sed 's/^/#   client: /' "$log.cli" | tail -20
+        sed 's/^/#   server: /' "$log.srv" | tail -20
+    fi
+    rm -f "$log" "$log.srv" "$log.cli"
+    port=$((port + 1))
+}
+
+run "fi_pingpong -S all (msg), data checked" -S all -c
+run "fi_pingpong -S all tagged, data checked" -S all -c -m tagged
+run "fi_pingpong -S 4194304 (rendezvous), data checked" -S 4194304 -I 20 -c
+run "fi_pingpong -I 20000 small messages" -S 64 -I 20000
+run "fi_pingpong on the RoCE fabric's domain" -S all -I 5 -c -d mlx4_1
+echo "1..$n"
+[ $failed -eq 0 ]

@@ -1,0 +1,623 @@
+// The software HCA's own data-path behaviour, beyond the device contract:
+// shared-memory segments and their clean-up, reclaiming what dead processes
+// left, dead peers on every path, CQ overrun, connections to nowhere, remote
+// QPs that are not connected yet, the tunables, and forked children.
+#include "mlx4fi/device/device.hpp"
+#include "mlx4fi/device/sim.hpp"
+
+#include <gtest/gtest.h>
+
+#include <dirent.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <string>
+#include <thread>
+
+using namespace mlx4fi;
+using namespace mlx4fi::device;
+using clk = std::chrono::steady_clock;
+using hca = mlx4fi::device::device;
+
+namespace
+{
+
+constexpr const char *spec = "mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g";
+
+device_list open_sim()
+{
+    util::config cfg;
+    cfg.sim_spec = spec;
+    return sim::discover(cfg);
+}
+
+// Names of this user's sim segments in /dev/shm that belong to pid.
+std::set<std::string> segments_of(pid_t pid)
+{
+    std::set<std::string> out;
+    std::string prefix = "mlx4fi-sim-" + std::to_string(getuid()) + "-" + std::to_string(pid) + "-";
+    if (DIR *d = opendir("/dev/shm")) {
+        while (dirent *e = readdir(d))
+            if (std::strncmp(e->d_name, prefix.c_str(), prefix.size()) == 0) out.insert(e->d_name);
+        closedir(d);
+    }
+    return out;
+}
+
+mode_t mode_of(const std::string &name)
+{
+    struct stat st;
+    if (stat(("/dev/shm/" + name).c_str(), &st) != 0) return 0;
+    return st.st_mode & 0777;
+}
+
+port_address address_of(const port_attr &p)
+{
+    port_address a;
+    a.link = p.link;
+    a.lid = p.lid;
+    a.gid_index = static_cast<uint8_t>(p.gid_index);
+    for (const gid_entry &g : p.gids)
+        if (static_cast<int>(g.index) == p.gid_index) a.gid_value = g.value;
+    return a;
+}
+
+rc_remote remote_of(const port_attr &p, uint32_t qpn)
+{
+    rc_remote r;
+    r.addr = address_of(p);
+    r.qpn = qpn;
+    r.mtu = p.mtu;
+    return r;
+}
+
+struct end_point {
+    std::unique_ptr<completion_queue> cq;
+    std::unique_ptr<queue_pair> qp;
+    std::unique_ptr<memory_region> buf; // device buffer, 64 KiB
+};
+
+end_point make_end(hca &d, qp_type type = qp_type::rc, uint32_t cq_entries = 256, uint8_t port = 1)
+{
+    end_point e;
+    auto cq = d.create_cq(cq_entries);
+    EXPECT_TRUE(cq.ok());
+    e.cq = std::move(cq).value();
+    auto qp = d.create_qp(type, port, *e.cq, *e.cq, nullptr, qp_caps{});
+    EXPECT_TRUE(qp.ok());
+    e.qp = std::move(qp).value();
+    auto b = d.alloc_buffer(65536);
+    EXPECT_TRUE(b.ok());
+    e.buf = std::move(b).value();
+    return e;
+}
+
+status post_recv(end_point &e, uint64_t id, size_t off = 0, uint32_t len = 1024)
+{
+    sge s{reinterpret_cast<uint64_t>(e.buf->addr()) + off, len, e.buf->lkey()};
+    recv_wr wr;
+    wr.wr_id = id;
+    wr.sg_list = &s;
+    wr.num_sge = 1;
+    return e.qp->post_recv(wr);
+}
+
+status send(end_point &e, uint64_t id, uint32_t len = 64, wr_opcode op = wr_opcode::send,
+            uint64_t raddr = 0, uint32_t rkey = 0)
+{
+    sge s{reinterpret_cast<uint64_t>(e.buf->addr()), len, e.buf->lkey()};
+    send_wr wr;
+    wr.wr_id = id;
+    wr.opcode = op;
+    wr.sg_list = &s;
+    wr.num_sge = 1;
+    wr.remote_addr = raddr;
+    wr.rkey = rkey;
+    return e.qp->post_send(wr);
+}
+
+// Polls all of cqs until one completion on want, or timeout.
+bool wait(completion_queue &want, work_completion &out, std::vector<completion_queue *> also = {},
+          int timeout_ms = 3000)
+{
+    auto deadline = clk::now() + std::chrono::milliseconds(timeout_ms);
+    while (clk::now() < deadline) {
+        for (completion_queue *cq : also) {
+            work_completion junk[8];
+            (void)cq->poll(junk, 8);
+        }
+        if (want.poll(&out, 1) == 1) return true;
+        std::this_thread::yield();
+    }
+    return false;
+}
+
+bool read_all(int fd, void *p, size_t n, int timeout_ms = 5000)
+{
+    auto *b = static_cast<uint8_t *>(p);
+    while (n) {
+        pollfd pfd{fd, POLLIN, 0};
+        if (::poll(&pfd, 1, timeout_ms) <= 0) return false;
+        ssize_t r = ::read(fd, b, n);
+        if (r <= 0) return false;
+        b += r;
+        n -= size_t(r);
+    }
+    return true;
+}
+
+// A forked child that makes an RC QP on mlx4_0 port 1 with `receives`
+// receives posted, tells its QPN, connects to the QPN it is told, says
+// "ready", then waits to be killed.
+struct victim {
+    pid_t pid = -1;
+    int fd = -1;
+    uint32_t qpn = 0;
+    explicit victim(int receives)
+    {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return;
+        pid = fork();
+        if (pid == 0) {
+            ::close(sv[0]);
+            device_list devs = open_sim();
+            end_point e = make_end(*devs[0]);
+            for (int i = 0; i < receives; ++i)
+                (void)post_recv(e, uint64_t(i), size_t(i) * 1024);
+            uint32_t q = e.qp->qp_num();
+            if (::write(sv[1], &q, sizeof q) != sizeof q) _exit(2);
+            uint32_t peer = 0;
+            if (!read_all(sv[1], &peer, sizeof peer)) _exit(3);
+            (void)e.qp->connect(remote_of(devs[0]->attr().ports[0], peer));
+            char go = 1;
+            if (::write(sv[1], &go, 1) != 1) _exit(4);
+            for (;;)
+                pause();
+        }
+        ::close(sv[1]);
+        fd = sv[0];
+        EXPECT_TRUE(read_all(fd, &qpn, sizeof qpn));
+    }
+    void connect_to(uint32_t my_qpn)
+    {
+        EXPECT_EQ(::write(fd, &my_qpn, sizeof my_qpn), ssize_t(sizeof my_qpn));
+        char go = 0;
+        EXPECT_TRUE(read_all(fd, &go, 1));
+    }
+    void kill_now() { ::kill(pid, SIGKILL); }
+    void reap()
+    {
+        if (pid > 0) waitpid(pid, nullptr, 0);
+        pid = -1;
+    }
+    ~victim()
+    {
+        if (pid > 0) {
+            ::kill(pid, SIGKILL);
+            waitpid(pid, nullptr, 0);
+        }
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+// Sets an environment variable for one scope.
+struct scoped_env {
+    std::string name;
+    scoped_env(const char *n, const char *v) : name(n) { setenv(n, v, 1); }
+    ~scoped_env() { unsetenv(name.c_str()); }
+};
+
+} // namespace
+
+TEST(sim_data, segment_is_private_and_removed_with_the_last_object)
+{
+    device_list devs = open_sim();
+    ASSERT_FALSE(devs.empty());
+    std::set<std::string> before = segments_of(getpid());
+    std::string name;
+    {
+        auto cq = devs[0]->create_cq(16);
+        ASSERT_TRUE(cq.ok());
+        std::set<std::string> now = segments_of(getpid());
+        ASSERT_EQ(now.size(), before.size() + 1);
+        for (const std::string &n : now)
+            if (!before.count(n)) name = n;
+        EXPECT_NE(name.find("-mlx4_0-"), std::string::npos) << name;
+        EXPECT_EQ(mode_of(name), 0600u);
+        EXPECT_EQ(mode_of("mlx4fi-sim-" + std::to_string(getuid()) + "-registry"), 0600u);
+        auto mr = devs[0]->alloc_buffer(4096);
+        ASSERT_TRUE(mr.ok());
+        cq.value().reset();
+        EXPECT_EQ(mode_of(name), 0600u) << "closed while a buffer still uses it";
+    }
+    EXPECT_EQ(segments_of(getpid()), before);
+}
+
+TEST(sim_data, segments_of_dead_processes_are_reclaimed)
+{
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    pid_t child = fork();
+    if (child == 0) {
+        device_list devs = open_sim();
+        auto cq = devs[0]->create_cq(16);
+        char go = cq.ok() ? 1 : 0;
+        if (::write(sv[1], &go, 1) != 1) _exit(2);
+        for (;;)
+            pause();
+    }
+    char go = 0;
+    ASSERT_TRUE(read_all(sv[0], &go, 1));
+    ASSERT_EQ(go, 1);
+    ::close(sv[0]);
+    ::close(sv[1]);
+    EXPECT_EQ(segments_of(child).size(), 1u);
+    ::kill(child, SIGKILL);
+    waitpid(child, nullptr, 0);
+    EXPECT_EQ(segments_of(child).size(), 1u); // nobody unlinked it
+    // The next context anyone opens on the host reclaims it.
+    device_list devs = open_sim();
+    auto cq = devs[1]->create_cq(16);
+    ASSERT_TRUE(cq.ok());
+    EXPECT_TRUE(segments_of(child).empty());
+}
+
+TEST(sim_data, qp_numbers_are_24_bit_unique_and_not_special)
+{
+    device_list a = open_sim(), b = open_sim();
+    std::set<uint32_t> qpns;
+    std::vector<end_point> eps;
+    for (int i = 0; i < 6; ++i)
+        eps.push_back(make_end(i % 2 ? *a[0] : *b[1], qp_type::rc, 16, 1));
+    for (auto &e : eps) {
+        uint32_t q = e.qp->qp_num();
+        EXPECT_GE(q, 256u); // QP0 and QP1 are special on IB
+        EXPECT_LT(q, 1u << 24);
+        EXPECT_TRUE(qpns.insert(q).second) << q;
+        EXPECT_LT(e.qp->psn(), 1u << 24);
+    }
+}
+
+TEST(sim_data, many_qps_in_one_context_span_registry_slots)
+{
+    device_list devs = open_sim();
+    auto cq = devs[0]->create_cq(16);
+    ASSERT_TRUE(cq.ok());
+    std::vector<std::unique_ptr<queue_pair>> qps;
+    std::set<uint32_t> qpns;
+    for (int i = 0; i < 300; ++i) {
+        auto qp = devs[0]->create_qp(qp_type::ud, 1, *cq.value(), *cq.value(), nullptr,
+                                     qp_caps{4, 4, 1, 1, 0});
+        ASSERT_TRUE(qp.ok()) << i;
+        EXPECT_TRUE(qpns.insert(qp.value()->qp_num()).second);
+        qps.push_back(std::move(qp).value());
+    }
+    // A datagram to the last QP (in the second slot) still finds it.
+    auto buf = devs[0]->alloc_buffer(4096);
+    ASSERT_TRUE(buf.ok());
+    sge rs{reinterpret_cast<uint64_t>(buf.value()->addr()), 4096, buf.value()->lkey()};
+    recv_wr rwr;
+    rwr.sg_list = &rs;
+    rwr.num_sge = 1;
+    rwr.wr_id = 5;
+    ASSERT_TRUE(qps.back()->post_recv(rwr).is_ok());
+    auto ah = devs[0]->create_ah(1, address_of(devs[0]->attr().ports[0]));
+    ASSERT_TRUE(ah.ok());
+    sge ss{reinterpret_cast<uint64_t>(buf.value()->addr()) + 2048, 16, buf.value()->lkey()};
+    send_wr swr;
+    swr.sg_list = &ss;
+    swr.num_sge = 1;
+    swr.ah = ah.value().get();
+    swr.remote_qpn = qps.back()->qp_num();
+    swr.remote_qkey = default_qkey;
+    ASSERT_TRUE(qps.front()->post_send(swr).is_ok());
+    work_completion wc[4];
+    int got = 0, recvs = 0;
+    for (int i = 0; i < 100 && recvs == 0; ++i) {
+        got = cq.value()->poll(wc, 4);
+        for (int k = 0; k < got; ++k)
+            if (wc[k].opcode == wc_opcode::recv) {
+                ++recvs;
+                EXPECT_EQ(wc[k].wr_id, 5u);
+                EXPECT_EQ(wc[k].qp_num, qps.back()->qp_num());
+            }
+    }
+    EXPECT_EQ(recvs, 1);
+}
+
+TEST(sim_data, dead_peer_while_waiting_for_a_receive)
+{
+    device_list devs = open_sim();
+    end_point a = make_end(*devs[0]);
+    victim v(0);
+    ASSERT_TRUE(a.qp->connect(remote_of(devs[0]->attr().ports[0], v.qpn)).is_ok());
+    v.connect_to(a.qp->qp_num());
+    ASSERT_TRUE(send(a, 1).is_ok()); // receiver not ready: retried forever by default
+    work_completion wc;
+    EXPECT_FALSE(wait(*a.cq, wc, {}, 30));
+    v.kill_now();
+    auto t0 = clk::now();
+    ASSERT_TRUE(wait(*a.cq, wc, {}, 2000));
+    EXPECT_LT(clk::now() - t0, std::chrono::milliseconds(500));
+    EXPECT_EQ(wc.status, wc_status::retry_exc_err);
+    EXPECT_EQ(a.qp->state(), qp_state::error);
+}
+
+TEST(sim_data, dead_peer_on_the_plain_copy_path)
+{
+    device_list devs = open_sim();
+    end_point a = make_end(*devs[0]);
+    victim v(60);
+    ASSERT_TRUE(a.qp->connect(remote_of(devs[0]->attr().ports[0], v.qpn)).is_ok());
+    v.connect_to(a.qp->qp_num());
+    v.kill_now();
+    v.reap();
+    // Sends into its mapped buffers need no system call, so the death shows
+    // at the next periodic check (about every 50 ms).
+    auto t0 = clk::now();
+    work_completion wc{};
+    for (uint64_t id = 0; id < 60; ++id) {
+        ASSERT_TRUE(send(a, id).is_ok());
+        ASSERT_TRUE(wait(*a.cq, wc, {}, 2000));
+        if (wc.status != wc_status::success) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    EXPECT_EQ(wc.status, wc_status::retry_exc_err);
+    EXPECT_LT(clk::now() - t0, std::chrono::milliseconds(500));
+}
+
+TEST(sim_data, datagrams_to_a_dead_process_are_dropped)
+{
+    device_list devs = open_sim();
+    end_point a = make_end(*devs[0], qp_type::ud);
+    victim v(0);
+    v.kill_now();
+    v.reap();
+    auto ah = devs[0]->create_ah(1, address_of(devs[0]->attr().ports[0]));
+    ASSERT_TRUE(ah.ok());
+    sge s{reinterpret_cast<uint64_t>(a.buf->addr()), 64, a.buf->lkey()};
+    send_wr wr;
+    wr.sg_list = &s;
+    wr.num_sge = 1;
+    wr.ah = ah.value().get();
+    wr.remote_qpn = v.qpn;
+    wr.remote_qkey = default_qkey;
+    ASSERT_TRUE(a.qp->post_send(wr).is_ok());
+    work_completion wc;
+    ASSERT_TRUE(wait(*a.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::success);
+    EXPECT_EQ(a.qp->state(), qp_state::rts);
+}
+
+TEST(sim_data, cq_overrun_moves_the_overflowing_qp_to_error)
+{
+    device_list devs = open_sim();
+    end_point a = make_end(*devs[0]);
+    end_point b = make_end(*devs[0], qp_type::rc, 4); // a CQ of four entries
+    const port_attr &port = devs[0]->attr().ports[0];
+    ASSERT_TRUE(a.qp->connect(remote_of(port, b.qp->qp_num())).is_ok());
+    ASSERT_TRUE(b.qp->connect(remote_of(port, a.qp->qp_num())).is_ok());
+    for (uint64_t i = 0; i < 8; ++i)
+        ASSERT_TRUE(post_recv(b, i, i * 1024).is_ok());
+    for (uint64_t i = 0; i < 5; ++i) {
+        ASSERT_TRUE(send(a, i).is_ok());
+        work_completion wc;
+        ASSERT_TRUE(wait(*a.cq, wc));
+        EXPECT_EQ(wc.status, wc_status::success);
+    }
+    EXPECT_EQ(b.qp->state(), qp_state::error);
+    // What fit is there; the rest was lost with the overrun, as on hardware.
+    work_completion wc[8];
+    EXPECT_EQ(b.cq->poll(wc, 8), 4);
+    for (int i = 0; i < 4; ++i)
+        EXPECT_EQ(wc[i].status, wc_status::success);
+    // Further sends towards it fail: its QP is in error.
+    ASSERT_TRUE(send(a, 9).is_ok());
+    work_completion e;
+    ASSERT_TRUE(wait(*a.cq, e));
+    EXPECT_EQ(e.status, wc_status::retry_exc_err);
+}
+
+TEST(sim_data, connections_to_nowhere_fail_at_send_time)
+{
+    device_list devs = open_sim();
+    const port_attr &port = devs[0]->attr().ports[0];
+    struct {
+        const char *what;
+        rc_remote r;
+    } cases[3];
+    end_point target = make_end(*devs[0]);
+    cases[0] = {"no such QP", remote_of(port, 0xfffff0)};
+    cases[1] = {"wrong LID", remote_of(port, target.qp->qp_num())};
+    cases[1].r.addr.lid = static_cast<uint16_t>(port.lid + 100);
+    cases[2] = {"other port of the HCA", remote_of(devs[0]->attr().ports[1], target.qp->qp_num())};
+    for (auto &c : cases) {
+        SCOPED_TRACE(c.what);
+        end_point a = make_end(*devs[0]);
+        ASSERT_TRUE(a.qp->connect(c.r).is_ok()); // as on hardware
+        EXPECT_EQ(a.qp->state(), qp_state::rts);
+        ASSERT_TRUE(send(a, 1).is_ok());
+        work_completion wc;
+        ASSERT_TRUE(wait(*a.cq, wc));
+        EXPECT_EQ(wc.status, wc_status::retry_exc_err);
+        EXPECT_EQ(a.qp->state(), qp_state::error);
+    }
+}
+
+TEST(sim_data, remote_qp_not_yet_connected_gets_time)
+{
+    device_list devs = open_sim();
+    const port_attr &port = devs[0]->attr().ports[0];
+    end_point a = make_end(*devs[0]), b = make_end(*devs[0]);
+    ASSERT_TRUE(post_recv(b, 1).is_ok());
+    ASSERT_TRUE(a.qp->connect(remote_of(port, b.qp->qp_num())).is_ok());
+    ASSERT_TRUE(send(a, 1).is_ok()); // b is still in INIT
+    work_completion wc;
+    EXPECT_FALSE(wait(*a.cq, wc, {}, 20));
+    ASSERT_TRUE(b.qp->connect(remote_of(port, a.qp->qp_num())).is_ok());
+    ASSERT_TRUE(wait(*a.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::success);
+    ASSERT_TRUE(wait(*b.cq, wc));
+    EXPECT_EQ(wc.wr_id, 1u);
+}
+
+TEST(sim_data, remote_qp_that_never_connects_gives_retry_exceeded)
+{
+    scoped_env env("FI_MLX4_SIM_RETRY_TIMEOUT_MS", "40");
+    device_list devs = open_sim();
+    const port_attr &port = devs[0]->attr().ports[0];
+    end_point a = make_end(*devs[0]), b = make_end(*devs[0]);
+    ASSERT_TRUE(a.qp->connect(remote_of(port, b.qp->qp_num())).is_ok());
+    auto t0 = clk::now();
+    ASSERT_TRUE(send(a, 1).is_ok());
+    work_completion wc;
+    ASSERT_TRUE(wait(*a.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::retry_exc_err);
+    EXPECT_GE(clk::now() - t0, std::chrono::milliseconds(35));
+}
+
+TEST(sim_data, rnr_timeout_from_the_environment)
+{
+    device_list devs = open_sim();
+    const port_attr &port = devs[0]->attr().ports[0];
+    end_point b = make_end(*devs[0]);
+    scoped_env env("FI_MLX4_SIM_RNR_TIMEOUT_MS", "30");
+    end_point a = make_end(*devs[0]);
+    ASSERT_TRUE(a.qp->connect(remote_of(port, b.qp->qp_num())).is_ok());
+    ASSERT_TRUE(b.qp->connect(remote_of(port, a.qp->qp_num())).is_ok());
+    ASSERT_TRUE(send(a, 1).is_ok());
+    work_completion wc;
+    ASSERT_TRUE(wait(*a.cq, wc, {}, 1000));
+    EXPECT_EQ(wc.status, wc_status::rnr_retry_exc_err);
+}
+
+TEST(sim_data, keys_are_not_reused_after_deregistration)
+{
+    device_list devs = open_sim();
+    auto cq = devs[0]->create_cq(4); // keeps the context open between registrations
+    ASSERT_TRUE(cq.ok());
+    std::vector<uint8_t> mem(4096);
+    std::set<uint32_t> keys;
+    for (int i = 0; i < 50; ++i) {
+        auto mr = devs[0]->reg_mr(mem.data(), mem.size(), access_local_write);
+        ASSERT_TRUE(mr.ok());
+        EXPECT_EQ(mr.value()->lkey(), mr.value()->rkey());
+        EXPECT_TRUE(keys.insert(mr.value()->lkey()).second);
+    }
+    EXPECT_EQ(devs[0]->reg_mr(mem.data(), 16, access_remote_write).error(), err_inval);
+}
+
+TEST(sim_data, arena_exhaustion_is_enomem)
+{
+    scoped_env env("FI_MLX4_SIM_ARENA_MB", "1");
+    device_list devs = open_sim();
+    auto a = devs[0]->alloc_buffer(512 * 1024);
+    ASSERT_TRUE(a.ok());
+    auto b = devs[0]->alloc_buffer(768 * 1024);
+    EXPECT_EQ(b.error(), err_nomem);
+    a.value().reset();
+    auto c = devs[0]->alloc_buffer(768 * 1024); // the freed range coalesced
+    EXPECT_TRUE(c.ok());
+}
+
+TEST(sim_data, destroying_a_qp_drops_its_completions_only)
+{
+    device_list devs = open_sim();
+    auto cq = devs[0]->create_cq(64);
+    ASSERT_TRUE(cq.ok());
+    end_point a = make_end(*devs[0]), b = make_end(*devs[0]);
+    auto c = devs[0]->create_qp(qp_type::rc, 1, *cq.value(), *cq.value(), nullptr, qp_caps{});
+    auto d = devs[0]->create_qp(qp_type::rc, 1, *cq.value(), *cq.value(), nullptr, qp_caps{});
+    ASSERT_TRUE(c.ok() && d.ok());
+    c.value()->set_error();
+    d.value()->set_error();
+    sge s{reinterpret_cast<uint64_t>(a.buf->addr()), 8, a.buf->lkey()};
+    recv_wr wr;
+    wr.sg_list = &s;
+    wr.num_sge = 1;
+    wr.wr_id = 1;
+    ASSERT_TRUE(c.value()->post_recv(wr).is_ok()); // flushed at once
+    wr.wr_id = 2;
+    ASSERT_TRUE(d.value()->post_recv(wr).is_ok());
+    c.value().reset();
+    work_completion wc[4];
+    ASSERT_EQ(cq.value()->poll(wc, 4), 1);
+    EXPECT_EQ(wc[0].wr_id, 2u);
+}
+
+TEST(sim_data, forked_child_leaves_the_parents_objects_alone)
+{
+    device_list devs = open_sim();
+    const port_attr &port = devs[0]->attr().ports[0];
+    end_point a = make_end(*devs[0]), b = make_end(*devs[0]);
+    ASSERT_TRUE(a.qp->connect(remote_of(port, b.qp->qp_num())).is_ok());
+    ASSERT_TRUE(b.qp->connect(remote_of(port, a.qp->qp_num())).is_ok());
+    pid_t child = fork();
+    if (child == 0) {
+        // Destroying the inherited copies must not touch the shared state.
+        a = end_point{};
+        b = end_point{};
+        devs.clear();
+        _exit(0);
+    }
+    int st = 0;
+    waitpid(child, &st, 0);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    ASSERT_TRUE(post_recv(b, 1).is_ok());
+    ASSERT_TRUE(send(a, 2).is_ok());
+    work_completion wc;
+    ASSERT_TRUE(wait(*b.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::success);
+    ASSERT_TRUE(wait(*a.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::success);
+}
+
+TEST(sim_data, scatter_gather_on_both_ends)
+{
+    device_list devs = open_sim();
+    const port_attr &port = devs[0]->attr().ports[0];
+    auto cq = devs[0]->create_cq(16);
+    ASSERT_TRUE(cq.ok());
+    qp_caps caps;
+    caps.max_recv_sge = 3;
+    auto qa = devs[0]->create_qp(qp_type::rc, 1, *cq.value(), *cq.value(), nullptr, caps);
+    auto qb = devs[0]->create_qp(qp_type::rc, 1, *cq.value(), *cq.value(), nullptr, caps);
+    ASSERT_TRUE(qa.ok() && qb.ok());
+    ASSERT_TRUE(qa.value()->connect(remote_of(port, qb.value()->qp_num())).is_ok());
+    ASSERT_TRUE(qb.value()->connect(remote_of(port, qa.value()->qp_num())).is_ok());
+    std::vector<uint8_t> src(300), dst(400, 0);
+    for (size_t i = 0; i < src.size(); ++i)
+        src[i] = static_cast<uint8_t>(i);
+    auto smr = devs[0]->reg_mr(src.data(), src.size(), 0);
+    auto dmr = devs[0]->alloc_buffer(4096); // mixes the plain-copy and user-memory paths
+    auto umr = devs[0]->reg_mr(dst.data(), dst.size(), access_local_write);
+    ASSERT_TRUE(smr.ok() && dmr.ok() && umr.ok());
+    auto *arena = static_cast<uint8_t *>(dmr.value()->addr());
+    sge rs[3] = {{reinterpret_cast<uint64_t>(arena), 50, dmr.value()->lkey()},
+                 {reinterpret_cast<uint64_t>(dst.data()), 100, umr.value()->lkey()},
+                 {reinterpret_cast<uint64_t>(arena + 1000), 200, dmr.value()->lkey()}};
+    recv_wr rwr;
+    rwr.sg_list = rs;
+    rwr.num_sge = 3;
+    ASSERT_TRUE(qb.value()->post_recv(rwr).is_ok());
+    sge ss[2] = {{reinterpret_cast<uint64_t>(src.data()), 120, smr.value()->lkey()},
+                 {reinterpret_cast<uint64_t>(src.data()) + 120, 180, smr.value()->lkey()}};
+    send_wr swr;
+    swr.sg_list = ss;
+    swr.num_sge = 2;
+    ASSERT_TRUE(qa.value()->post_send(swr).is_ok());
+    work_completion wc[2];
+    ASSERT_EQ(cq.value()->poll(wc, 2), 2);
+    for (size_t i = 0; i < 300; ++i) {
+        uint8_t got = i < 50 ? arena[i] : i < 150 ? dst[i - 50] : arena[1000 + i - 150];
+        ASSERT_EQ(got, static_cast<uint8_t>(i)) << i;
+    }
+}
