@@ -20,8 +20,16 @@ constexpr uint8_t wire_link_ib = 1;
 constexpr uint8_t wire_link_eth = 2;
 
 static_assert(name_header_bytes == 12);
-static_assert(rail_name_bytes == 28);
-static_assert(max_name_bytes == 124);
+static_assert(rail_name_bytes == 24);
+static_assert(max_name_bytes == 60);
+
+uint8_t mtu_code(uint32_t mtu) noexcept
+{
+    uint8_t c = 0;
+    while (c < 31 && (uint32_t(1) << (c + 1)) <= mtu)
+        ++c;
+    return mtu ? c : 0;
+}
 
 void put16(uint8_t *p, uint16_t v) noexcept
 {
@@ -74,19 +82,19 @@ size_t pack_name(const ep_name &n, void *buf, size_t len) noexcept
     if (!buf || len < max_name_bytes || n.rail_count == 0 || n.rail_count > max_rails) return 0;
     uint8_t *p = static_cast<uint8_t *>(buf);
     std::memset(p, 0, max_name_bytes);
+    uint8_t count = static_cast<uint8_t>(std::min<size_t>(n.rail_count, name_rails));
     p[0] = name_version;
-    p[1] = n.rail_count;
+    p[1] = count;
     put16(p + 2, 0);
     put64(p + 4, n.nonce);
     uint8_t *r = p + name_header_bytes;
-    for (size_t i = 0; i < n.rail_count; ++i, r += rail_name_bytes) {
+    for (size_t i = 0; i < count; ++i, r += rail_name_bytes) {
         const rail_name &rn = n.rails[i];
         r[0] = rn.link == device::link_layer::ib ? wire_link_ib : wire_link_eth;
-        r[1] = rn.port;
+        r[1] = mtu_code(rn.mtu);
         put16(r + 2, rn.lid);
         put32(r + 4, rn.ud_qpn);
         std::memcpy(r + 8, rn.gid_value.data(), 16);
-        put32(r + 24, rn.mtu);
     }
     return max_name_bytes;
 }
@@ -97,7 +105,7 @@ status unpack_name(const void *buf, size_t len, ep_name &out) noexcept
     const uint8_t *p = static_cast<const uint8_t *>(buf);
     if (p[0] != name_version) return err_inval;
     uint8_t count = p[1];
-    if (count == 0 || count > max_rails) return err_inval;
+    if (count == 0 || count > name_rails) return err_inval;
     if (get16(p + 2) != 0) return err_inval;
     ep_name n;
     n.nonce = get64(p + 4);
@@ -111,11 +119,12 @@ status unpack_name(const void *buf, size_t len, ep_name &out) noexcept
             rn.link = device::link_layer::ethernet;
         else
             return err_inval;
-        rn.port = r[1];
+        if (r[1] > 31) return err_inval;
+        rn.port = 0; // not on the wire: a peer never needs our port number
+        rn.mtu = r[1] ? uint32_t(1) << r[1] : 0;
         rn.lid = get16(r + 2);
         rn.ud_qpn = get32(r + 4);
         std::memcpy(rn.gid_value.data(), r + 8, 16);
-        rn.mtu = get32(r + 24);
     }
     // The padding must be zero: anything else is not a name this version wrote.
     if (std::any_of(r, p + max_name_bytes, [](uint8_t b) { return b != 0; })) return err_inval;
@@ -132,12 +141,11 @@ std::string name_to_string(const ep_name &n)
         const rail_name &r = n.rails[i];
         char rail[128];
         if (r.link == device::link_layer::ib)
-            std::snprintf(rail, sizeof rail, "%sIB:port=%u,lid=0x%x,qpn=0x%x", i ? ";" : "",
-                          unsigned(r.port), unsigned(r.lid), unsigned(r.ud_qpn));
+            std::snprintf(rail, sizeof rail, "%sIB:lid=0x%x,qpn=0x%x", i ? ";" : "",
+                          unsigned(r.lid), unsigned(r.ud_qpn));
         else
-            std::snprintf(rail, sizeof rail, "%sRoCE:port=%u,gid=%s,qpn=0x%x", i ? ";" : "",
-                          unsigned(r.port), device::gid_to_string(r.gid_value).c_str(),
-                          unsigned(r.ud_qpn));
+            std::snprintf(rail, sizeof rail, "%sRoCE:gid=%s,qpn=0x%x", i ? ";" : "",
+                          device::gid_to_string(r.gid_value).c_str(), unsigned(r.ud_qpn));
         s += rail;
     }
     return s;

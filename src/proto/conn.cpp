@@ -31,7 +31,9 @@ uint32_t engine_impl::peer_for(const ep_name &n) noexcept
         p.name = n;
         // Both sides pick the same rail pair from the two nonces, so each
         // pair of endpoints talks over one rail and peers spread over rails.
-        unsigned shared = std::min<unsigned>(name_.rail_count, n.rail_count);
+        // Names carry at most name_rails rails; both sides see the same counts.
+        unsigned mine = std::min<unsigned>(name_.rail_count, name_rails);
+        unsigned shared = std::min<unsigned>(mine, n.rail_count);
         unsigned r = shared ? unsigned((name_.nonce ^ n.nonce) % shared) : 0;
         p.lrail = r;
         p.rrail = r;

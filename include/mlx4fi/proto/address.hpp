@@ -3,12 +3,14 @@
 //
 // Name layout (little endian, packed; docs/protocol.md):
 //   u8 version | u8 rail count | u16 reserved | u64 endpoint nonce
-//   rail[n]: u8 link (1 IB, 2 Ethernet) | u8 port | u16 lid | u32 UD QPN |
-//            u8 gid[16] | u32 mtu
+//   rail[n]: u8 link (1 IB, 2 Ethernet) | u8 log2(MTU) | u16 lid | u32 UD QPN |
+//            u8 gid[16]
 //   zero padding up to max_name_bytes
 // Every name is exactly max_name_bytes long, whatever its rail count:
 // fi_av_insert takes an array of names with no lengths, so the stride must be
-// fixed (it is the addrlen fi_getname reports).
+// fixed (it is the addrlen fi_getname reports). It must also fit FI_NAME_MAX
+// (64), the buffer Open MPI's mtl ofi gives fi_getname: so a name describes
+// at most name_rails rails (an endpoint with more names its first two).
 #pragma once
 
 #include "mlx4fi/device/types.hpp"
@@ -44,14 +46,16 @@ struct ep_name {
     bool operator==(const ep_name &) const = default;
 };
 
-inline constexpr size_t rail_name_bytes = 1 + 1 + 2 + 4 + 16 + 4;
+inline constexpr size_t rail_name_bytes = 1 + 1 + 2 + 4 + 16;
 inline constexpr size_t name_header_bytes = 1 + 1 + 2 + 8;
-inline constexpr size_t max_name_bytes = name_header_bytes + max_rails * rail_name_bytes;
+inline constexpr size_t name_rails = 2;
+inline constexpr size_t max_name_bytes = name_header_bytes + name_rails * rail_name_bytes;
+static_assert(max_name_bytes <= FI_NAME_MAX);
 
 // Always max_name_bytes (names are padded to a fixed size).
 [[nodiscard]] size_t name_size(const ep_name &n) noexcept;
-// Writes the wire form (max_name_bytes); returns bytes written, or 0 if len is
-// too small or n has no rails or more than max_rails.
+// Writes the wire form (max_name_bytes) with the first name_rails rails;
+// returns bytes written, or 0 if len is too small or n has no rails.
 size_t pack_name(const ep_name &n, void *buf, size_t len) noexcept;
 // Parses and validates a wire name: len must be max_name_bytes; version, rail
 // count, reserved bits, link layers and the zero padding are checked.
