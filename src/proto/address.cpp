@@ -186,8 +186,12 @@ fi_addr_t av_table::find(const ep_name &n) const noexcept
 {
     auto it = by_nonce_.find(n.nonce);
     if (it == by_nonce_.end()) return FI_ADDR_NOTAVAIL;
+    // The nonce (64 random bits) and the contact QP identify an endpoint; the
+    // rest may legitimately differ between the name a peer sent in its
+    // connection request and the one the application inserted (fields that
+    // are not on the wire, rails beyond name_rails).
     for (fi_addr_t a : it->second)
-        if (entries_[a].live && entries_[a].name == n) return a;
+        if (entries_[a].live && entries_[a].name.rails[0].ud_qpn == n.rails[0].ud_qpn) return a;
     return FI_ADDR_NOTAVAIL;
 }
 

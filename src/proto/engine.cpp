@@ -361,6 +361,8 @@ void engine_impl::progress() noexcept
             }
         }
     }
+    if (!deferred_reads_.empty())
+        retry_deferred();
     if (connecting_)
         check_timers();
     if (rts_outstanding_)
@@ -540,6 +542,18 @@ void engine_impl::shutdown() noexcept
         }
         while (tx_entry *tx = p.inflight.head)
             fail_tx(tx, FI_ECANCELED, 0);
+    }
+    while (unexp_msg *m = deferred_reads_.head) {
+        deferred_reads_.remove(m);
+        event ev;
+        ev.kind = event_kind::recv;
+        ev.context = m->matched->context;
+        ev.op_flags = m->matched->flags;
+        ev.flags = FI_RECV | (m->matched->tagged ? FI_TAGGED : FI_MSG);
+        ev.err = FI_ECANCELED;
+        release_rx(m->matched);
+        release_unexp(m);
+        report(ev);
     }
     for (bool tagged : {true, false}) {
         while (rx_entry *rx = mq_.posted(tagged).head) {

@@ -30,8 +30,8 @@ inline uint32_t wr_id_index(uint64_t id) noexcept { return uint32_t(id); }
 
 inline constexpr uint32_t ud_depth = 64;
 inline constexpr uint32_t ud_buf_size = 256;
-inline constexpr uint32_t tx_slots = 512; // bounce buffers per rail
-inline constexpr uint32_t max_tx = 2048;  // tx entries per engine
+inline constexpr uint32_t tx_slots = 1024; // bounce buffers per rail
+inline constexpr uint32_t max_tx = 4096;   // tx entries per engine
 inline constexpr uint32_t max_wr_sge = 4;
 
 // A rail's device resources for this endpoint.
@@ -171,6 +171,12 @@ class engine_impl final : public engine {
     status send_rts(tx_entry *tx, const send_args &a) noexcept;
     void start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rts, uint64_t size,
                     fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept;
+    // Posts the reads of a matched rendezvous into target (a plain receive or
+    // a slice of a multi-receive buffer); false when out of entries or
+    // buffers (the caller defers it).
+    bool issue_read(rx_entry *target, uint32_t pi, const wire::rts_body &rts, uint64_t size,
+                    fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept;
+    void retry_deferred() noexcept;
     void read_done(tx_entry *tx) noexcept;
     void handle_fin(uint32_t pi, const wire::fin_body &fin) noexcept;
 
@@ -195,7 +201,8 @@ class engine_impl final : public engine {
     uint64_t addr_cache_gen_ = ~0ull;
     uint32_t rts_outstanding_ = 0; // rendezvous sends waiting for FIN
     uint64_t next_keepalive_ns_ = 0;
-    uint32_t pending_total_ = 0; // tx entries waiting on peers' pending lists
+    uint32_t pending_total_ = 0;
+    ilist<unexp_msg> deferred_reads_; // matched rendezvous waiting for tx resources // tx entries waiting on peers' pending lists
     uint32_t connecting_ = 0;
     bool shut_ = false;
 };

@@ -27,7 +27,8 @@ struct rx_entry {
     uint64_t flags = 0;
     bool tagged = false;
     bool in_use = false;
-    bool multi_last = false; // a slice of a multi-receive buffer that used it up
+    bool multi_slice = false; // a slice of a multi-receive buffer (reports its address)
+    bool multi_last = false;  // ... the slice that used the buffer up
 };
 
 // A message that arrived before its receive. Lives in the engine's unexpected
@@ -46,6 +47,7 @@ struct unexp_msg {
     std::vector<uint8_t> payload; // eager only; capacity kept when recycled
     wire::rts_body rts{};  // rendezvous only
     void *claimed_by = nullptr; // FI_CLAIM: the context that owns it
+    rx_entry *matched = nullptr; // a rendezvous matched but waiting for resources
 };
 
 template <class T> struct ilist {

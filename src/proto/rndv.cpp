@@ -64,7 +64,6 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
                              fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept
 {
     peer &p = peers_[pi];
-    rail_res &rr = *rails_[p.lrail];
     iovec dst[4];
     size_t nout = 0;
     void *buf = nullptr;
@@ -81,6 +80,7 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
         }
         *target = *rx;
         target->flags &= ~FI_MULTI_RECV;
+        target->multi_slice = true;
         target->iov[0] = dst[0];
         target->count = 1;
         target->total = placed;
@@ -93,19 +93,60 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
         }
     }
 
+    if (!issue_read(target, pi, rts, size, src, tag, data, has_data)) {
+        // Out of transfer entries or bounce buffers: the read waits for
+        // resources (released by completions) instead of failing.
+        unexp_msg *m = alloc_unexp();
+        if (!m) {
+            MLX4_WARN(FI_LOG_EP_DATA, "out of memory: rendezvous from %016llx failed\n",
+                      static_cast<unsigned long long>(p.name.nonce));
+            event ev;
+            ev.err = FI_ENOMEM;
+            ev.src = src;
+            ev.tag = tag;
+            finish_rx(target, ev, 0, 0);
+            return;
+        }
+        m->matched = target;
+        m->rts = rts;
+        m->peer = pi;
+        m->src = src;
+        m->tag = tag;
+        m->data = data;
+        m->has_data = has_data;
+        m->size = size;
+        deferred_reads_.push_back(m);
+    }
+}
+
+void engine_impl::retry_deferred() noexcept
+{
+    while (unexp_msg *m = deferred_reads_.head) {
+        if (!issue_read(m->matched, m->peer, m->rts, m->size, m->src, m->tag, m->data,
+                        m->has_data))
+            return;
+        deferred_reads_.remove(m);
+        m->matched = nullptr;
+        release_unexp(m);
+    }
+}
+
+bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body &rts,
+                             uint64_t size, fi_addr_t src, uint64_t tag, uint64_t data,
+                             bool has_data) noexcept
+{
+    peer &p = peers_[pi];
+    rail_res &rr = *rails_[p.lrail];
+    iovec dst[4];
+    size_t nout = 0;
+    void *buf = nullptr;
+    size_t placed = place(target, size, dst, nout, buf);
     tx_entry *tx = alloc_tx(tx_kind::read, pi);
     int32_t fin_buf = tx ? alloc_buf(rr) : -1;
     if (!tx || fin_buf < 0) {
         if (tx)
             release_tx(tx);
-        MLX4_WARN(FI_LOG_EP_DATA, "out of transfer entries: rendezvous from %016llx failed\n",
-                  static_cast<unsigned long long>(p.name.nonce));
-        event ev;
-        ev.err = FI_ENOMEM;
-        ev.src = src;
-        ev.tag = tag;
-        finish_rx(target, ev, 0, 0);
-        return;
+        return false;
     }
     tx->buf = fin_buf;
     tx->rx = target;
@@ -116,7 +157,7 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
     ev.src = src;
     ev.tag = tag;
     ev.data = data;
-    ev.buf = (target->flags & FI_MULTI_RECV) || target != rx ? dst[0].iov_base : nullptr;
+    ev.buf = target->multi_slice ? dst[0].iov_base : nullptr;
     if (has_data)
         ev.flags |= FI_REMOTE_CQ_DATA;
 
@@ -130,7 +171,7 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
             MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte receive buffer\n",
                       dst[i].iov_len);
             fail_tx(tx, FI_EIO, 0);
-            return;
+            return true;
         }
         tx->mr[i] = std::move(mr).value();
     }
@@ -143,7 +184,7 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
             if (tx->nwr == std::size(tx->wrs)) {
                 MLX4_WARN(FI_LOG_EP_DATA, "rendezvous needs too many reads\n");
                 fail_tx(tx, FI_EIO, 0);
-                return;
+                return true;
             }
             tx_entry::wr_desc &d = tx->wrs[tx->nwr++];
             d.opcode = device::wr_opcode::rdma_read;
@@ -176,9 +217,10 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
     }
     if (!tx->nwr) {
         read_done(tx); // nothing to read: zero bytes fit
-        return;
+        return true;
     }
     submit(tx);
+    return true;
 }
 
 void engine_impl::read_done(tx_entry *tx) noexcept

@@ -158,8 +158,9 @@ TEST_F(engine_test, rendezvous_four_mebibytes_both_orders)
         auto msg = pattern(4 << 20, recv_first ? 3 : 4);
         std::vector<uint8_t> got(4 << 20);
         int rctx, sctx;
-        if (recv_first)
+        if (recv_first) {
             ASSERT_TRUE(trecv(b, got.data(), got.size(), 9, &rctx).is_ok());
+        }
         ASSERT_TRUE(tsend(a, msg.data(), msg.size(), 9, &sctx).is_ok());
         if (!recv_first) {
             for (int i = 0; i < 100; ++i) {

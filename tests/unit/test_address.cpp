@@ -205,14 +205,21 @@ TEST(av_table, insert_lookup_find)
     EXPECT_EQ(t.lookup(FI_ADDR_UNSPEC), nullptr);
 }
 
-TEST(av_table, find_distinguishes_names_with_the_same_nonce)
+TEST(av_table, find_identifies_endpoints_by_nonce_and_contact_qp)
 {
     av_table t;
-    ep_name x = sample(5, 1), y = sample(5, 2);
-    fi_addr_t ax = t.insert(x), ay = t.insert(y);
-    EXPECT_EQ(t.find(x), ax);
-    EXPECT_EQ(t.find(y), ay);
-    EXPECT_EQ(t.find(sample(5, 3)), FI_ADDR_NOTAVAIL);
+    ep_name x = sample(5, 1);
+    fi_addr_t ax = t.insert(x);
+    // What a peer's connection request carries: the same endpoint, seen
+    // through the wire form (more rails, no port numbers).
+    ep_name seen = sample(5, 2);
+    seen.rails[0].port = 0;
+    EXPECT_EQ(t.find(seen), ax);
+    // Same nonce, another contact QP: not the same endpoint.
+    ep_name other = x;
+    other.rails[0].ud_qpn ^= 1;
+    EXPECT_EQ(t.find(other), FI_ADDR_NOTAVAIL);
+    EXPECT_EQ(t.find(sample(6, 1)), FI_ADDR_NOTAVAIL);
 }
 
 TEST(av_table, remove_and_slots_are_never_reused)

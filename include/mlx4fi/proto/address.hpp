@@ -72,7 +72,8 @@ class av_table {
     status remove(fi_addr_t a) noexcept;
     // The name at a, or nullptr if a is not a live entry.
     const ep_name *lookup(fi_addr_t a) const noexcept;
-    // The live entry with this name, or FI_ADDR_NOTAVAIL.
+    // The live entry for this endpoint (same nonce and contact QP), or
+    // FI_ADDR_NOTAVAIL.
     fi_addr_t find(const ep_name &n) const noexcept;
     size_t size() const noexcept { return entries_.size(); }
     // Bumped on every insert/remove, so caches of lookups can revalidate.
