@@ -56,14 +56,19 @@ mlx4)
     mca=(--mca pml cm --mca mtl ofi --mca mtl_ofi_provider_include mlx4
          -x FI_PROVIDER_PATH="$plugin_dir" -x FI_MLX4_SIM="${FI_MLX4_SIM:-1}"
          -x FI_LOG_LEVEL="${FI_LOG_LEVEL:-warn}") ;; # its warnings explain failures
+mlx4-env)
+    # Open MPI's own choice: no include list, libfabric restricted by FI_PROVIDER.
+    mca=(--mca pml cm --mca mtl ofi -x FI_PROVIDER=mlx4
+         -x FI_PROVIDER_PATH="$plugin_dir" -x FI_MLX4_SIM="${FI_MLX4_SIM:-1}"
+         -x FI_LOG_LEVEL="${FI_LOG_LEVEL:-warn}") ;;
 *)
-    echo "Bail out! unknown transport '$transport' (vader, tcp or mlx4)"; exit 2 ;;
+    echo "Bail out! unknown transport '$transport' (vader, tcp, mlx4 or mlx4-env)"; exit 2 ;;
 esac
 
 why_skip=""
 if ! command -v "$mpirun" >/dev/null 2>&1; then
     why_skip="$mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev)"
-elif [ "$transport" = mlx4 ] && [ ! -e "$plugin_dir/libmlx4-fi.so" ]; then
+elif [[ "$transport" = mlx4* ]] && [ ! -e "$plugin_dir/libmlx4-fi.so" ]; then
     why_skip="no libmlx4-fi.so in '$plugin_dir'"
 fi
 if [ -n "$why_skip" ]; then
