@@ -113,6 +113,8 @@ status engine_impl::init(const std::vector<rail> &rails)
         rr->rx_bufs = std::move(rx).value();
         rr->ud_bufs = std::move(udb).value();
         rr->tx_bufs = std::move(tx).value();
+        rr->registrar = std::make_unique<rail_registrar>(&dev);
+        rr->cache = std::make_unique<util::mr_cache>(*rr->registrar, cfg_.mr_cache);
         rr->tx_free.reserve(tx_slots);
         for (uint32_t s = tx_slots; s-- > 0;)
             rr->tx_free.push_back(s);
@@ -180,7 +182,7 @@ void engine_impl::release_tx(tx_entry *tx) noexcept
         tx->buf = -1;
     }
     for (auto &m : tx->mr)
-        m.reset();
+        m.release();
     if (tx->kind == tx_kind::rts)
         --rts_outstanding_;
     tx->in_use = false;
@@ -363,6 +365,11 @@ void engine_impl::progress() noexcept
     }
     if (!deferred_reads_.empty())
         retry_deferred();
+    if (++purge_tick_ == 4096) { // let go of registrations of freed memory
+        purge_tick_ = 0;
+        for (auto &rr : rails_)
+            rr->cache->purge();
+    }
     if (connecting_)
         check_timers();
     if (rts_outstanding_)
@@ -528,6 +535,24 @@ status engine_impl::cancel(void *context) noexcept
     return status::ok();
 }
 
+util::mr_cache_stats engine_impl::cache_stats() const noexcept
+{
+    util::mr_cache_stats sum;
+    for (const auto &rr : rails_) {
+        if (!rr->cache)
+            continue;
+        util::mr_cache_stats s = rr->cache->stats();
+        sum.hits += s.hits;
+        sum.misses += s.misses;
+        sum.uncached += s.uncached;
+        sum.evictions += s.evictions;
+        sum.invalidations += s.invalidations;
+        sum.entries += s.entries;
+        sum.bytes += s.bytes;
+    }
+    return sum;
+}
+
 void engine_impl::shutdown() noexcept
 {
     if (shut_)
@@ -574,6 +599,7 @@ void engine_impl::shutdown() noexcept
     }
     peers_.clear(); // QPs before the CQs and SRQs they use
     for (auto &rr : rails_) {
+        rr->cache.reset(); // every lease went with its transfer
         rr->ud.reset();
         rr->srq.reset();
         rr->cq.reset();

@@ -6,6 +6,7 @@
 
 #include "match.hpp"
 #include "mlx4fi/proto/engine.hpp"
+#include "mlx4fi/util/mr_cache.hpp"
 #include "wire.hpp"
 
 #include <memory>
@@ -34,6 +35,34 @@ inline constexpr uint32_t tx_slots = 1024; // bounce buffers per rail
 inline constexpr uint32_t max_tx = 4096;   // tx entries per engine
 inline constexpr uint32_t max_wr_sge = 4;
 
+// Registers ranges on one rail's device for the registration cache. The
+// handle is the device::memory_region (owned by the cache's entry).
+class rail_registrar final : public util::mr_registrar {
+  public:
+    explicit rail_registrar(device::device *dev) : dev_(dev) {}
+    result<void *> reg(void *addr, size_t len) noexcept override
+    {
+        // Local write for receive buffers and read destinations, remote read
+        // for rendezvous sources; never remote write (peers only read these).
+        auto mr = dev_->reg_mr(addr, len, device::access_local_write | device::access_remote_read);
+        if (!mr.ok())
+            return mr.error();
+        return static_cast<void *>(std::move(mr).value().release());
+    }
+    void dereg(void *handle) noexcept override
+    {
+        delete static_cast<device::memory_region *>(handle);
+    }
+
+  private:
+    device::device *dev_; // not owned
+};
+
+inline const device::memory_region &region_of(const util::mr_cache::lease &l) noexcept
+{
+    return *static_cast<const device::memory_region *>(l.handle());
+}
+
 // A rail's device resources for this endpoint.
 struct rail_res {
     rail r;
@@ -47,6 +76,8 @@ struct rail_res {
     std::unique_ptr<device::memory_region> ud_bufs; // ud_depth x ud_buf_size
     std::unique_ptr<device::memory_region> tx_bufs; // tx_slots x buf_size
     std::vector<uint32_t> tx_free;                  // free tx_bufs slots
+    std::unique_ptr<rail_registrar> registrar;     // used by cache
+    std::unique_ptr<util::mr_cache> cache;         // user buffers (rendezvous, RMA)
     uint8_t *rx_base() const noexcept { return static_cast<uint8_t *>(rx_bufs->addr()); }
     uint8_t *ud_base() const noexcept { return static_cast<uint8_t *>(ud_bufs->addr()); }
     uint8_t *tx_base() const noexcept { return static_cast<uint8_t *>(tx_bufs->addr()); }
@@ -83,8 +114,8 @@ struct tx_entry {
         uint32_t imm = 0;
     };
     wr_desc wrs[8];
-    // Registrations held until completion (rendezvous, RMA); per rail.
-    std::unique_ptr<device::memory_region> mr[4];
+    // Registrations held until completion (rendezvous, RMA), per iov entry.
+    util::mr_cache::lease mr[4];
     // Rendezvous receiver side.
     rx_entry *rx = nullptr;
     uint64_t remote_msg_id = 0;
@@ -125,6 +156,7 @@ class engine_impl final : public engine {
     void set_min_multi_recv(size_t b) noexcept override { min_multi_recv_ = b; }
     size_t min_multi_recv() const noexcept override { return min_multi_recv_; }
     void shutdown() noexcept override;
+    util::mr_cache_stats cache_stats() const noexcept override;
 
   private:
     // engine.cpp
@@ -205,6 +237,7 @@ class engine_impl final : public engine {
     ilist<unexp_msg> deferred_reads_; // matched rendezvous waiting for tx resources // tx entries waiting on peers' pending lists
     uint32_t connecting_ = 0;
     bool shut_ = false;
+    uint32_t purge_tick_ = 0; // progress calls since the caches were last purged
 };
 
 uint64_t now_ns() noexcept;

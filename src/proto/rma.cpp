@@ -63,8 +63,7 @@ status engine_impl::rma(const rma_args &a) noexcept
         for (size_t i = 0; i < a.count; ++i) {
             if (!a.iov[i].iov_len)
                 continue;
-            auto mr = rr.r.dev->reg_mr(a.iov[i].iov_base, a.iov[i].iov_len,
-                                       device::access_local_write);
+            auto mr = rr.cache->acquire(a.iov[i].iov_base, a.iov[i].iov_len);
             if (!mr.ok()) {
                 MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte RMA buffer\n",
                           a.iov[i].iov_len);
@@ -72,7 +71,8 @@ status engine_impl::rma(const rma_args &a) noexcept
                 return mr.error();
             }
             d.sge[d.num_sge++] = {reinterpret_cast<uint64_t>(a.iov[i].iov_base),
-                                  static_cast<uint32_t>(a.iov[i].iov_len), mr.value()->lkey()};
+                                  static_cast<uint32_t>(a.iov[i].iov_len),
+                                  region_of(mr.value()).lkey()};
             tx->mr[i] = std::move(mr).value();
         }
     }

@@ -33,8 +33,7 @@ status engine_impl::send_rts(tx_entry *tx, const send_args &a) noexcept
     for (size_t i = 0; i < a.count; ++i) {
         if (!a.iov[i].iov_len)
             continue;
-        auto mr = rr.r.dev->reg_mr(a.iov[i].iov_base, a.iov[i].iov_len,
-                                   device::access_remote_read);
+        auto mr = rr.cache->acquire(a.iov[i].iov_base, a.iov[i].iov_len);
         if (!mr.ok()) {
             MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte send buffer: %d\n",
                       a.iov[i].iov_len, mr.error().code());
@@ -44,7 +43,7 @@ status engine_impl::send_rts(tx_entry *tx, const send_args &a) noexcept
         wire::segment &sg = body->seg[nseg];
         sg.addr = reinterpret_cast<uint64_t>(a.iov[i].iov_base);
         sg.len = a.iov[i].iov_len;
-        sg.rkey = mr.value()->rkey();
+        sg.rkey = region_of(mr.value()).rkey();
         tx->mr[nseg++] = std::move(mr).value();
     }
     body->nseg = nseg;
@@ -166,7 +165,7 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
     for (size_t i = 0; i < nout; ++i) {
         if (!dst[i].iov_len)
             continue;
-        auto mr = rr.r.dev->reg_mr(dst[i].iov_base, dst[i].iov_len, device::access_local_write);
+        auto mr = rr.cache->acquire(dst[i].iov_base, dst[i].iov_len);
         if (!mr.ok()) {
             MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte receive buffer\n",
                       dst[i].iov_len);
@@ -201,7 +200,7 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
                 uint64_t n = std::min<uint64_t>(room, seg_len - src_off - wr_len);
                 d.sge[d.num_sge++] = {
                     reinterpret_cast<uint64_t>(dst[di].iov_base) + dskip,
-                    static_cast<uint32_t>(n), tx->mr[di]->lkey()};
+                    static_cast<uint32_t>(n), region_of(tx->mr[di]).lkey()};
                 wr_len += n;
                 dskip += n;
                 if (dskip == dst[di].iov_len) {
@@ -232,7 +231,7 @@ void engine_impl::read_done(tx_entry *tx) noexcept
         tx->posted = false;
     }
     for (auto &m : tx->mr)
-        m.reset();
+        m.release();
     // Complete the receive, then reuse the entry to send FIN.
     rx_entry *rx = tx->rx;
     tx->rx = nullptr;

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -482,4 +483,48 @@ TEST(engine_failure, dead_peer_process_gives_errors_not_hangs)
     EXPECT_EQ(sink.events[1].context, &c2);
     EXPECT_LT(took, std::chrono::seconds(3));
     e.value()->shutdown();
+}
+
+TEST_F(engine_test, rendezvous_buffers_go_through_the_registration_cache)
+{
+    // Page-aligned, private anonymous memory: what the cache watches.
+    size_t len = 1 << 20;
+    void *src = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *dst = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(src, MAP_FAILED);
+    ASSERT_NE(dst, MAP_FAILED);
+    for (int round = 0; round < 5; ++round) {
+        std::memset(src, round + 1, len);
+        int rctx, sctx;
+        ASSERT_TRUE(trecv(b, dst, len, 11, &rctx).is_ok());
+        ASSERT_TRUE(tsend(a, src, len, 11, &sctx).is_ok());
+        EXPECT_EQ(next(b).err, 0);
+        EXPECT_EQ(next(a).err, 0);
+        EXPECT_EQ(static_cast<uint8_t *>(dst)[len - 1], round + 1);
+    }
+    auto sa = a.eng->cache_stats(), sb = b.eng->cache_stats();
+    EXPECT_EQ(sa.misses + sa.hits, 5u);
+    EXPECT_EQ(sb.misses + sb.hits, 5u);
+    if (sa.uncached == 0) { // caching available (userfaultfd): reused after the first
+        EXPECT_EQ(sa.hits, 4u);
+        EXPECT_EQ(sb.hits, 4u);
+    } else {
+        EXPECT_EQ(sa.hits, 0u); // no monitor: every transfer registers afresh
+    }
+    // Unmapped and mapped again: never the old registration.
+    munmap(src, len);
+    void *again = mmap(src, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(again, MAP_FAILED);
+    std::memset(again, 0x77, len);
+    int rctx, sctx;
+    ASSERT_TRUE(trecv(b, dst, len, 12, &rctx).is_ok());
+    ASSERT_TRUE(tsend(a, again, len, 12, &sctx).is_ok());
+    EXPECT_EQ(next(b).err, 0);
+    EXPECT_EQ(next(a).err, 0);
+    EXPECT_EQ(static_cast<uint8_t *>(dst)[0], 0x77);
+    if (again == src) {
+        EXPECT_EQ(a.eng->cache_stats().hits, sa.hits) << "stale registration reused";
+    }
+    munmap(again, len);
+    munmap(dst, len);
 }

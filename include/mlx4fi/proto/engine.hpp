@@ -11,6 +11,7 @@
 #include "mlx4fi/device/device.hpp"
 #include "mlx4fi/proto/address.hpp"
 #include "mlx4fi/proto/types.hpp"
+#include "mlx4fi/util/mr_cache.hpp"
 #include "mlx4fi/util/status.hpp"
 
 #include <memory>
@@ -38,6 +39,7 @@ struct engine_config {
     // died meanwhile would never be noticed. Peers with such transfers get a
     // NOP this often, so a dead one surfaces as a send error.
     uint32_t keepalive_ms = 250;
+    util::mr_cache_config mr_cache; // registrations of user buffers, per rail
 };
 
 // Memory registered on every rail of a domain, for fi_mr_reg and the
@@ -77,6 +79,9 @@ class engine {
     // FI_OPT_MIN_MULTI_RECV.
     virtual void set_min_multi_recv(size_t bytes) noexcept = 0;
     virtual size_t min_multi_recv() const noexcept = 0;
+
+    // Registration cache statistics, summed over the rails.
+    virtual util::mr_cache_stats cache_stats() const noexcept = 0;
 
     // Closing: every operation still in flight is reported (FI_ECANCELED),
     // none is lost. Called once, before destruction.
