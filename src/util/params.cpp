@@ -26,6 +26,9 @@ constexpr param_def table[] = {
      "rendezvous, 0..65536 (default: 8192)"},
     {"INLINE_SIZE", param_type::integer,
      "Largest send (header included) posted inline in the work request, 0..912 (default: 64)"},
+    {"MR_CACHE_SIZE", param_type::size,
+     "Bytes of user memory the registration cache keeps registered per rail; 0 registers "
+     "every transfer afresh (default: 1073741824)"},
 };
 
 fi_param_type to_fi(param_type t) noexcept
@@ -37,6 +40,8 @@ fi_param_type to_fi(param_type t) noexcept
         return FI_PARAM_INT;
     case param_type::boolean:
         return FI_PARAM_BOOL;
+    case param_type::size:
+        return FI_PARAM_SIZE_T;
     }
     return FI_PARAM_STRING;
 }
@@ -108,6 +113,9 @@ config load_config(const fi_provider *prov) noexcept
         else
             cfg.inline_size = static_cast<size_t>(v);
     }
+    size_t bytes = 0;
+    if (fi_param_get_size_t(p, "MR_CACHE_SIZE", &bytes) == FI_SUCCESS)
+        cfg.mr_cache_size = bytes;
     return cfg;
 }
 

@@ -47,7 +47,7 @@ check "fi_info -v shows the endpoint attributes" $? "$(head -40 <<<"$out")"
 
 out=$(run fi_info -e 2>&1 | tr -d '\0')
 missing=""
-for p in SIM LINK ANY_DEVICE GID_INDEX EAGER_LIMIT INLINE_SIZE; do
+for p in SIM LINK ANY_DEVICE GID_INDEX EAGER_LIMIT INLINE_SIZE MR_CACHE_SIZE; do
     grep -aq "^# FI_MLX4_$p: " <<<"$out" || missing="$missing $p"
     help=$(grep -a -A1 "^# FI_MLX4_$p: " <<<"$out" | tail -1)
     [ ${#help} -gt 20 ] || missing="$missing $p(help)"

@@ -22,12 +22,13 @@ struct config {
     int gid_index = -1;                  // FI_MLX4_GID_INDEX; -1: choose automatically
     size_t eager_limit = 8192;           // FI_MLX4_EAGER_LIMIT: larger messages rendezvous
     size_t inline_size = 64;             // FI_MLX4_INLINE_SIZE: sends up to this are inline
+    size_t mr_cache_size = size_t(1) << 30; // FI_MLX4_MR_CACHE_SIZE: bytes; 0 disables
 };
 
 inline constexpr size_t max_eager_limit = 65536;
 inline constexpr size_t max_inline_size = 912; // ConnectX-3's largest inline send
 
-enum class param_type : uint8_t { string, integer, boolean };
+enum class param_type : uint8_t { string, integer, boolean, size };
 
 struct param_def {
     const char *name; // without the FI_MLX4_ prefix
