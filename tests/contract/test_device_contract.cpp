@@ -141,11 +141,14 @@ TYPED_TEST(device_contract, addresses_are_unique_on_the_host)
     for (const auto &dev : this->devices) {
         for (const port_attr &p : dev->attr().ports) {
             if (p.state != port_state::active || p.gid_index < 0) continue;
-            if (p.link == link_layer::ib)
+            if (p.link == link_layer::ib) {
                 EXPECT_TRUE(lids.insert(p.lid).second) << "LID " << p.lid << " twice";
-            for (const gid_entry &g : p.gids)
-                if (static_cast<int>(g.index) == p.gid_index)
+            }
+            for (const gid_entry &g : p.gids) {
+                if (static_cast<int>(g.index) == p.gid_index) {
                     EXPECT_TRUE(gids.insert(g.value).second) << gid_to_string(g.value);
+                }
+            }
         }
     }
 }
