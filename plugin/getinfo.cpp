@@ -131,7 +131,7 @@ fi_info *make_info(const rail::fabric_desc &fabric, const rail::domain_desc &dom
     d.max_ep_stx_ctx = 0;
     d.max_ep_srx_ctx = 0;
     d.cntr_cnt = 256;
-    d.mr_iov_limit = iov_limit;
+    d.mr_iov_limit = 1; // register_memory takes one buffer
     d.caps = FI_LOCAL_COMM | FI_REMOTE_COMM;
     d.mode = 0;
     d.mr_cnt = 65536;

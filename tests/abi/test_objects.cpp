@@ -23,7 +23,7 @@
 namespace
 {
 
-constexpr size_t name_len = 124; // proto::max_name_bytes: names are fixed-size
+constexpr size_t name_len = 60; // proto::max_name_bytes: names are fixed-size
 
 using clock_type = std::chrono::steady_clock;
 
@@ -37,14 +37,12 @@ std::vector<uint8_t> fake_name(uint64_t nonce, uint16_t lid = 7, uint32_t qpn = 
     for (int i = 0; i < 8; ++i)
         n[4 + i] = uint8_t(nonce >> (8 * i));
     uint8_t *r = n.data() + 12;
-    r[0] = 1; // IB
-    r[1] = 1; // port
+    r[0] = 1;  // IB
+    r[1] = 11; // log2(MTU): 2048
     r[2] = uint8_t(lid);
     r[3] = uint8_t(lid >> 8);
     for (int i = 0; i < 4; ++i)
         r[4 + i] = uint8_t(qpn >> (8 * i));
-    r[24] = 0x00;
-    r[25] = 0x08; // mtu 2048
     return n;
 }
 
@@ -64,11 +62,12 @@ class objects : public ::testing::Test
     static constexpr uint64_t default_caps =
         FI_MSG | FI_TAGGED | FI_RMA | FI_DIRECTED_RECV | FI_MULTI_RECV;
 
-    void SetUp() override { open_domain(default_caps); }
+    void SetUp() override { open_domain(default_caps, threading); }
 
-    void open_domain(uint64_t caps)
+    void open_domain(uint64_t caps, fi_threading threading_model)
     {
         fi_info *hints = make_hints(caps);
+        hints->domain_attr->threading = threading_model;
         int ret = fi_getinfo(FI_VERSION(1, 17), nullptr, nullptr, 0, hints, &info);
         fi_freeinfo(hints);
         ASSERT_EQ(ret, 0) << fi_strerror(-ret);
@@ -127,6 +126,7 @@ class objects : public ::testing::Test
         return ep;
     }
 
+    fi_threading threading = FI_THREAD_SAFE; // set before SetUp
     fi_info *info = nullptr;
     fid_fabric *fabric = nullptr;
     fid_domain *domain = nullptr;
@@ -495,6 +495,7 @@ TEST_F(objects, ep_getname_size_semantics)
     size_t len = 0;
     EXPECT_EQ(fi_getname(&ep->fid, nullptr, &len), -FI_ETOOSMALL);
     EXPECT_EQ(len, name_len);
+    EXPECT_LE(len, size_t(FI_NAME_MAX)) << "Open MPI's fi_getname buffer";
     std::vector<uint8_t> full(name_len), part(10, 0xee);
     len = full.size();
     EXPECT_EQ(fi_getname(&ep->fid, full.data(), &len), 0);
@@ -982,6 +983,45 @@ TEST_F(loopback, rma_write_read_and_bad_key)
     EXPECT_EQ(fi_close(&mr->fid), 0);
 }
 
+TEST_F(loopback, two_threads_share_the_domain)
+{
+    // FI_THREAD_SAFE: a sender thread posts and drains a's CQ while this
+    // thread receives on b; the domain's lock keeps both engines consistent.
+    static constexpr uint64_t n = 200;
+    std::thread sender([this] {
+        uint64_t out[n];
+        uint64_t done = 0;
+        for (uint64_t i = 0; i < n; ++i) {
+            out[i] = i;
+            ssize_t r;
+            while ((r = fi_tsend(a.ep, &out[i], sizeof out[i], nullptr, a_to_b, 9, nullptr)) ==
+                   -FI_EAGAIN) {
+                fi_cq_tagged_entry e;
+                if (fi_cq_read(a.tx, &e, 1) == 1) ++done;
+            }
+            ASSERT_EQ(r, 0);
+        }
+        auto end = clock_type::now() + std::chrono::seconds(10);
+        while (done < n && clock_type::now() < end) {
+            fi_cq_tagged_entry e;
+            if (fi_cq_read(a.tx, &e, 1) == 1) ++done;
+        }
+        EXPECT_EQ(done, n);
+    });
+    for (uint64_t i = 0; i < n; ++i) {
+        uint64_t in = ~0ull;
+        ASSERT_EQ(fi_trecv(b.ep, &in, sizeof in, nullptr, FI_ADDR_UNSPEC, 9, 0, nullptr), 0);
+        fi_cq_tagged_entry e;
+        ssize_t r = -FI_EAGAIN;
+        auto end = clock_type::now() + std::chrono::seconds(10);
+        while (r == -FI_EAGAIN && clock_type::now() < end)
+            r = fi_cq_read(b.rx, &e, 1);
+        ASSERT_EQ(r, 1);
+        EXPECT_EQ(in, i) << "messages from one sender match in order";
+    }
+    sender.join();
+}
+
 // b's receive CQ has four slots.
 class small_cq : public loopback
 {
@@ -1016,6 +1056,34 @@ TEST_F(small_cq, overflow_keeps_every_completion_in_order)
         EXPECT_EQ(in[i], 1000 + i);
     }
     EXPECT_TRUE(stays_empty(b.rx));
+}
+
+// The domain's lock is off under FI_THREAD_DOMAIN; traffic is the same.
+class thread_domain : public loopback
+{
+  protected:
+    void SetUp() override
+    {
+        threading = FI_THREAD_DOMAIN;
+        loopback::SetUp();
+    }
+};
+
+TEST_F(thread_domain, tagged_round_trip)
+{
+    EXPECT_EQ(info->domain_attr->threading, FI_THREAD_DOMAIN);
+    char ping[8] = "ping", pong[8] = "pong", in[8] = {};
+    fi_cq_tagged_entry e;
+    ASSERT_EQ(fi_trecv(b.ep, in, sizeof in, nullptr, FI_ADDR_UNSPEC, 1, 0, nullptr), 0);
+    ASSERT_EQ(fi_tsend(a.ep, ping, sizeof ping, nullptr, a_to_b, 1, nullptr), 0);
+    ASSERT_EQ(wait(b.rx, e), 1);
+    EXPECT_STREQ(in, ping);
+    ASSERT_EQ(fi_trecv(a.ep, in, sizeof in, nullptr, FI_ADDR_UNSPEC, 2, 0, nullptr), 0);
+    ASSERT_EQ(fi_tsend(b.ep, pong, sizeof pong, nullptr, b_to_a, 2, nullptr), 0);
+    ASSERT_EQ(wait(a.rx, e), 1);
+    EXPECT_STREQ(in, pong);
+    ASSERT_EQ(wait(a.tx, e), 1);
+    ASSERT_EQ(wait(b.tx, e), 1);
 }
 
 // A fresh pair where a's transmit CQ only reports what asks for it, and a

@@ -75,14 +75,14 @@ TEST(address, wire_layout_is_little_endian)
     EXPECT_EQ(buf[4], 0x08);
     EXPECT_EQ(buf[11], 0x01);
     const uint8_t *r = buf.data() + name_header_bytes;
-    EXPECT_EQ(r[0], 1); // IB
+    EXPECT_EQ(r[0], 1);  // IB
     EXPECT_EQ(r[1], 12); // log2(MTU 4096)
     EXPECT_EQ(r[2], 0x00);
     EXPECT_EQ(r[3], 0x01); // lid 0x100
     EXPECT_EQ(r[4], 0x00);
     EXPECT_EQ(r[5], 0xcd);
-    EXPECT_EQ(r[6], 0xab); // qpn 0xabcd00
-    EXPECT_EQ(r[8], 0xf0); // gid[0]
+    EXPECT_EQ(r[6], 0xab);  // qpn 0xabcd00
+    EXPECT_EQ(r[8], 0xf0);  // gid[0]
     EXPECT_EQ(r[23], 0xff); // gid[15]
     for (size_t i = name_header_bytes + rail_name_bytes; i < max_name_bytes; ++i)
         EXPECT_EQ(buf[i], 0) << i;
