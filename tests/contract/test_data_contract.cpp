@@ -304,7 +304,8 @@ template <class Backend> class data_contract : public ::testing::Test
             if (active_port(*d)) usable.push_back(d.get());
         if (usable.empty()) GTEST_SKIP() << "no active port";
         auto cq = usable[0]->create_cq(4);
-        if (!cq.ok() && cq.error() == err_nosys)
+        // The sim always has a data path; a verbs build may not have one yet.
+        if (Backend::kind == backend_kind::verbs && !cq.ok() && cq.error() == err_nosys)
             GTEST_SKIP() << "this backend has no data path yet";
         ASSERT_TRUE(cq.ok()) << cq.error().code();
     }
@@ -722,25 +723,39 @@ TYPED_TEST(data_contract, unsignaled_sends_complete_silently_and_the_queue_fills
     caps.max_send_wr = 4;
     end_point a, b;
     this->rc_pair(this->dev(), a, b, true, caps);
-    std::vector<uint8_t> src(64, 1), dst(64 * 16, 0);
+    std::vector<uint8_t> src(64, 1), dst(64 * 64, 0);
     auto smr = this->reg(this->dev(), src, 0);
     auto dmr = this->reg(this->dev(), dst, access_local_write);
-    for (uint64_t i = 0; i < 16; ++i)
+    for (uint64_t i = 0; i < 64; ++i)
         ASSERT_TRUE(post_recv(b, i, *dmr, i * 64, 64).is_ok());
-    for (uint64_t i = 0; i < 3; ++i)
-        ASSERT_TRUE(post(*a.qp, wr_opcode::send, i, *smr, 0, 64, 0, 0, 0, false).is_ok());
-    ASSERT_TRUE(post(*a.qp, wr_opcode::send, 3, *smr, 0, 64).is_ok());
-    // Four WRs outstanding until their completion is polled: the queue is full.
-    EXPECT_EQ(post(*a.qp, wr_opcode::send, 4, *smr, 0, 64), err_again);
+    // A send-queue slot stays taken until the completion that covers it is
+    // polled (unsignaled WRs: the next signaled one), so posting without
+    // polling fills the queue: err_again, never a block. Hardware may round
+    // the queue up; the sim keeps exactly what was asked.
+    uint64_t posted = 0;
+    status st;
+    while (
+        posted < 48 &&
+        (st = post(*a.qp, wr_opcode::send, posted, *smr, 0, 64, 0, 0, 0, posted % 4 == 3)).is_ok())
+        ++posted;
+    EXPECT_EQ(st, err_again);
+    EXPECT_GE(posted, 4u);
+    if constexpr (TypeParam::kind == backend_kind::sim) {
+        EXPECT_EQ(posted, 4u);
+    }
+    // Only the signaled ones complete, in order.
     work_completion wc;
-    ASSERT_TRUE(this->p.wait(*a.cq, wc));
-    EXPECT_EQ(wc.wr_id, 3u); // only the signaled one
-    EXPECT_EQ(wc.status, wc_status::success);
+    for (uint64_t id = 3; id < posted; id += 4) {
+        ASSERT_TRUE(this->p.wait(*a.cq, wc));
+        EXPECT_EQ(wc.wr_id, id);
+        EXPECT_EQ(wc.status, wc_status::success);
+    }
     EXPECT_TRUE(this->p.quiet(*a.cq, 5));
-    EXPECT_TRUE(post(*a.qp, wr_opcode::send, 5, *smr, 0, 64).is_ok());
+    // Polled: the queue has room again.
+    EXPECT_TRUE(post(*a.qp, wr_opcode::send, 100, *smr, 0, 64).is_ok());
     ASSERT_TRUE(this->p.wait(*a.cq, wc));
-    EXPECT_EQ(wc.wr_id, 5u);
-    for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(wc.wr_id, 100u);
+    for (uint64_t i = 0; i <= posted; ++i) {
         ASSERT_TRUE(this->p.wait(*b.cq, wc));
         EXPECT_EQ(wc.status, wc_status::success);
     }
@@ -862,7 +877,12 @@ TYPED_TEST(data_contract, ud_datagram_larger_than_mtu_is_length_error)
     ud_pair(*this, this->dev(), a, b, ah);
     std::vector<uint8_t> src(8192, 1);
     auto smr = this->reg(this->dev(), src, 0);
-    ASSERT_TRUE(ud_send(a, *ah, b.qp->qp_num(), default_qkey, *smr, a.port->mtu + 1, 1).is_ok());
+    // Refused at post time (some providers) or completed with loc_len_err.
+    status st = ud_send(a, *ah, b.qp->qp_num(), default_qkey, *smr, a.port->mtu + 1, 1);
+    if (!st.is_ok()) {
+        EXPECT_EQ(st, err_inval);
+        return;
+    }
     work_completion wc;
     ASSERT_TRUE(this->p.wait(*a.cq, wc));
     EXPECT_EQ(wc.status, wc_status::loc_len_err);
@@ -1126,18 +1146,20 @@ TYPED_TEST(data_contract, dead_peer_gives_retry_exceeded_without_hanging)
     auto t0 = clk::now();
     // Sends and reads towards it fail with retry_exc_err within a bound; a
     // message or two may still land in its (orphaned) buffers first.
+    // The sim notices within a second; hardware after its transport retries.
+    const int bound_ms = TypeParam::kind == backend_kind::sim ? 1000 : 8000;
     wc_status last = wc_status::success;
     for (uint64_t id = 2; id < 40 && last == wc_status::success; ++id) {
         status s = id % 2 ? post(*pe.e.qp, wr_opcode::send, id, *smr, 0, 1024)
                           : post(*pe.e.qp, wr_opcode::rdma_read, id, *rdmr, 0, 4096, pe.child.addr,
                                  pe.child.rkey);
         ASSERT_TRUE(s.is_ok());
-        ASSERT_TRUE(this->p.wait(*pe.e.cq, wc, 2000)) << "no completion: hang";
+        ASSERT_TRUE(this->p.wait(*pe.e.cq, wc, bound_ms)) << "no completion: hang";
         last = wc.status;
     }
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clk::now() - t0).count();
     EXPECT_EQ(last, wc_status::retry_exc_err);
-    EXPECT_LT(ms, 1000);
+    EXPECT_LT(ms, bound_ms);
     EXPECT_EQ(pe.e.qp->state(), qp_state::error);
     c.join(1000);
 }

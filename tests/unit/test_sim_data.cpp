@@ -621,3 +621,18 @@ TEST(sim_data, scatter_gather_on_both_ends)
         ASSERT_EQ(got, static_cast<uint8_t>(i)) << i;
     }
 }
+
+TEST(sim_data, normal_exit_unlinks_what_the_application_leaked)
+{
+    pid_t child = fork();
+    if (child == 0) {
+        // Never destroyed, but reachable: only the exit handler cleans up.
+        static auto *devs = new device_list(open_sim());
+        static auto *cq = new result<std::unique_ptr<completion_queue>>((*devs)[0]->create_cq(8));
+        std::exit(cq->ok() && segments_of(getpid()).size() == 1 ? 0 : 3);
+    }
+    int st = 0;
+    waitpid(child, &st, 0);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+    EXPECT_TRUE(segments_of(child).empty());
+}

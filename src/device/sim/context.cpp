@@ -26,60 +26,44 @@ size_t align_up(size_t v, size_t a) noexcept
 }
 
 // Contexts of this process, so that a normal exit unlinks their segments even
-// when the application leaked objects. Never destroyed: exit handlers run in
-// an order we do not control.
-struct live_set {
-    std::mutex lock;
-    std::vector<context *> list;
-};
-
-live_set &live()
-{
-    static live_set *s = new live_set;
-    return *s;
-}
+// when the application leaked objects. Plain static storage with trivial
+// destruction: exit handlers (and the plugin's dlclose) run in an order we do
+// not control, and nothing here may be freed or unmapped under them.
+constexpr size_t max_live = 256;
+std::mutex live_lock;
+context *live_list[max_live];
+size_t live_count = 0;
 
 void exit_handler()
 {
-    live_set &s = live();
-    std::lock_guard<std::mutex> g(s.lock);
-    for (context *c : s.list)
-        c->unpublish();
+    std::lock_guard<std::mutex> g(live_lock);
+    for (size_t i = 0; i < live_count; ++i)
+        live_list[i]->unpublish();
 }
 
 void track(context *c)
 {
     static std::once_flag once;
     std::call_once(once, [] { std::atexit(exit_handler); });
-    live_set &s = live();
-    std::lock_guard<std::mutex> g(s.lock);
-    s.list.push_back(c);
+    std::lock_guard<std::mutex> g(live_lock);
+    if (live_count < max_live)
+        live_list[live_count++] = c;
+    else
+        MLX4_INFO(FI_LOG_CORE, "software HCA: %zu contexts open; %s is not unlinked at exit\n",
+                  max_live, c->name().c_str());
 }
 
 void untrack(context *c) noexcept
 {
-    live_set &s = live();
-    std::lock_guard<std::mutex> g(s.lock);
-    s.list.erase(std::remove(s.list.begin(), s.list.end(), c), s.list.end());
+    std::lock_guard<std::mutex> g(live_lock);
+    for (size_t i = 0; i < live_count; ++i)
+        if (live_list[i] == c) {
+            live_list[i] = live_list[--live_count];
+            return;
+        }
 }
 
 } // namespace
-
-// ---------------------------------------------------------------- MR lookups
-
-bool mr_check(const seg_mr *table, uint32_t key, uint64_t addr, uint64_t len,
-              uint32_t access) noexcept
-{
-    const seg_mr &e = table[key & (max_mrs - 1)];
-    if (key == 0 || e.key.load(std::memory_order_acquire) != key) return false;
-    uint64_t a = e.addr.load(std::memory_order_relaxed);
-    uint64_t l = e.length.load(std::memory_order_relaxed);
-    uint32_t acc = e.access.load(std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_acquire);
-    if (e.key.load(std::memory_order_relaxed) != key) return false; // deregistered meanwhile
-    if ((acc & access) != access) return false;
-    return addr >= a && len <= l && addr - a <= l - len;
-}
 
 // ---------------------------------------------------------------- peers
 
@@ -100,11 +84,47 @@ bool peer::alive(uint64_t interval_ns) noexcept
     return false;
 }
 
+void context::release(peer *p) noexcept
+{
+    if (p->refs.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    std::lock_guard<std::mutex> g(lock_);
+    retire_locked(p);
+}
+
+// A peer whose slot now names another segment, and that no connected QP
+// uses: its segment's pages go back (the owner is gone or has closed it), the
+// object stays, because a datagram being sent in another thread may still
+// hold it; it finds an empty segment and is dropped.
+void context::retire_locked(peer *p) noexcept
+{
+    if (!p->stale || p->refs.load(std::memory_order_acquire) != 0 || !p->map.base()) return;
+    p->mark_dead();
+    p->map.detach();
+}
+
 seg_qp *peer::qp_entry(uint32_t qpn) const noexcept
 {
     uint32_t index = qp_base + (qpn & (qps_per_slot - 1));
     if (index >= max_qps) return nullptr;
     return at<seg_qp>(hdr->qp_off) + index;
+}
+
+seg_rq *peer::rq_of(const seg_qp *t) const noexcept
+{
+    uint64_t off = t->rq_off;
+    if (off < hdr->arena_off || off > size || size - off < rq_header_bytes()) return nullptr;
+    auto *rq = at<seg_rq>(off);
+    if (uint64_t(rq->capacity) * rq->stride > size - off - rq_header_bytes()) return nullptr;
+    return rq;
+}
+
+seg_cq *peer::cq_of(const seg_qp *t) const noexcept
+{
+    uint64_t off = t->recv_cq_off;
+    if (off < hdr->arena_off || off > size || size - off < sizeof(seg_cq)) return nullptr;
+    auto *cq = at<seg_cq>(off);
+    if ((uint64_t(cq->mask) + 1) * sizeof(seg_cqe) > size - off - sizeof(seg_cq)) return nullptr;
+    return cq;
 }
 
 // ---------------------------------------------------------------- context
@@ -138,6 +158,11 @@ result<std::shared_ptr<context>> context::open(const device_attr &attr) noexcept
         c->nslots_ = 1;
         c->published_ = true;
         auto m = shm_map::create(c->name_, size);
+        if (!m.ok() && m.error().code() == -FI_EALREADY) {
+            // Named after this live process: a leftover of a dead one with our pid.
+            shm_unlink(c->name_.c_str());
+            m = shm_map::create(c->name_, size);
+        }
         if (!m.ok()) {
             reg->release(slot, seq);
             c->published_ = false;
@@ -269,41 +294,6 @@ void context::arena_free(uint64_t off) noexcept
     }
 }
 
-// ---------------------------------------------------------------- MR table
-
-result<uint32_t> context::mr_add(uint64_t addr, uint64_t length, uint32_t access) noexcept
-{
-    std::lock_guard<std::mutex> g(lock_);
-    seg_mr *t = mr_table();
-    for (uint32_t k = 0; k < max_mrs; ++k) {
-        uint32_t i = (next_mr_ + k) & (max_mrs - 1);
-        if (t[i].key.load(std::memory_order_relaxed) != 0) continue;
-        // A generation in the upper bits: a key is not valid again soon after
-        // its deregistration, so a stale rkey is rejected.
-        uint16_t gen = ++mr_gen_[i];
-        if (gen == 0) gen = mr_gen_[i] = 1;
-        uint32_t key = uint32_t(gen) << mr_index_bits | i;
-        t[i].addr.store(addr, std::memory_order_relaxed);
-        t[i].length.store(length, std::memory_order_relaxed);
-        t[i].access.store(access, std::memory_order_relaxed);
-        t[i].key.store(key, std::memory_order_release);
-        next_mr_ = i + 1;
-        ++live_mrs_;
-        return key;
-    }
-    MLX4_WARN(FI_LOG_MR, "software HCA %s: MR table full (%u)\n", attr_->name.c_str(), max_mrs);
-    return err_nomem;
-}
-
-void context::mr_remove(uint32_t key) noexcept
-{
-    std::lock_guard<std::mutex> g(lock_);
-    seg_mr &e = mr_table()[key & (max_mrs - 1)];
-    if (e.key.load(std::memory_order_relaxed) != key) return;
-    e.key.store(0, std::memory_order_release);
-    --live_mrs_;
-}
-
 // ---------------------------------------------------------------- QP table
 
 result<uint32_t> context::qp_add(sim_qp *qp, uint32_t &qpn) noexcept
@@ -385,6 +375,7 @@ peer *context::map_peer_locked(uint32_t slot) noexcept
             np->same_process = info.owner.pid == me.pid && info.owner.start_time == me.start_time;
         }
         const size_t size = info.name == name_ ? map_.size() : np->map.size();
+        np->size = size;
         auto *h = reinterpret_cast<seg_header *>(np->base);
         std::atomic_thread_fence(std::memory_order_acquire);
         if (size < page || h->magic != segment_magic || h->version != layout_version ||
@@ -400,10 +391,12 @@ peer *context::map_peer_locked(uint32_t slot) noexcept
         np->arena_lo = h->owner_base + h->arena_off;
         np->arena_hi = np->arena_lo + h->arena_size;
         peer *raw = np.get();
-        // A stale peer of this slot stays in peers_ until close: QPs or a
-        // concurrent post may still be using it.
         peers_.push_back(std::move(np));
         by_slot_[slot].store(raw, std::memory_order_release);
+        if (p) {
+            p->stale = true;
+            retire_locked(p);
+        }
         return raw;
     } catch (...) {
         return nullptr;

@@ -148,65 +148,6 @@ sim_device::create_qp(qp_type type, uint8_t port, completion_queue &send_cq,
     return sim_qp::create(std::move(c).value(), type, port, *scq, *rcq, ssrq, caps);
 }
 
-namespace
-{
-
-constexpr uint32_t all_access = access_local_write | access_remote_write | access_remote_read;
-
-} // namespace
-
-sim_mr::~sim_mr()
-{
-    if (!ctx_->is_owner()) return;
-    ctx_->mr_remove(lkey_);
-    if (arena_off_ != ~uint64_t(0)) ctx_->arena_free(arena_off_);
-}
-
-result<std::unique_ptr<memory_region>> sim_device::reg_mr(void *addr, size_t length,
-                                                          uint32_t access)
-{
-    // As ibv_reg_mr: remote write needs local write; unknown bits are refused.
-    if ((access & ~all_access) ||
-        ((access & access_remote_write) && !(access & access_local_write)) || (!addr && length))
-        return err_inval;
-    auto c = get_context();
-    if (!c.ok()) return c.error();
-    std::shared_ptr<context> ctx = std::move(c).value();
-    auto key = ctx->mr_add(reinterpret_cast<uint64_t>(addr), length, access);
-    if (!key.ok()) return key.error();
-    try {
-        return std::unique_ptr<memory_region>(
-            new sim_mr(ctx, addr, length, key.value(), access, ~uint64_t(0)));
-    } catch (...) {
-        ctx->mr_remove(key.value());
-        return err_nomem;
-    }
-}
-
-result<std::unique_ptr<memory_region>> sim_device::alloc_buffer(size_t length)
-{
-    if (length == 0) return err_inval;
-    auto c = get_context();
-    if (!c.ok()) return c.error();
-    std::shared_ptr<context> ctx = std::move(c).value();
-    auto off = ctx->arena_alloc(length, length >= 4096 ? 4096 : 64);
-    if (!off.ok()) return off.error();
-    void *addr = ctx->base() + off.value();
-    auto key = ctx->mr_add(reinterpret_cast<uint64_t>(addr), length, all_access);
-    if (!key.ok()) {
-        ctx->arena_free(off.value());
-        return key.error();
-    }
-    try {
-        return std::unique_ptr<memory_region>(
-            new sim_mr(ctx, addr, length, key.value(), all_access, off.value()));
-    } catch (...) {
-        ctx->mr_remove(key.value());
-        ctx->arena_free(off.value());
-        return err_nomem;
-    }
-}
-
 result<std::unique_ptr<address_handle>> sim_device::create_ah(uint8_t port,
                                                               const port_address &dest)
 {

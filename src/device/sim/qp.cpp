@@ -80,8 +80,9 @@ result<std::unique_ptr<queue_pair>> sim_qp::create(std::shared_ptr<context> ctx,
         if (!index.ok()) return index.error();
         qp->index_ = index.value();
         qp->qpn_ = qpn;
-        qp->psn_ = (qpn * 2654435761u ^ static_cast<uint32_t>(now_ns())) & 0xffffff;
         seg_qp *e = c.qp_entry(qp->index_);
+        qp->entry_ = e; // from here on the destructor gives the index back
+        qp->psn_ = (qpn * 2654435761u ^ static_cast<uint32_t>(now_ns())) & 0xffffff;
         e->type = static_cast<uint8_t>(type);
         e->port = port;
         e->qkey = default_qkey;
@@ -92,7 +93,6 @@ result<std::unique_ptr<queue_pair>> sim_qp::create(std::shared_ptr<context> ctx,
         e->state.store(static_cast<uint8_t>(type == qp_type::ud ? qp_state::rts : qp_state::init),
                        std::memory_order_relaxed);
         e->qpn.store(qpn, std::memory_order_release);
-        qp->entry_ = e;
         MLX4_DBG(FI_LOG_EP_CTRL, "software HCA %s: %s QP %#x on port %u\n", a.name.c_str(),
                  type == qp_type::ud ? "UD" : "RC", qpn, port);
         return std::unique_ptr<queue_pair>(std::move(qp));

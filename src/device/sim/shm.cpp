@@ -13,11 +13,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <new>
-#include <chrono>
 #include <thread>
 
 namespace mlx4fi::device::sim
@@ -168,6 +167,18 @@ shm_map::~shm_map()
     if (base_) munmap(base_, size_);
 }
 
+void shm_map::detach() noexcept
+{
+    if (!base_) return;
+    // Same addresses, private zero pages: a thread still holding a pointer
+    // into the old segment reads an empty ring instead of faulting.
+    void *p = mmap(base_, size_, PROT_READ | PROT_WRITE,
+                   MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        MLX4_WARN(FI_LOG_CORE, "software HCA: releasing a peer mapping: %s\n",
+                  std::strerror(errno));
+}
+
 namespace
 {
 
@@ -183,6 +194,7 @@ result<shm_map> shm_map::create(const std::string &name, size_t size) noexcept
     int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         int err = errno;
+        if (err == EEXIST) return status(-FI_EALREADY); // the caller decides; not an error
         MLX4_WARN(FI_LOG_CORE, "shm_open(%s): %s\n", name.c_str(), std::strerror(err));
         return from_errno(err);
     }
@@ -258,13 +270,15 @@ result<shm_map> map_registry() noexcept
             h->ready.store(registry_version, std::memory_order_release);
             return std::move(created).value();
         }
+        if (created.error().code() != -FI_EALREADY) return created.error();
         // Someone else made it (or is making it): wait for it to be complete.
         for (int i = 0; i < 2000; ++i) {
             auto m = shm_map::open(name);
             if (m.ok() && m.value().size() >= sizeof(registry_header)) {
                 auto *h = reinterpret_cast<registry_header *>(m.value().base());
-                if (h->ready.load(std::memory_order_acquire) == registry_version) {
-                    if (h->magic != registry_magic || h->nslots != registry_slots) {
+                if (uint32_t v = h->ready.load(std::memory_order_acquire)) {
+                    if (v != registry_version || h->magic != registry_magic ||
+                        h->nslots != registry_slots) {
                         MLX4_WARN(FI_LOG_CORE, "%s has another layout; remove it\n", name.c_str());
                         return err_other;
                     }
@@ -281,23 +295,19 @@ result<shm_map> map_registry() noexcept
 
 } // namespace
 
-registry::registry(shm_map map) noexcept
-    : map_(std::move(map)), hdr_(reinterpret_cast<registry_header *>(map_.base()))
-{
-}
-
 registry *registry::get() noexcept
 {
-    // Never unmapped: exit handlers of other objects may still need it.
-    static registry *instance = []() -> registry * {
+    static registry instance;
+    static const bool mapped = [] {
         auto m = map_registry();
         if (!m.ok()) {
             MLX4_WARN(FI_LOG_CORE, "software HCA: no registry; no data path\n");
-            return nullptr;
+            return false;
         }
-        return new (std::nothrow) registry(std::move(m).value());
+        instance.hdr_ = reinterpret_cast<registry_header *>(std::move(m).value().release());
+        return true;
     }();
-    return instance;
+    return mapped ? &instance : nullptr;
 }
 
 void registry::reclaim_dead_locked() noexcept

@@ -51,7 +51,8 @@ inline constexpr uint32_t max_cq_entries = 1u << 22;
 inline constexpr uint32_t max_port_gids = 4;
 inline constexpr size_t shm_name_max = 96;
 
-// Tunables read from the environment at set-up (documented in sim.hpp).
+// Tunables read from the environment at set-up (documented in
+// include/mlx4fi/device/sim.hpp).
 struct knobs {
     uint32_t rnr_timeout_ms = 0;     // FI_MLX4_SIM_RNR_TIMEOUT_MS; 0: retry forever (rnr_retry=7)
     uint32_t retry_timeout_ms = 500; // FI_MLX4_SIM_RETRY_TIMEOUT_MS: remote QP not ready yet
@@ -107,12 +108,23 @@ class shm_map
     shm_map(const shm_map &) = delete;
     shm_map &operator=(const shm_map &) = delete;
     ~shm_map();
-    // Creates name (exclusive, mode 0600) with size bytes.
+    // Creates name (exclusive, mode 0600) with size bytes; -FI_EALREADY (not
+    // logged) when it exists.
     static result<shm_map> create(const std::string &name, size_t size) noexcept;
     // Maps an existing object whole; -FI_ENOENT style errors when it is gone.
     static result<shm_map> open(const std::string &name) noexcept;
     uint8_t *base() const noexcept { return base_; }
     size_t size() const noexcept { return size_; }
+    // Gives the shared pages back while keeping the addresses reserved.
+    void detach() noexcept;
+    // Gives up ownership: the mapping stays for the life of the process.
+    uint8_t *release() noexcept
+    {
+        uint8_t *b = base_;
+        base_ = nullptr;
+        size_ = 0;
+        return b;
+    }
 
   private:
     uint8_t *base_ = nullptr; // owned: munmap in the destructor
@@ -168,10 +180,11 @@ class registry
     }
 
   private:
-    explicit registry(shm_map map) noexcept;
+    constexpr registry() noexcept = default;
     void reclaim_dead_locked() noexcept;
-    shm_map map_;
-    registry_header *hdr_;
+    // Mapped for the life of the process, never unmapped: the one instance is
+    // static with trivial destruction, so exit handlers can still use it.
+    registry_header *hdr_ = nullptr;
 };
 
 // ---------------------------------------------------------------- segment layout
@@ -304,12 +317,14 @@ class peer
     bool same_process = false; // user addresses are valid here: plain copies
     shm_map map;               // empty when the segment is this context's own
     uint8_t *base = nullptr;   // the segment as mapped here
+    size_t size = 0;           // its length
     seg_header *hdr = nullptr;
     seg_mr *mrs = nullptr;
     uint64_t arena_lo = 0, arena_hi = 0; // the owner's arena addresses
     std::atomic<uint32_t> refs{0};
     std::atomic<bool> dead{false};
     std::atomic<uint64_t> next_check{0};
+    bool stale = false; // replaced in the cache: its slot belongs to someone else now
 
     // Liveness: the peer process exists and has not closed its context. The
     // process is looked at no more often than every interval_ns.
@@ -321,6 +336,10 @@ class peer
     {
         return reinterpret_cast<T *>(base + off);
     }
+    // The receive ring and receive CQ a QP entry names, or null when they do
+    // not lie inside the segment (a QP being destroyed, a corrupt entry).
+    seg_rq *rq_of(const seg_qp *t) const noexcept;
+    seg_cq *cq_of(const seg_qp *t) const noexcept;
     // Where [addr, addr + len) of the owner's address space can be reached
     // with a plain copy from here, or null (Cross Memory Attach needed).
     uint8_t *direct(uint64_t addr, uint64_t len) const noexcept
@@ -392,7 +411,7 @@ class context
     // no live context owns that QPN's slot. Cached; maps on first use.
     peer *find_peer(uint32_t qpn) noexcept;
     void hold(peer *p) noexcept { p->refs.fetch_add(1, std::memory_order_relaxed); }
-    void release(peer *p) noexcept { p->refs.fetch_sub(1, std::memory_order_relaxed); }
+    void release(peer *p) noexcept;
 
     // Unlinks the segment and frees the registry slots (idempotent). Called on
     // close and from the process's exit handler.
@@ -401,6 +420,7 @@ class context
   private:
     context() = default;
     peer *map_peer_locked(uint32_t slot) noexcept;
+    void retire_locked(peer *p) noexcept;
 
     const device_attr *attr_ = nullptr; // owned by the device, which outlives its objects
     process_id owner_;

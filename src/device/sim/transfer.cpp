@@ -177,7 +177,8 @@ void sim_qp::remote_error(peer &p, seg_qp *t) noexcept
 
 void sim_qp::remote_complete(peer &p, seg_qp *t, const seg_cqe &e) noexcept
 {
-    if (cq_push(p.at<seg_cq>(t->recv_cq_off), e)) return;
+    seg_cq *cq = p.cq_of(t);
+    if (cq && cq_push(cq, e)) return;
     MLX4_WARN(FI_LOG_CQ, "software HCA: receive CQ of QP %#x overrun; QP to error\n", e.qp_num);
     remote_error(p, t);
 }
@@ -224,8 +225,10 @@ sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept
     uint32_t n = 0;
     uint64_t len = 0;
     if (!gather(w, 0, iov, n, len)) return fail(w, wc_status::loc_prot_err);
+    seg_rq *rq = p.rq_of(t);
+    if (!rq) return fail(w, wc_status::retry_exc_err);
     rwqe r;
-    if (!rq_pop(p.at<seg_rq>(t->rq_off), r)) return outcome::rnr;
+    if (!rq_pop(rq, r)) return outcome::rnr;
 
     seg_cqe e{};
     e.wr_id = r.wr_id;
@@ -276,7 +279,11 @@ sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept
     }
     const bool imm = w.opcode == wr_opcode::rdma_write_with_imm;
     rwqe r;
-    if (imm && !rq_pop(p.at<seg_rq>(t->rq_off), r)) return outcome::rnr;
+    if (imm) {
+        seg_rq *rq = p.rq_of(t);
+        if (!rq) return fail(w, wc_status::retry_exc_err);
+        if (!rq_pop(rq, r)) return outcome::rnr;
+    }
     sge dst{w.remote_addr, static_cast<uint32_t>(len), w.rkey};
     if (int rc = copy_to_peer(p, iov, n, &dst, 1, 0, len)) {
         if (rc == -ESRCH) return fail(w, wc_status::retry_exc_err);
@@ -348,8 +355,9 @@ sim_qp::outcome sim_qp::execute_ud(sq_wqe &w) noexcept
         return dropped();
     if (!port_matches(p->hdr, t->port, w.dest_link, w.dest_lid, w.dest_gid)) return dropped();
     if (w.remote_qkey != t->qkey) return dropped();
+    seg_rq *rq = p->rq_of(t);
     rwqe r;
-    if (!rq_pop(p->at<seg_rq>(t->rq_off), r)) return dropped();
+    if (!rq || !rq_pop(rq, r)) return dropped();
 
     seg_cqe e{};
     e.wr_id = r.wr_id;
