@@ -301,7 +301,12 @@ struct default_monitor_guard {
     default_monitor_guard &operator=(const default_monitor_guard &) = delete;
     ~default_monitor_guard()
     {
-        if (mem_monitor *m = default_monitor.load()) m->shutdown();
+        // Stopped and freed: after dlclose nothing can reach it any more (an
+        // endpoint the application never closed is gone with the code).
+        if (mem_monitor *m = default_monitor.exchange(nullptr)) {
+            m->shutdown();
+            delete m;
+        }
     }
 } default_guard;
 

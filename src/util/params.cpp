@@ -26,6 +26,15 @@ constexpr param_def table[] = {
      "rendezvous, 0..65536 (default: 8192)"},
     {"INLINE_SIZE", param_type::integer,
      "Largest send (header included) posted inline in the work request, 0..912 (default: 64)"},
+    {"SIM_RNR_TIMEOUT_MS", param_type::integer,
+     "Software HCA: how long a SEND waits for a receive buffer before "
+     "IBV_WC_RNR_RETRY_EXC_ERR; 0 waits forever, as verbs rnr_retry=7 (default: 0)"},
+    {"SIM_RETRY_TIMEOUT_MS", param_type::integer,
+     "Software HCA: how long a send waits for a peer QP that is not connected yet before "
+     "IBV_WC_RETRY_EXC_ERR (default: 500)"},
+    {"SIM_ARENA_MB", param_type::integer,
+     "Software HCA: MiB of shared memory per device and process for receive and bounce "
+     "buffers (default: 64)"},
     {"MR_CACHE_SIZE", param_type::size,
      "Bytes of user memory the registration cache keeps registered per rail; 0 registers "
      "every transfer afresh (default: 1073741824)"},
