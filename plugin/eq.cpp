@@ -16,8 +16,10 @@
 #include <mutex>
 #include <vector>
 
-namespace mlx4fi::ofi {
-namespace {
+namespace mlx4fi::ofi
+{
+namespace
+{
 
 struct eq_entry {
     uint32_t event = 0;
@@ -41,23 +43,18 @@ eq_obj *to_eq(fid_eq *e) noexcept
 // Pops (or peeks) the head; caller holds the lock.
 ssize_t take(eq_obj *q, uint32_t *event, void *buf, size_t len, uint64_t flags) noexcept
 {
-    if (q->entries.empty())
-        return -FI_EAGAIN;
+    if (q->entries.empty()) return -FI_EAGAIN;
     eq_entry &e = q->entries.front();
-    if (e.error)
-        return -FI_EAVAIL;
+    if (e.error) return -FI_EAVAIL;
     if (len < e.data.size()) {
         MLX4_WARN(FI_LOG_EQ, "fi_eq_read: buffer of %zu bytes, event needs %zu\n", len,
                   e.data.size());
         return -FI_ETOOSMALL;
     }
-    if (event)
-        *event = e.event;
+    if (event) *event = e.event;
     ssize_t n = static_cast<ssize_t>(e.data.size());
-    if (n && buf)
-        std::memcpy(buf, e.data.data(), e.data.size());
-    if (!(flags & FI_PEEK))
-        q->entries.pop_front();
+    if (n && buf) std::memcpy(buf, e.data.data(), e.data.size());
+    if (!(flags & FI_PEEK)) q->entries.pop_front();
     return n;
 }
 
@@ -83,17 +80,14 @@ ssize_t eq_sread(fid_eq *e, uint32_t *event, void *buf, size_t len, int timeout,
 
 ssize_t eq_readerr(fid_eq *e, fi_eq_err_entry *buf, uint64_t flags) noexcept
 {
-    if (!buf)
-        return -FI_EINVAL;
+    if (!buf) return -FI_EINVAL;
     eq_obj *q = to_eq(e);
     std::lock_guard g(q->lock);
-    if (q->entries.empty() || !q->entries.front().error)
-        return -FI_EAGAIN;
+    if (q->entries.empty() || !q->entries.front().error) return -FI_EAGAIN;
     std::memcpy(buf, q->entries.front().data.data(), sizeof *buf);
     buf->err_data = nullptr;
     buf->err_data_size = 0;
-    if (!(flags & FI_PEEK))
-        q->entries.pop_front();
+    if (!(flags & FI_PEEK)) q->entries.pop_front();
     return sizeof *buf;
 }
 
@@ -111,8 +105,7 @@ ssize_t eq_write(fid_eq *e, uint32_t event, const void *buf, size_t len, uint64_
         ent.data.assign(static_cast<const uint8_t *>(buf), static_cast<const uint8_t *>(buf) + len);
         {
             std::lock_guard g(q->lock);
-            if (q->entries.size() >= q->limit)
-                return -FI_EAGAIN;
+            if (q->entries.size() >= q->limit) return -FI_EAGAIN;
             q->entries.push_back(std::move(ent));
         }
         q->ready.notify_all();
@@ -176,8 +169,7 @@ int eq_open(fid_fabric *, fi_eq_attr *attr, fid_eq **eq, void *context) noexcept
             return -FI_ENOSYS;
         }
         auto q = std::make_unique<eq_obj>();
-        if (attr->size)
-            q->limit = attr->size;
+        if (attr->size) q->limit = attr->size;
         q->fid.fid.fclass = FI_CLASS_EQ;
         q->fid.fid.context = context;
         q->fid.fid.ops = &eq_fi_ops;

@@ -17,13 +17,13 @@
 
 #include <cstring>
 
-namespace mlx4fi::proto {
+namespace mlx4fi::proto
+{
 
 uint32_t engine_impl::peer_for(const ep_name &n) noexcept
 {
     auto it = peer_by_nonce_.find(n.nonce);
-    if (it != peer_by_nonce_.end())
-        return it->second;
+    if (it != peer_by_nonce_.end()) return it->second;
     try {
         peers_.emplace_back();
         uint32_t pi = static_cast<uint32_t>(peers_.size() - 1);
@@ -46,8 +46,7 @@ uint32_t engine_impl::peer_for(const ep_name &n) noexcept
 
 status engine_impl::prepare_qp(peer &p) noexcept
 {
-    if (p.qp)
-        return status::ok();
+    if (p.qp) return status::ok();
     rail_res &rr = *rails_[p.lrail];
     const rail_name &rn = p.name.rails[p.rrail];
     device::port_address dest;
@@ -56,15 +55,13 @@ status engine_impl::prepare_qp(peer &p) noexcept
     dest.gid_value = rn.gid_value;
     dest.gid_index = static_cast<uint8_t>(rr.gid_index);
     auto ah = rr.r.dev->create_ah(rr.r.port, dest);
-    if (!ah.ok())
-        return ah.error();
+    if (!ah.ok()) return ah.error();
     device::qp_caps caps;
     caps.max_send_wr = 1024;
     caps.max_inline = cfg_.inline_size;
-    auto qp = rr.r.dev->create_qp(device::qp_type::rc, rr.r.port, *rr.cq, *rr.cq, rr.srq.get(),
-                                  caps);
-    if (!qp.ok())
-        return qp.error();
+    auto qp =
+        rr.r.dev->create_qp(device::qp_type::rc, rr.r.port, *rr.cq, *rr.cq, rr.srq.get(), caps);
+    if (!qp.ok()) return qp.error();
     p.ah = std::move(ah).value();
     p.qp = std::move(qp).value();
     try {
@@ -80,8 +77,7 @@ status engine_impl::start_connect(uint32_t pi) noexcept
 {
     peer &p = peers_[pi];
     status s = prepare_qp(p);
-    if (!s.is_ok())
-        return s;
+    if (!s.is_ok()) return s;
     p.st = peer::state::connecting;
     p.attempts = 0;
     ++connecting_;
@@ -95,8 +91,7 @@ void engine_impl::send_conn(uint32_t pi, wire::conn_op op) noexcept
     peer &p = peers_[pi];
     rail_res &rr = *rails_[p.lrail];
     tx_entry *tx = alloc_tx(tx_kind::conn, pi);
-    if (!tx)
-        return; // the timer retries
+    if (!tx) return; // the timer retries
     tx->buf = alloc_buf(rr);
     if (tx->buf < 0) {
         release_tx(tx);
@@ -152,8 +147,7 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
         return;
     }
     uint32_t pi = peer_for(from);
-    if (pi == UINT32_MAX)
-        return;
+    if (pi == UINT32_MAX) return;
     peer &p = peers_[pi];
     if (p.lrail != m.dst_rail || p.rrail != m.src_rail) {
         MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx uses rails %u/%u, expected %u/%u\n",
@@ -161,11 +155,9 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
                   p.lrail);
         return;
     }
-    if (p.st == peer::state::failed)
-        return;
+    if (p.st == peer::state::failed) return;
     auto op = static_cast<wire::conn_op>(m.op);
-    if (op == wire::conn_op::rtu)
-        return;
+    if (op == wire::conn_op::rtu) return;
 
     if (p.st == peer::state::connected) {
         if (m.rc_qpn != p.remote_qpn) {
@@ -206,12 +198,10 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
 void engine_impl::connected(uint32_t pi) noexcept
 {
     peer &p = peers_[pi];
-    if (p.st == peer::state::connecting)
-        --connecting_;
+    if (p.st == peer::state::connecting) --connecting_;
     p.st = peer::state::connected;
     MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx connected on rail %u (QP %u -> %u)\n",
-             static_cast<unsigned long long>(p.name.nonce), p.lrail, p.qp->qp_num(),
-             p.remote_qpn);
+             static_cast<unsigned long long>(p.name.nonce), p.lrail, p.qp->qp_num(), p.remote_qpn);
     while (tx_entry *tx = p.pending.head) {
         p.pending.remove(tx);
         --pending_total_;
@@ -220,24 +210,21 @@ void engine_impl::connected(uint32_t pi) noexcept
             ++pending_total_;
             break;
         }
-        if (p.st != peer::state::connected)
-            return;
+        if (p.st != peer::state::connected) return;
     }
 }
 
 void engine_impl::fail_peer(uint32_t pi, int err, int prov_errno) noexcept
 {
     peer &p = peers_[pi];
-    if (p.st == peer::state::connecting)
-        --connecting_;
+    if (p.st == peer::state::connecting) --connecting_;
     if (p.st != peer::state::failed)
         MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx unreachable (%s); failing its operations\n",
                   static_cast<unsigned long long>(p.name.nonce), fi_strerror(err));
     p.st = peer::state::failed;
     p.fail_err = err;
     p.fail_prov = prov_errno;
-    if (p.qp)
-        p.qp->set_error();
+    if (p.qp) p.qp->set_error();
     while (tx_entry *tx = p.pending.head) {
         p.pending.remove(tx);
         --pending_total_;
@@ -252,8 +239,7 @@ void engine_impl::check_timers() noexcept
     uint64_t now = now_ns();
     for (uint32_t i = 0; i < peers_.size(); ++i) {
         peer &p = peers_[i];
-        if (p.st != peer::state::connecting || now < p.next_try_ns)
-            continue;
+        if (p.st != peer::state::connecting || now < p.next_try_ns) continue;
         if (++p.attempts > cfg_.connect_retries) {
             fail_peer(i, FI_EIO, 0);
             continue;

@@ -11,7 +11,8 @@
 #include <cstring>
 #include <ctime>
 
-namespace mlx4fi::proto {
+namespace mlx4fi::proto
+{
 
 uint64_t now_ns() noexcept
 {
@@ -26,10 +27,8 @@ result<registration> register_memory(const std::vector<rail> &rails, void *addr,
     registration reg;
     for (size_t i = 0; i < rails.size(); ++i) {
         auto mr = rails[i].dev->reg_mr(addr, len, access);
-        if (!mr.ok())
-            return mr.error();
-        if (i < 2)
-            reg.key |= uint64_t(mr.value()->rkey()) << (32 * i);
+        if (!mr.ok()) return mr.error();
+        if (i < 2) reg.key |= uint64_t(mr.value()->rkey()) << (32 * i);
         reg.per_rail.push_back(std::move(mr).value());
     }
     return reg;
@@ -45,8 +44,7 @@ result<std::unique_ptr<engine>> engine::open(const std::vector<rail> &rails,
     }
     auto e = std::make_unique<engine_impl>(cfg, sink);
     status s = e->init(rails);
-    if (!s.is_ok())
-        return s;
+    if (!s.is_ok()) return s;
     return std::unique_ptr<engine>(std::move(e));
 }
 
@@ -63,8 +61,7 @@ engine_impl::engine_impl(const engine_config &cfg, event_sink &sink) : cfg_(cfg)
 
 engine_impl::~engine_impl()
 {
-    if (!shut_)
-        shutdown();
+    if (!shut_) shutdown();
 }
 
 status engine_impl::init(const std::vector<rail> &rails)
@@ -82,24 +79,20 @@ status engine_impl::init(const std::vector<rail> &rails)
         const device::port_attr &pa = rr->r.attr;
         rr->gid_index = pa.gid_index < 0 ? 0 : pa.gid_index;
         for (const auto &g : pa.gids)
-            if (static_cast<int>(g.index) == rr->gid_index)
-                rr->local_gid = g.value;
+            if (static_cast<int>(g.index) == rr->gid_index) rr->local_gid = g.value;
         device::device &dev = *rr->r.dev;
 
         auto cq = dev.create_cq(cfg_.cq_depth);
-        if (!cq.ok())
-            return cq.error();
+        if (!cq.ok()) return cq.error();
         rr->cq = std::move(cq).value();
         auto srq = dev.create_srq(cfg_.srq_depth, 1);
-        if (!srq.ok())
-            return srq.error();
+        if (!srq.ok()) return srq.error();
         rr->srq = std::move(srq).value();
         device::qp_caps caps;
         caps.max_send_wr = 256;
         caps.max_recv_wr = ud_depth;
         auto ud = dev.create_qp(device::qp_type::ud, rr->r.port, *rr->cq, *rr->cq, nullptr, caps);
-        if (!ud.ok())
-            return ud.error();
+        if (!ud.ok()) return ud.error();
         rr->ud = std::move(ud).value();
 
         auto rx = dev.alloc_buffer(size_t(cfg_.srq_depth) * buf_size_);
@@ -149,8 +142,8 @@ void engine_impl::repost_srq(rail_res &rr, uint32_t idx) noexcept
 
 void engine_impl::repost_ud(rail_res &rr, uint32_t idx) noexcept
 {
-    device::sge s{reinterpret_cast<uint64_t>(rr.ud_base() + size_t(idx) * ud_buf_size),
-                  ud_buf_size, rr.ud_bufs->lkey()};
+    device::sge s{reinterpret_cast<uint64_t>(rr.ud_base() + size_t(idx) * ud_buf_size), ud_buf_size,
+                  rr.ud_bufs->lkey()};
     device::recv_wr wr{make_wr_id(wr_kind::ud_recv, rr.index, idx), &s, 1};
     if (!rr.ud->post_recv(wr).is_ok())
         MLX4_WARN(FI_LOG_EP_CTRL, "rail %u: cannot repost UD buffer %u\n", rr.index, idx);
@@ -158,8 +151,7 @@ void engine_impl::repost_ud(rail_res &rr, uint32_t idx) noexcept
 
 tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
 {
-    if (tx_free_.empty())
-        return nullptr;
+    if (tx_free_.empty()) return nullptr;
     tx_entry *tx = &txs_[tx_free_.back()];
     tx_free_.pop_back();
     uint32_t gen = tx->gen;
@@ -169,8 +161,7 @@ tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
     tx->in_use = true;
     tx->kind = kind;
     tx->peer = pi;
-    if (kind == tx_kind::rts)
-        ++rts_outstanding_;
+    if (kind == tx_kind::rts) ++rts_outstanding_;
     return tx;
 }
 
@@ -183,8 +174,7 @@ void engine_impl::release_tx(tx_entry *tx) noexcept
     }
     for (auto &m : tx->mr)
         m.release();
-    if (tx->kind == tx_kind::rts)
-        --rts_outstanding_;
+    if (tx->kind == tx_kind::rts) --rts_outstanding_;
     tx->in_use = false;
     ++tx->gen;
     tx_free_.push_back(static_cast<uint32_t>(tx - txs_.data()));
@@ -192,8 +182,7 @@ void engine_impl::release_tx(tx_entry *tx) noexcept
 
 int32_t engine_impl::alloc_buf(rail_res &rr) noexcept
 {
-    if (rr.tx_free.empty())
-        return -1;
+    if (rr.tx_free.empty()) return -1;
     uint32_t s = rr.tx_free.back();
     rr.tx_free.pop_back();
     return static_cast<int32_t>(s);
@@ -230,8 +219,8 @@ bool engine_impl::post_tx(tx_entry *tx) noexcept
     while (tx->next_wr < tx->nwr) {
         const tx_entry::wr_desc &d = tx->wrs[tx->next_wr];
         device::send_wr wr;
-        wr.wr_id = make_wr_id(wr_kind::tx, p.lrail, static_cast<uint32_t>(tx - txs_.data()),
-                              tx->gen);
+        wr.wr_id =
+            make_wr_id(wr_kind::tx, p.lrail, static_cast<uint32_t>(tx - txs_.data()), tx->gen);
         wr.opcode = d.opcode;
         wr.signaled = true;
         wr.inline_data = d.inline_data;
@@ -241,8 +230,7 @@ bool engine_impl::post_tx(tx_entry *tx) noexcept
         wr.remote_addr = d.remote_addr;
         wr.rkey = d.rkey;
         status s = p.qp->post_send(wr);
-        if (s == err_again)
-            return false;
+        if (s == err_again) return false;
         if (!s.is_ok()) {
             MLX4_WARN(FI_LOG_EP_DATA, "post to peer %016llx failed: %d\n",
                       static_cast<unsigned long long>(p.name.nonce), s.code());
@@ -262,36 +250,28 @@ bool engine_impl::post_tx(tx_entry *tx) noexcept
 void engine_impl::finish_tx(tx_entry *tx) noexcept
 {
     peer &p = peers_[tx->peer];
-    if (tx->posted)
-        p.inflight.remove(tx);
+    if (tx->posted) p.inflight.remove(tx);
     event ev = tx->ev;
     bool rep = tx->report;
     release_tx(tx);
-    if (rep)
-        report(ev);
+    if (rep) report(ev);
 }
 
 void engine_impl::fail_tx(tx_entry *tx, int err, int prov_errno) noexcept
 {
     peer &p = peers_[tx->peer];
-    if (tx->posted)
-        p.inflight.remove(tx);
+    if (tx->posted) p.inflight.remove(tx);
     tx->posted = false;
     event ev = tx->ev;
     bool rep = tx->report || tx->kind == tx_kind::read;
     rx_entry *rx = tx->rx;
     release_tx(tx);
     if (rx) { // a rendezvous read: the receive fails
-        ev = event{};
-        ev.kind = event_kind::recv;
-        ev.context = rx->context;
-        ev.op_flags = rx->flags;
-        ev.flags = FI_RECV | (rx->tagged ? FI_TAGGED : FI_MSG);
+        ev = failed_recv(rx, err);
         release_rx(rx);
         rep = true;
     }
-    if (!rep)
-        return;
+    if (!rep) return;
     ev.err = err;
     ev.prov_errno = prov_errno;
     report(ev);
@@ -318,12 +298,10 @@ status engine_impl::resolve(fi_addr_t addr, uint32_t &pi) noexcept
         return err_inval;
     }
     pi = peer_for(*n);
-    if (pi == UINT32_MAX)
-        return err_nomem;
+    if (pi == UINT32_MAX) return err_nomem;
     peers_[pi].addr = addr;
     if (addr < (1u << 20)) {
-        if (addr >= addr_cache_.size())
-            addr_cache_.resize(addr + 1, 0u);
+        if (addr >= addr_cache_.size()) addr_cache_.resize(addr + 1, 0u);
         addr_cache_[addr] = pi + 1;
     }
     return status::ok();
@@ -331,8 +309,7 @@ status engine_impl::resolve(fi_addr_t addr, uint32_t &pi) noexcept
 
 fi_addr_t engine_impl::peer_addr(peer &p) noexcept
 {
-    if (p.addr == FI_ADDR_NOTAVAIL && av_)
-        p.addr = av_->find(p.name);
+    if (p.addr == FI_ADDR_NOTAVAIL && av_) p.addr = av_->find(p.name);
     return p.addr;
 }
 
@@ -344,8 +321,7 @@ void engine_impl::progress() noexcept
             int n = rr->cq->poll(wc, 32);
             for (int i = 0; i < n; ++i)
                 handle_wc(*rr, wc[i]);
-            if (n < 32)
-                break;
+            if (n < 32) break;
         }
     }
     if (pending_total_) {
@@ -363,24 +339,20 @@ void engine_impl::progress() noexcept
             }
         }
     }
-    if (!deferred_reads_.empty())
-        retry_deferred();
+    if (!deferred_reads_.empty()) retry_deferred();
     if (++purge_tick_ == 4096) { // let go of registrations of freed memory
         purge_tick_ = 0;
         for (auto &rr : rails_)
             rr->cache->purge();
     }
-    if (connecting_)
-        check_timers();
-    if (rts_outstanding_)
-        keepalive();
+    if (connecting_) check_timers();
+    if (rts_outstanding_) keepalive();
 }
 
 void engine_impl::keepalive() noexcept
 {
     uint64_t now = now_ns();
-    if (now < next_keepalive_ns_)
-        return;
+    if (now < next_keepalive_ns_) return;
     if (!next_keepalive_ns_) { // first waiter: probe one interval from now
         next_keepalive_ns_ = now + uint64_t(cfg_.keepalive_ms) * 1000000ull;
         return;
@@ -388,16 +360,13 @@ void engine_impl::keepalive() noexcept
     next_keepalive_ns_ = now + uint64_t(cfg_.keepalive_ms) * 1000000ull;
     for (uint32_t pi = 0; pi < peers_.size(); ++pi) {
         peer &p = peers_[pi];
-        if (p.st != peer::state::connected)
-            continue;
+        if (p.st != peer::state::connected) continue;
         bool waiting = false;
         for (tx_entry *t = p.inflight.head; t && !waiting; t = t->next)
             waiting = t->kind == tx_kind::rts;
-        if (!waiting)
-            continue;
+        if (!waiting) continue;
         tx_entry *tx = alloc_tx(tx_kind::fin, pi);
-        if (!tx)
-            return;
+        if (!tx) return;
         tx->report = false;
         tx->buf = alloc_buf(*rails_[p.lrail]);
         if (tx->buf < 0) {
@@ -426,8 +395,7 @@ void engine_impl::handle_wc(rail_res &rr, const device::work_completion &wc) noe
             if (wc.status != device::wc_status::wr_flush_err)
                 MLX4_WARN(FI_LOG_EP_DATA, "rail %u: receive error %d\n", rr.index,
                           static_cast<int>(wc.status));
-            if (!shut_)
-                repost_srq(rr, idx);
+            if (!shut_) repost_srq(rr, idx);
             return;
         }
         auto it = peer_by_qpn_.find((uint64_t(rr.index) << 32) | wc.qp_num);
@@ -453,8 +421,7 @@ void engine_impl::handle_wc(rail_res &rr, const device::work_completion &wc) noe
         if (wc.status == device::wc_status::success && wc.byte_len > device::ud_grh_bytes)
             handle_conn(rr, rr.ud_base() + size_t(idx) * ud_buf_size + device::ud_grh_bytes,
                         wc.byte_len - device::ud_grh_bytes);
-        if (!shut_)
-            repost_ud(rr, idx);
+        if (!shut_) repost_ud(rr, idx);
         return;
     }
     case wr_kind::tx:
@@ -472,8 +439,7 @@ void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
         (txs_[idx].gen & 0xffffff) != wr_id_gen(wc.wr_id))
         return; // an operation already failed or cancelled
     tx_entry *tx = &txs_[idx];
-    if (tx->outstanding)
-        --tx->outstanding;
+    if (tx->outstanding) --tx->outstanding;
     if (wc.status != device::wc_status::success) {
         if (tx->kind == tx_kind::conn) {
             finish_tx(tx);
@@ -493,8 +459,7 @@ void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
         fail_peer(tx->peer, err, prov);
         return;
     }
-    if (tx->outstanding || tx->next_wr < tx->nwr)
-        return;
+    if (tx->outstanding || tx->next_wr < tx->nwr) return;
     switch (tx->kind) {
     case tx_kind::rts:
         // The buffer is free now; the transfer completes on FIN.
@@ -516,20 +481,24 @@ void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
     }
 }
 
-status engine_impl::cancel(void *context) noexcept
+event engine_impl::failed_recv(const rx_entry *rx, int err) noexcept
 {
-    rx_entry *rx = mq_.find_posted_by_context(context);
-    if (!rx)
-        return status(-FI_ENOENT);
-    mq_.unpost(rx);
     event ev;
     ev.kind = event_kind::recv;
     ev.context = rx->context;
     ev.op_flags = rx->flags;
     ev.flags = FI_RECV | (rx->tagged ? FI_TAGGED : FI_MSG);
     ev.tag = rx->tag;
-    ev.err = FI_ECANCELED;
-    ev.olen = 0;
+    ev.err = err;
+    return ev;
+}
+
+status engine_impl::cancel(void *context) noexcept
+{
+    rx_entry *rx = mq_.find_posted_by_context(context);
+    if (!rx) return status(-FI_ENOENT);
+    mq_.unpost(rx);
+    event ev = failed_recv(rx, FI_ECANCELED);
     release_rx(rx);
     report(ev);
     return status::ok();
@@ -539,8 +508,7 @@ util::mr_cache_stats engine_impl::cache_stats() const noexcept
 {
     util::mr_cache_stats sum;
     for (const auto &rr : rails_) {
-        if (!rr->cache)
-            continue;
+        if (!rr->cache) continue;
         util::mr_cache_stats s = rr->cache->stats();
         sum.hits += s.hits;
         sum.misses += s.misses;
@@ -555,8 +523,7 @@ util::mr_cache_stats engine_impl::cache_stats() const noexcept
 
 void engine_impl::shutdown() noexcept
 {
-    if (shut_)
-        return;
+    if (shut_) return;
     shut_ = true;
     for (uint32_t i = 0; i < peers_.size(); ++i) {
         peer &p = peers_[i];
@@ -570,12 +537,7 @@ void engine_impl::shutdown() noexcept
     }
     while (unexp_msg *m = deferred_reads_.head) {
         deferred_reads_.remove(m);
-        event ev;
-        ev.kind = event_kind::recv;
-        ev.context = m->matched->context;
-        ev.op_flags = m->matched->flags;
-        ev.flags = FI_RECV | (m->matched->tagged ? FI_TAGGED : FI_MSG);
-        ev.err = FI_ECANCELED;
+        event ev = failed_recv(m->matched, FI_ECANCELED);
         release_rx(m->matched);
         release_unexp(m);
         report(ev);
@@ -583,12 +545,7 @@ void engine_impl::shutdown() noexcept
     for (bool tagged : {true, false}) {
         while (rx_entry *rx = mq_.posted(tagged).head) {
             mq_.unpost(rx);
-            event ev;
-            ev.kind = event_kind::recv;
-            ev.context = rx->context;
-            ev.op_flags = rx->flags;
-            ev.flags = FI_RECV | (tagged ? FI_TAGGED : FI_MSG);
-            ev.err = FI_ECANCELED;
+            event ev = failed_recv(rx, FI_ECANCELED);
             release_rx(rx);
             report(ev);
         }

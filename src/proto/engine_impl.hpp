@@ -13,7 +13,8 @@
 #include <unordered_map>
 #include <vector>
 
-namespace mlx4fi::proto {
+namespace mlx4fi::proto
+{
 
 // wr_id layout: kind (4 bits) | rail (4) | generation (24) | index (32). The
 // generation lets a completion for a tx entry that was failed and reused
@@ -21,13 +22,25 @@ namespace mlx4fi::proto {
 enum class wr_kind : uint64_t { srq_recv = 1, ud_recv = 2, tx = 3 };
 inline uint64_t make_wr_id(wr_kind k, unsigned rail, uint32_t index, uint32_t gen = 0) noexcept
 {
-    return (uint64_t(k) << 60) | (uint64_t(rail & 0xf) << 56) |
-           (uint64_t(gen & 0xffffff) << 32) | index;
+    return (uint64_t(k) << 60) | (uint64_t(rail & 0xf) << 56) | (uint64_t(gen & 0xffffff) << 32) |
+           index;
 }
-inline wr_kind wr_id_kind(uint64_t id) noexcept { return wr_kind(id >> 60); }
-inline unsigned wr_id_rail(uint64_t id) noexcept { return unsigned(id >> 56) & 0xf; }
-inline uint32_t wr_id_gen(uint64_t id) noexcept { return uint32_t(id >> 32) & 0xffffff; }
-inline uint32_t wr_id_index(uint64_t id) noexcept { return uint32_t(id); }
+inline wr_kind wr_id_kind(uint64_t id) noexcept
+{
+    return wr_kind(id >> 60);
+}
+inline unsigned wr_id_rail(uint64_t id) noexcept
+{
+    return unsigned(id >> 56) & 0xf;
+}
+inline uint32_t wr_id_gen(uint64_t id) noexcept
+{
+    return uint32_t(id >> 32) & 0xffffff;
+}
+inline uint32_t wr_id_index(uint64_t id) noexcept
+{
+    return uint32_t(id);
+}
 
 inline constexpr uint32_t ud_depth = 64;
 inline constexpr uint32_t ud_buf_size = 256;
@@ -37,7 +50,8 @@ inline constexpr uint32_t max_wr_sge = 4;
 
 // Registers ranges on one rail's device for the registration cache. The
 // handle is the device::memory_region (owned by the cache's entry).
-class rail_registrar final : public util::mr_registrar {
+class rail_registrar final : public util::mr_registrar
+{
   public:
     explicit rail_registrar(device::device *dev) : dev_(dev) {}
     result<void *> reg(void *addr, size_t len) noexcept override
@@ -45,8 +59,7 @@ class rail_registrar final : public util::mr_registrar {
         // Local write for receive buffers and read destinations, remote read
         // for rendezvous sources; never remote write (peers only read these).
         auto mr = dev_->reg_mr(addr, len, device::access_local_write | device::access_remote_read);
-        if (!mr.ok())
-            return mr.error();
+        if (!mr.ok()) return mr.error();
         return static_cast<void *>(std::move(mr).value().release());
     }
     void dereg(void *handle) noexcept override
@@ -69,15 +82,15 @@ struct rail_res {
     unsigned index = 0;
     int gid_index = 0;
     device::gid local_gid{};
-    std::unique_ptr<device::completion_queue> cq;  // every QP of the rail reports here
+    std::unique_ptr<device::completion_queue> cq; // every QP of the rail reports here
     std::unique_ptr<device::shared_receive_queue> srq;
     std::unique_ptr<device::queue_pair> ud;         // connection set-up
     std::unique_ptr<device::memory_region> rx_bufs; // srq_depth x buf_size, posted to srq
     std::unique_ptr<device::memory_region> ud_bufs; // ud_depth x ud_buf_size
     std::unique_ptr<device::memory_region> tx_bufs; // tx_slots x buf_size
     std::vector<uint32_t> tx_free;                  // free tx_bufs slots
-    std::unique_ptr<rail_registrar> registrar;     // used by cache
-    std::unique_ptr<util::mr_cache> cache;         // user buffers (rendezvous, RMA)
+    std::unique_ptr<rail_registrar> registrar;      // used by cache
+    std::unique_ptr<util::mr_cache> cache;          // user buffers (rendezvous, RMA)
     uint8_t *rx_base() const noexcept { return static_cast<uint8_t *>(rx_bufs->addr()); }
     uint8_t *ud_base() const noexcept { return static_cast<uint8_t *>(ud_bufs->addr()); }
     uint8_t *tx_base() const noexcept { return static_cast<uint8_t *>(tx_bufs->addr()); }
@@ -90,18 +103,18 @@ struct tx_entry {
     tx_entry *next = nullptr, *prev = nullptr; // peer's pending or in-flight list
     tx_kind kind = tx_kind::eager;
     bool in_use = false;
-    bool posted = false;     // on the in-flight list (else pending)
-    bool report = true;      // report an event when done (false: inject, fin, conn)
+    bool posted = false;      // on the in-flight list (else pending)
+    bool report = true;       // report an event when done (false: inject, fin, conn)
     bool waiting_fin = false; // rendezvous sender: RTS sent, waiting for FIN
     bool fin_seen = false;    // FIN arrived before the RTS send completion
     uint32_t peer = 0;
-    uint32_t gen = 0;        // bumped on release: a FIN for an old incarnation is dropped
-    int32_t buf = -1;        // tx_bufs slot on the peer's rail
-    uint32_t outstanding = 0;// device completions still expected
-    uint32_t next_wr = 0;    // wrs[] posted so far
+    uint32_t gen = 0;         // bumped on release: a FIN for an old incarnation is dropped
+    int32_t buf = -1;         // tx_bufs slot on the peer's rail
+    uint32_t outstanding = 0; // device completions still expected
+    uint32_t next_wr = 0;     // wrs[] posted so far
     uint32_t nwr = 0;
     int err = 0, prov_errno = 0;
-    event ev;                // the completion to report
+    event ev; // the completion to report
     // The work requests, prepared at submit time and posted when the peer is
     // connected (and re-posted after a queue-full).
     struct wr_desc {
@@ -140,7 +153,8 @@ struct peer {
     ilist<tx_entry> inflight; // posted, waiting for completions (or FIN)
 };
 
-class engine_impl final : public engine {
+class engine_impl final : public engine
+{
   public:
     engine_impl(const engine_config &cfg, event_sink &sink);
     ~engine_impl() override;
@@ -167,11 +181,14 @@ class engine_impl final : public engine {
     tx_entry *alloc_tx(tx_kind kind, uint32_t peer) noexcept;
     void release_tx(tx_entry *tx) noexcept;
     int32_t alloc_buf(rail_res &rr) noexcept;
-    void submit(tx_entry *tx) noexcept; // pending until connected, then post
+    void submit(tx_entry *tx) noexcept;  // pending until connected, then post
     bool post_tx(tx_entry *tx) noexcept; // false: queue full, retry later
     void finish_tx(tx_entry *tx) noexcept;
     void fail_tx(tx_entry *tx, int err, int prov_errno) noexcept;
     void report(const event &ev) noexcept { sink_.report(ev); }
+    // The error completion of a receive that will not complete (cancelled,
+    // closed, or its rendezvous failed).
+    static event failed_recv(const rx_entry *rx, int err) noexcept;
     status resolve(fi_addr_t addr, uint32_t &peer_index) noexcept;
     fi_addr_t peer_addr(peer &p) noexcept;
     uint8_t *tx_buf(const tx_entry *tx) noexcept;
@@ -221,20 +238,19 @@ class engine_impl final : public engine {
     std::vector<std::unique_ptr<rail_res>> rails_;
     std::vector<tx_entry> txs_;
     std::vector<uint32_t> tx_free_;
-    std::vector<std::unique_ptr<rx_entry>> rx_pool_;
-    std::vector<rx_entry *> rx_free_;
-    std::vector<std::unique_ptr<unexp_msg>> unexp_pool_;
-    std::vector<unexp_msg *> unexp_free_;
+    entry_pool<rx_entry> rx_pool_;
+    entry_pool<unexp_msg> unexp_pool_;
     match_queues mq_;
     std::vector<peer> peers_; // declared after rails_: destroyed first (QPs before CQs)
     std::unordered_map<uint64_t, uint32_t> peer_by_nonce_;
     std::unordered_map<uint64_t, uint32_t> peer_by_qpn_; // (rail << 32 | qpn) -> peer
-    std::vector<uint32_t> addr_cache_;                     // fi_addr -> peer + 1
+    std::vector<uint32_t> addr_cache_;                   // fi_addr -> peer + 1
     uint64_t addr_cache_gen_ = ~0ull;
     uint32_t rts_outstanding_ = 0; // rendezvous sends waiting for FIN
     uint64_t next_keepalive_ns_ = 0;
     uint32_t pending_total_ = 0;
-    ilist<unexp_msg> deferred_reads_; // matched rendezvous waiting for tx resources // tx entries waiting on peers' pending lists
+    ilist<unexp_msg> deferred_reads_; // matched rendezvous waiting for tx resources // tx entries
+                                      // waiting on peers' pending lists
     uint32_t connecting_ = 0;
     bool shut_ = false;
     uint32_t purge_tick_ = 0; // progress calls since the caches were last purged
@@ -244,6 +260,7 @@ uint64_t now_ns() noexcept;
 
 } // namespace mlx4fi::proto
 
-namespace mlx4fi::proto {
+namespace mlx4fi::proto
+{
 static_assert(sizeof(wire::conn_msg) + device::ud_grh_bytes <= ud_buf_size);
 } // namespace mlx4fi::proto

@@ -10,9 +10,11 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
-namespace mlx4fi::proto {
+namespace mlx4fi::proto
+{
 
 // A posted receive. Lives in the engine's rx pool; linked into one list.
 struct rx_entry {
@@ -20,8 +22,8 @@ struct rx_entry {
     void *context = nullptr;
     iovec iov[4]{};
     size_t count = 0;
-    size_t total = 0;       // sum of iov lengths
-    size_t multi_used = 0;  // FI_MULTI_RECV: bytes already consumed
+    size_t total = 0;      // sum of iov lengths
+    size_t multi_used = 0; // FI_MULTI_RECV: bytes already consumed
     fi_addr_t src = FI_ADDR_UNSPEC;
     uint64_t tag = 0, ignore = 0;
     uint64_t flags = 0;
@@ -36,18 +38,46 @@ struct rx_entry {
 // only the RTS, so an early RTS costs no payload memory.
 struct unexp_msg {
     unexp_msg *next = nullptr, *prev = nullptr;
-    uint32_t peer = 0;     // engine peer index
+    uint32_t peer = 0; // engine peer index
     fi_addr_t src = FI_ADDR_NOTAVAIL;
     uint64_t tag = 0;
     uint64_t data = 0;
     bool has_data = false;
     bool tagged = false;
     bool rndv = false;
-    uint64_t size = 0;     // message size
+    uint64_t size = 0;            // message size
     std::vector<uint8_t> payload; // eager only; capacity kept when recycled
-    wire::rts_body rts{};  // rendezvous only
-    void *claimed_by = nullptr; // FI_CLAIM: the context that owns it
-    rx_entry *matched = nullptr; // a rendezvous matched but waiting for resources
+    wire::rts_body rts{};         // rendezvous only
+    void *claimed_by = nullptr;   // FI_CLAIM: the context that owns it
+    rx_entry *matched = nullptr;  // a rendezvous matched but waiting for resources
+};
+
+// A growable pool of T: entries are allocated once and recycled, so the
+// steady state allocates nothing. Pointers stay valid while the pool lives.
+template <class T> class entry_pool
+{
+  public:
+    // A recycled entry (contents as last released), or nullptr when out of memory.
+    T *alloc() noexcept
+    {
+        if (free_.empty()) {
+            try {
+                all_.push_back(std::make_unique<T>());
+                free_.reserve(all_.size()); // so release never allocates
+            } catch (...) {
+                return nullptr;
+            }
+            free_.push_back(all_.back().get());
+        }
+        T *e = free_.back();
+        free_.pop_back();
+        return e;
+    }
+    void release(T *e) noexcept { free_.push_back(e); }
+
+  private:
+    std::vector<std::unique_ptr<T>> all_; // owns every entry
+    std::vector<T *> free_;
 };
 
 template <class T> struct ilist {
@@ -85,7 +115,8 @@ inline bool src_matches(fi_addr_t want, fi_addr_t got) noexcept
     return want == FI_ADDR_UNSPEC || want == got;
 }
 
-class match_queues {
+class match_queues
+{
   public:
     // The first posted receive that accepts the message; removed from its list.
     rx_entry *take_posted(bool tagged, uint64_t tag, fi_addr_t src) noexcept
@@ -113,17 +144,13 @@ class match_queues {
     {
         for (auto *l : {&unexp_tagged_, &unexp_msg_})
             for (unexp_msg *m = l->head; m; m = m->next)
-                if (m->claimed_by == context)
-                    return m;
+                if (m->claimed_by == context) return m;
         return nullptr;
     }
     void post(rx_entry *r) noexcept { (r->tagged ? posted_tagged_ : posted_msg_).push_back(r); }
     // Puts a multi-receive buffer back at the head of the untagged list
     // (it keeps its place ahead of later receives).
-    void repost_front(rx_entry *r) noexcept
-    {
-        posted_msg_.push_front(r);
-    }
+    void repost_front(rx_entry *r) noexcept { posted_msg_.push_front(r); }
     void unpost(rx_entry *r) noexcept { (r->tagged ? posted_tagged_ : posted_msg_).remove(r); }
     void add_unexpected(unexp_msg *m) noexcept
     {
@@ -137,8 +164,7 @@ class match_queues {
     {
         for (auto *l : {&posted_tagged_, &posted_msg_})
             for (rx_entry *r = l->head; r; r = r->next)
-                if (r->context == context)
-                    return r;
+                if (r->context == context) return r;
         return nullptr;
     }
     ilist<rx_entry> &posted(bool tagged) noexcept { return tagged ? posted_tagged_ : posted_msg_; }

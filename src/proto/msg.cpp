@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <cstring>
 
-namespace mlx4fi::proto {
-namespace {
+namespace mlx4fi::proto
+{
+namespace
+{
 
 size_t total_len(const iovec *iov, size_t count) noexcept
 {
@@ -37,8 +39,7 @@ void scatter(const iovec *iov, size_t count, size_t skip, const uint8_t *src, si
 void gather(uint8_t *dst, const iovec *iov, size_t count) noexcept
 {
     for (size_t i = 0; i < count; ++i) {
-        if (iov[i].iov_len)
-            std::memcpy(dst, iov[i].iov_base, iov[i].iov_len);
+        if (iov[i].iov_len) std::memcpy(dst, iov[i].iov_base, iov[i].iov_len);
         dst += iov[i].iov_len;
     }
 }
@@ -47,63 +48,46 @@ void gather(uint8_t *dst, const iovec *iov, size_t count) noexcept
 
 rx_entry *engine_impl::alloc_rx() noexcept
 {
-    if (rx_free_.empty()) {
-        try {
-            rx_pool_.push_back(std::make_unique<rx_entry>());
-            rx_free_.reserve(rx_pool_.size());
-        } catch (...) {
-            return nullptr;
-        }
-        rx_free_.push_back(rx_pool_.back().get());
+    rx_entry *rx = rx_pool_.alloc();
+    if (rx) {
+        *rx = rx_entry{};
+        rx->in_use = true;
     }
-    rx_entry *rx = rx_free_.back();
-    rx_free_.pop_back();
-    *rx = rx_entry{};
-    rx->in_use = true;
     return rx;
 }
 
 void engine_impl::release_rx(rx_entry *rx) noexcept
 {
     rx->in_use = false;
-    rx_free_.push_back(rx); // capacity reserved in alloc_rx
+    rx_pool_.release(rx);
 }
 
 unexp_msg *engine_impl::alloc_unexp() noexcept
 {
-    if (unexp_free_.empty()) {
-        try {
-            unexp_pool_.push_back(std::make_unique<unexp_msg>());
-            unexp_free_.reserve(unexp_pool_.size());
-        } catch (...) {
-            return nullptr;
-        }
-        unexp_free_.push_back(unexp_pool_.back().get());
+    unexp_msg *m = unexp_pool_.alloc();
+    if (m) {
+        m->next = m->prev = nullptr;
+        m->claimed_by = nullptr;
+        m->matched = nullptr;
+        m->rndv = false;
+        m->payload.clear(); // keeps its capacity for the next eager payload
     }
-    unexp_msg *m = unexp_free_.back();
-    unexp_free_.pop_back();
-    m->next = m->prev = nullptr;
-    m->claimed_by = nullptr;
-    m->rndv = false;
-    m->payload.clear();
     return m;
 }
 
 void engine_impl::release_unexp(unexp_msg *m) noexcept
 {
-    unexp_free_.push_back(m);
+    unexp_pool_.release(m);
 }
 
 status engine_impl::send(const send_args &a) noexcept
 {
     uint32_t pi;
     status s = resolve(a.dest, pi);
-    if (!s.is_ok())
-        return s;
+    if (!s.is_ok()) return s;
     size_t len = total_len(a.iov, a.count);
     tx_entry *tx = alloc_tx(len <= cfg_.eager_limit ? tx_kind::eager : tx_kind::rts, pi);
-    if (!tx)
-        return err_again;
+    if (!tx) return err_again;
     peer &p = peers_[pi];
     rail_res &rr = *rails_[p.lrail];
     tx->buf = alloc_buf(rr);
@@ -131,8 +115,7 @@ status engine_impl::send(const send_args &a) noexcept
     h->size = len;
     h->seq = p.tx_seq++;
     h->reserved = 0;
-    if (tx->kind == tx_kind::rts)
-        return send_rts(tx, a);
+    if (tx->kind == tx_kind::rts) return send_rts(tx, a);
 
     h->op = static_cast<uint8_t>(wire::op::eager);
     gather(reinterpret_cast<uint8_t *>(h + 1), a.iov, a.count);
@@ -176,8 +159,7 @@ void engine_impl::finish_rx(rx_entry *rx, event &ev, uint64_t size, size_t place
         ev.err = FI_ETRUNC;
         ev.olen = static_cast<size_t>(size - placed);
     }
-    if (rx->multi_last)
-        ev.flags |= FI_MULTI_RECV;
+    if (rx->multi_last) ev.flags |= FI_MULTI_RECV;
     if (rx->flags & FI_MULTI_RECV) {
         rx->multi_used += placed;
         if (rx->total - rx->multi_used < min_multi_recv_ || size > placed) {
@@ -192,8 +174,8 @@ void engine_impl::finish_rx(rx_entry *rx, event &ev, uint64_t size, size_t place
     report(ev);
 }
 
-void engine_impl::deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t size,
-                                fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept
+void engine_impl::deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t size, fi_addr_t src,
+                                uint64_t tag, uint64_t data, bool has_data) noexcept
 {
     iovec dst[4];
     size_t nout = 0;
@@ -205,8 +187,7 @@ void engine_impl::deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t s
     ev.src = src;
     ev.tag = tag;
     ev.data = data;
-    if (has_data)
-        ev.flags |= FI_REMOTE_CQ_DATA;
+    if (has_data) ev.flags |= FI_REMOTE_CQ_DATA;
     finish_rx(rx, ev, size, n);
 }
 
@@ -237,8 +218,7 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
         handle_fin(pi, fin);
         return;
     }
-    if (op == wire::op::nop)
-        return;
+    if (op == wire::op::nop) return;
     if (h.seq != p.rx_seq)
         MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: sequence %u, expected %u\n",
                   static_cast<unsigned long long>(p.name.nonce), h.seq, p.rx_seq);
@@ -324,8 +304,7 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
 
 status engine_impl::recv(const recv_args &a) noexcept
 {
-    if (a.count > 4)
-        return err_inval;
+    if (a.count > 4) return err_inval;
     if ((a.flags & FI_MULTI_RECV) && (a.tagged || a.count != 1)) {
         MLX4_WARN(FI_LOG_EP_DATA, "FI_MULTI_RECV needs one untagged buffer\n");
         return err_inval;
@@ -347,8 +326,7 @@ status engine_impl::recv(const recv_args &a) noexcept
         ev.tag = m->tag;
         ev.data = m->data;
         ev.src = m->src;
-        if (m->has_data)
-            ev.flags |= FI_REMOTE_CQ_DATA;
+        if (m->has_data) ev.flags |= FI_REMOTE_CQ_DATA;
         if (a.flags & FI_CLAIM) {
             m->claimed_by = a.context;
         } else if (a.flags & FI_DISCARD) {
@@ -379,8 +357,7 @@ status engine_impl::recv(const recv_args &a) noexcept
     }
 
     rx_entry *rx = alloc_rx();
-    if (!rx)
-        return err_again;
+    if (!rx) return err_again;
     std::copy_n(a.iov, a.count, rx->iov);
     rx->count = a.count;
     rx->total = total_len(a.iov, a.count);
@@ -397,14 +374,12 @@ status engine_impl::recv(const recv_args &a) noexcept
             start_read(rx, m->peer, m->rts, m->size, m->src, m->tag, m->data, m->has_data);
             release_unexp(m);
             // A multi-receive buffer with room left goes on taking messages.
-            if (!(a.flags & FI_MULTI_RECV) || !rx->in_use)
-                return status::ok();
+            if (!(a.flags & FI_MULTI_RECV) || !rx->in_use) return status::ok();
         } else {
             bool multi = a.flags & FI_MULTI_RECV;
             deliver_eager(rx, m->payload.data(), m->size, m->src, m->tag, m->data, m->has_data);
             release_unexp(m);
-            if (!multi || !rx->in_use)
-                return status::ok();
+            if (!multi || !rx->in_use) return status::ok();
             mq_.unpost(rx); // deliver_eager reposted it; keep draining first
         }
         m = mq_.find_unexpected(false, 0, 0, a.src);

@@ -6,14 +6,14 @@
 
 #include <cstring>
 
-namespace mlx4fi::proto {
+namespace mlx4fi::proto
+{
 
 status engine_impl::rma(const rma_args &a) noexcept
 {
     uint32_t pi;
     status s = resolve(a.dest, pi);
-    if (!s.is_ok())
-        return s;
+    if (!s.is_ok()) return s;
     peer &p = peers_[pi];
     if (p.rrail >= 2) {
         MLX4_WARN(FI_LOG_EP_DATA, "RMA keys cover the first two rails only\n");
@@ -23,12 +23,10 @@ status engine_impl::rma(const rma_args &a) noexcept
     size_t len = 0;
     for (size_t i = 0; i < a.count; ++i)
         len += a.iov[i].iov_len;
-    if (a.count > max_wr_sge)
-        return err_inval;
+    if (a.count > max_wr_sge) return err_inval;
 
     tx_entry *tx = alloc_tx(tx_kind::rma, pi);
-    if (!tx)
-        return err_again;
+    if (!tx) return err_again;
     rail_res &rr = *rails_[p.lrail];
     event &ev = tx->ev;
     ev.kind = a.read ? event_kind::read : event_kind::write;
@@ -61,8 +59,7 @@ status engine_impl::rma(const rma_args &a) noexcept
         d.sge[0] = {reinterpret_cast<uint64_t>(b), static_cast<uint32_t>(len), rr.tx_bufs->lkey()};
     } else {
         for (size_t i = 0; i < a.count; ++i) {
-            if (!a.iov[i].iov_len)
-                continue;
+            if (!a.iov[i].iov_len) continue;
             auto mr = rr.cache->acquire(a.iov[i].iov_base, a.iov[i].iov_len);
             if (!mr.ok()) {
                 MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte RMA buffer\n",

@@ -18,7 +18,8 @@
 #include <algorithm>
 #include <cstring>
 
-namespace mlx4fi::proto {
+namespace mlx4fi::proto
+{
 
 status engine_impl::send_rts(tx_entry *tx, const send_args &a) noexcept
 {
@@ -31,8 +32,7 @@ status engine_impl::send_rts(tx_entry *tx, const send_args &a) noexcept
     body->msg_id = (uint64_t(tx->gen) << 32) | static_cast<uint32_t>(tx - txs_.data());
     uint32_t nseg = 0;
     for (size_t i = 0; i < a.count; ++i) {
-        if (!a.iov[i].iov_len)
-            continue;
+        if (!a.iov[i].iov_len) continue;
         auto mr = rr.cache->acquire(a.iov[i].iov_base, a.iov[i].iov_len);
         if (!mr.ok()) {
             MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte send buffer: %d\n",
@@ -121,8 +121,7 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
 void engine_impl::retry_deferred() noexcept
 {
     while (unexp_msg *m = deferred_reads_.head) {
-        if (!issue_read(m->matched, m->peer, m->rts, m->size, m->src, m->tag, m->data,
-                        m->has_data))
+        if (!issue_read(m->matched, m->peer, m->rts, m->size, m->src, m->tag, m->data, m->has_data))
             return;
         deferred_reads_.remove(m);
         m->matched = nullptr;
@@ -143,8 +142,7 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
     tx_entry *tx = alloc_tx(tx_kind::read, pi);
     int32_t fin_buf = tx ? alloc_buf(rr) : -1;
     if (!tx || fin_buf < 0) {
-        if (tx)
-            release_tx(tx);
+        if (tx) release_tx(tx);
         return false;
     }
     tx->buf = fin_buf;
@@ -157,14 +155,12 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
     ev.tag = tag;
     ev.data = data;
     ev.buf = target->multi_slice ? dst[0].iov_base : nullptr;
-    if (has_data)
-        ev.flags |= FI_REMOTE_CQ_DATA;
+    if (has_data) ev.flags |= FI_REMOTE_CQ_DATA;
 
     // Register the destination pieces, then one READ per source segment,
     // scattering into up to four destination pieces.
     for (size_t i = 0; i < nout; ++i) {
-        if (!dst[i].iov_len)
-            continue;
+        if (!dst[i].iov_len) continue;
         auto mr = rr.cache->acquire(dst[i].iov_base, dst[i].iov_len);
         if (!mr.ok()) {
             MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte receive buffer\n",
@@ -198,9 +194,8 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
                     continue;
                 }
                 uint64_t n = std::min<uint64_t>(room, seg_len - src_off - wr_len);
-                d.sge[d.num_sge++] = {
-                    reinterpret_cast<uint64_t>(dst[di].iov_base) + dskip,
-                    static_cast<uint32_t>(n), region_of(tx->mr[di]).lkey()};
+                d.sge[d.num_sge++] = {reinterpret_cast<uint64_t>(dst[di].iov_base) + dskip,
+                                      static_cast<uint32_t>(n), region_of(tx->mr[di]).lkey()};
                 wr_len += n;
                 dskip += n;
                 if (dskip == dst[di].iov_len) {
@@ -209,8 +204,7 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
                 }
             }
             src_off += wr_len;
-            if (!wr_len)
-                break;
+            if (!wr_len) break;
         }
         dst_off += seg_len;
     }

@@ -8,7 +8,8 @@
 #include <cstdint>
 #include <cstring>
 
-namespace mlx4fi::proto::wire {
+namespace mlx4fi::proto::wire
+{
 
 inline constexpr uint8_t version = 1;
 

@@ -20,7 +20,8 @@
 using namespace mlx4fi;
 using namespace mlx4fi::proto;
 
-namespace {
+namespace
+{
 
 struct collector final : event_sink {
     std::deque<event> events;
@@ -34,7 +35,8 @@ struct node {
     fi_addr_t peer = FI_ADDR_NOTAVAIL;
 };
 
-class engine_test : public ::testing::Test {
+class engine_test : public ::testing::Test
+{
   protected:
     void SetUp() override
     {
@@ -51,8 +53,7 @@ class engine_test : public ::testing::Test {
         ec.eager_limit = 1024;
         for (node *n : {&a, &b}) {
             auto e = engine::open(rails, ec, n->sink);
-            if (e.error() == err_nosys)
-                GTEST_SKIP() << "the sim backend has no data path yet";
+            if (e.error() == err_nosys) GTEST_SKIP() << "the sim backend has no data path yet";
             ASSERT_TRUE(e.ok()) << e.error().code();
             n->eng = std::move(e).value();
             n->eng->bind_av(&n->av);
@@ -63,8 +64,7 @@ class engine_test : public ::testing::Test {
     void TearDown() override
     {
         for (node *n : {&a, &b})
-            if (n->eng)
-                n->eng->shutdown();
+            if (n->eng) n->eng->shutdown();
         a.eng.reset();
         b.eng.reset();
     }
@@ -76,16 +76,14 @@ class engine_test : public ::testing::Test {
         while (!pred()) {
             a.eng->progress();
             b.eng->progress();
-            if (std::chrono::steady_clock::now() > end)
-                return false;
+            if (std::chrono::steady_clock::now() > end) return false;
         }
         return true;
     }
     event next(node &n)
     {
         EXPECT_TRUE(run_until([&] { return !n.sink.events.empty(); }));
-        if (n.sink.events.empty())
-            return event{};
+        if (n.sink.events.empty()) return event{};
         event ev = n.sink.events.front();
         n.sink.events.pop_front();
         return ev;
@@ -288,7 +286,7 @@ TEST_F(engine_test, rma_write_read_and_bad_key)
     uint64_t key = reg.value().key;
     int ctx;
     iovec iov{src.data(), src.size()};
-    rma_args w{&iov, 1, a.peer, reinterpret_cast<uint64_t>(target.data()), key, 0,
+    rma_args w{&iov,          1,    a.peer, reinterpret_cast<uint64_t>(target.data()), key, 0,
                FI_COMPLETION, &ctx, false};
     ASSERT_TRUE(a.eng->rma(w).is_ok());
     event e = next(a);
@@ -297,7 +295,7 @@ TEST_F(engine_test, rma_write_read_and_bad_key)
     EXPECT_TRUE(target == src);
 
     iovec biov{back.data(), back.size()};
-    rma_args rd{&biov, 1, a.peer, reinterpret_cast<uint64_t>(target.data()), key, 0,
+    rma_args rd{&biov,         1,    a.peer, reinterpret_cast<uint64_t>(target.data()), key, 0,
                 FI_COMPLETION, &ctx, true};
     ASSERT_TRUE(a.eng->rma(rd).is_ok());
     e = next(a);
@@ -306,8 +304,15 @@ TEST_F(engine_test, rma_write_read_and_bad_key)
     EXPECT_TRUE(back == src);
 
     // Writedata: the target sees remote CQ data.
-    rma_args wd{&iov, 1, a.peer, reinterpret_cast<uint64_t>(target.data()), key, 0xfeed,
-                FI_COMPLETION | FI_REMOTE_CQ_DATA, &ctx, false};
+    rma_args wd{&iov,
+                1,
+                a.peer,
+                reinterpret_cast<uint64_t>(target.data()),
+                key,
+                0xfeed,
+                FI_COMPLETION | FI_REMOTE_CQ_DATA,
+                &ctx,
+                false};
     ASSERT_TRUE(a.eng->rma(wd).is_ok());
     e = next(a);
     EXPECT_EQ(e.err, 0);
@@ -317,8 +322,9 @@ TEST_F(engine_test, rma_write_read_and_bad_key)
 
     // A wrong key: error completion, no data touched.
     std::fill(target.begin(), target.end(), 0);
-    rma_args bad{&iov, 1, a.peer, reinterpret_cast<uint64_t>(target.data()), key ^ 0x5555, 0,
-                 FI_COMPLETION, &ctx, false};
+    rma_args bad{&iov,         1, a.peer,        reinterpret_cast<uint64_t>(target.data()),
+                 key ^ 0x5555, 0, FI_COMPLETION, &ctx,
+                 false};
     ASSERT_TRUE(a.eng->rma(bad).is_ok());
     e = next(a);
     EXPECT_NE(e.err, 0);
@@ -395,7 +401,8 @@ TEST(engine_failure, unreachable_peer_fails_within_bound)
     send_args s{&iov, 1, addr, 0, 0, FI_COMPLETION, &ctx, true};
     ASSERT_TRUE(e.value()->send(s).is_ok());
     auto start = std::chrono::steady_clock::now();
-    while (sink.events.empty() && std::chrono::steady_clock::now() - start < std::chrono::seconds(5))
+    while (sink.events.empty() &&
+           std::chrono::steady_clock::now() - start < std::chrono::seconds(5))
         e.value()->progress();
     ASSERT_EQ(sink.events.size(), 1u);
     EXPECT_EQ(sink.events[0].err, FI_EIO);
@@ -418,12 +425,10 @@ TEST(engine_failure, dead_peer_process_gives_errors_not_hangs)
         rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
         collector sink;
         auto e = engine::open({r}, {}, sink);
-        if (!e.ok())
-            _exit(2);
+        if (!e.ok()) _exit(2);
         uint8_t name[max_name_bytes];
         size_t n = pack_name(e.value()->name(), name, sizeof name);
-        if (write(to_parent[1], name, n) != static_cast<ssize_t>(n))
-            _exit(3);
+        if (write(to_parent[1], name, n) != static_cast<ssize_t>(n)) _exit(3);
         // Serve until told to die, then die without closing anything.
         std::vector<uint8_t> rb(64);
         iovec iov{rb.data(), rb.size()};
@@ -434,8 +439,7 @@ TEST(engine_failure, dead_peer_process_gives_errors_not_hangs)
         for (;;) {
             e.value()->progress();
             pollfd pfd{to_child[0], POLLIN, 0};
-            if (poll(&pfd, 1, 0) == 1 && read(to_child[0], &go, 1) == 1)
-                _exit(0);
+            if (poll(&pfd, 1, 0) == 1 && read(to_child[0], &go, 1) == 1) _exit(0);
         }
     }
     auto devices = device::sim::discover(cfg);

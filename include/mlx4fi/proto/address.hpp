@@ -24,7 +24,8 @@
 #include <unordered_map>
 #include <vector>
 
-namespace mlx4fi::proto {
+namespace mlx4fi::proto
+{
 
 inline constexpr uint8_t name_version = 1;
 inline constexpr size_t max_rails = 4;
@@ -66,7 +67,8 @@ std::string name_to_string(const ep_name &n);
 // The table behind an fi_av: fi_addr_t is the index (for FI_AV_MAP and
 // FI_AV_TABLE alike). Removed slots are not reused, so a stale fi_addr_t
 // never names a different peer.
-class av_table {
+class av_table
+{
   public:
     fi_addr_t insert(const ep_name &n);
     status remove(fi_addr_t a) noexcept;

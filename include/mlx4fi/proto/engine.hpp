@@ -17,7 +17,8 @@
 #include <memory>
 #include <vector>
 
-namespace mlx4fi::proto {
+namespace mlx4fi::proto
+{
 
 // One rail of a domain: a port of a device. The device is owned by the
 // provider and outlives every domain.
@@ -29,9 +30,9 @@ struct rail {
 };
 
 struct engine_config {
-    size_t eager_limit = 8192;  // larger messages use the rendezvous
-    uint32_t inline_size = 64;  // sends up to this size are posted inline
-    uint32_t srq_depth = 256;   // receive buffers per rail
+    size_t eager_limit = 8192; // larger messages use the rendezvous
+    uint32_t inline_size = 64; // sends up to this size are posted inline
+    uint32_t srq_depth = 256;  // receive buffers per rail
     uint32_t cq_depth = 4096;
     uint32_t connect_timeout_ms = 200; // per REQ attempt
     uint32_t connect_retries = 25;     // then the peer is unreachable (FI_EIO)
@@ -52,7 +53,8 @@ struct registration {
 result<registration> register_memory(const std::vector<rail> &rails, void *addr, size_t len,
                                      uint32_t access);
 
-class engine {
+class engine
+{
   public:
     // Opens the device resources on every rail. av may be null until bound.
     static result<std::unique_ptr<engine>> open(const std::vector<rail> &rails,

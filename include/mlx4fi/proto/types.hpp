@@ -9,7 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace mlx4fi::proto {
+namespace mlx4fi::proto
+{
 
 // One send (fi_send*, fi_tsend*, fi_inject*). iov entries are the caller's;
 // the engine copies what it must before returning when flags has FI_INJECT.
@@ -77,7 +78,8 @@ struct event {
 
 // Implemented by the plugin's endpoint; called from inside engine calls
 // (progress, post, cancel, close), under whatever lock the caller holds.
-class event_sink {
+class event_sink
+{
   public:
     virtual void report(const event &ev) noexcept = 0;
 
