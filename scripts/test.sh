@@ -6,13 +6,24 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$mlx4_root"
 
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
 mlx4_install_packages
 mlx4_build build
 mlx4_log "tests (build)"
-meson test -C build --print-errorlogs --num-processes 2
+status=0
+meson test -C build --print-errorlogs --num-processes 2 | tee -a "$log" || status=1
 
 mlx4_build build-asan -Db_sanitize=address,undefined -Db_lundef=false
 mlx4_log "tests under ASan+UBSan (build-asan)"
 ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1} \
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1} \
-    meson test -C build-asan --print-errorlogs --num-processes 2
+    meson test -C build-asan --print-errorlogs --num-processes 2 | tee -a "$log" || status=1
+
+# One closing line over both builds (meson prints one summary per run).
+ok=$(awk '/^Ok:/ {n += $2} END {print n + 0}' "$log")
+bad=$(awk '/^(Fail|Timeout|Unexpected Pass):/ {n += $NF} END {print n + 0}' "$log")
+skipped=$(awk '/^Skipped:/ {n += $2} END {print n + 0}' "$log")
+echo "suites: $ok passed, $bad failed, $skipped skipped"
+exit $status
