@@ -532,3 +532,54 @@ TEST_F(engine_test, rendezvous_buffers_go_through_the_registration_cache)
     munmap(again, len);
     munmap(dst, len);
 }
+
+TEST_F(engine_test, malformed_connection_datagrams_are_dropped)
+{
+    // A stranger's UD QP sends garbage, a runt and a request for another
+    // endpoint to b's connection QP; b drops them and keeps working.
+    device::device &dev = *devices[0];
+    auto cq = dev.create_cq(64);
+    ASSERT_TRUE(cq.ok());
+    auto qp = dev.create_qp(device::qp_type::ud, 1, *cq.value(), *cq.value(), nullptr, {});
+    ASSERT_TRUE(qp.ok());
+    const rail_name &target = b.eng->name().rails[0];
+    device::port_address dest;
+    dest.link = target.link;
+    dest.lid = target.lid;
+    dest.gid_value = target.gid_value;
+    auto ah = dev.create_ah(1, dest);
+    ASSERT_TRUE(ah.ok());
+    auto buf = dev.alloc_buffer(4096);
+    ASSERT_TRUE(buf.ok());
+    auto *p = static_cast<uint8_t *>(buf.value()->addr());
+    auto post = [&](uint32_t len) {
+        device::sge s{reinterpret_cast<uint64_t>(p), len, buf.value()->lkey()};
+        device::send_wr wr;
+        wr.sg_list = &s;
+        wr.num_sge = 1;
+        wr.ah = ah.value().get();
+        wr.remote_qpn = target.ud_qpn;
+        wr.remote_qkey = device::default_qkey;
+        ASSERT_TRUE(qp.value()->post_send(wr).is_ok());
+    };
+    std::memset(p, 0xa5, 4096);
+    post(200); // garbage of a plausible size
+    post(5);   // a runt
+    std::memset(p, 0, 4096);
+    p[0] = 1; // right version and op, but for another endpoint
+    p[1] = 1;
+    post(200);
+    for (int i = 0; i < 100; ++i)
+        b.eng->progress();
+    EXPECT_TRUE(b.sink.events.empty());
+
+    auto msg = pattern(64, 9);
+    std::vector<uint8_t> got(64);
+    int rctx, sctx;
+    ASSERT_TRUE(trecv(b, got.data(), 64, 5, &rctx).is_ok());
+    ASSERT_TRUE(tsend(a, msg.data(), 64, 5, &sctx).is_ok());
+    event r = next(b);
+    EXPECT_EQ(r.err, 0);
+    EXPECT_EQ(got, msg);
+    qp.value().reset();
+}
