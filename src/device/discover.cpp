@@ -15,35 +15,3 @@ device_list discover(const util::config &cfg) noexcept
 }
 
 } // namespace mlx4fi::device
-
-namespace mlx4fi::device {
-
-// Defaults for a backend that has no data path (yet): -FI_ENOSYS.
-result<std::unique_ptr<completion_queue>> device::create_cq(uint32_t)
-{
-    return err_nosys;
-}
-result<std::unique_ptr<shared_receive_queue>> device::create_srq(uint32_t, uint32_t)
-{
-    return err_nosys;
-}
-result<std::unique_ptr<queue_pair>> device::create_qp(qp_type, uint8_t, completion_queue &,
-                                                      completion_queue &, shared_receive_queue *,
-                                                      const qp_caps &)
-{
-    return err_nosys;
-}
-result<std::unique_ptr<memory_region>> device::reg_mr(void *, size_t, uint32_t)
-{
-    return err_nosys;
-}
-result<std::unique_ptr<memory_region>> device::alloc_buffer(size_t)
-{
-    return err_nosys;
-}
-result<std::unique_ptr<address_handle>> device::create_ah(uint8_t, const port_address &)
-{
-    return err_nosys;
-}
-
-} // namespace mlx4fi::device

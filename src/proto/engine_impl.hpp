@@ -208,6 +208,9 @@ class engine_impl final : public engine
     void handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint32_t len) noexcept;
     void deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t size, fi_addr_t src,
                        uint64_t tag, uint64_t data, bool has_data) noexcept;
+    // Fills m's envelope from the header and appends it to the unexpected queue.
+    void queue_unexpected(unexp_msg *m, uint32_t pi, fi_addr_t src, const wire::msg_hdr &h,
+                          bool tagged, bool has_data) noexcept;
     rx_entry *alloc_rx() noexcept;
     void release_rx(rx_entry *rx) noexcept;
     unexp_msg *alloc_unexp() noexcept;

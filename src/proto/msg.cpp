@@ -191,6 +191,19 @@ void engine_impl::deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t s
     finish_rx(rx, ev, size, n);
 }
 
+void engine_impl::queue_unexpected(unexp_msg *m, uint32_t pi, fi_addr_t src, const wire::msg_hdr &h,
+                                   bool tagged, bool has_data) noexcept
+{
+    m->peer = pi;
+    m->src = src;
+    m->tag = h.tag;
+    m->data = h.data;
+    m->has_data = has_data;
+    m->tagged = tagged;
+    m->size = h.size;
+    mq_.add_unexpected(m);
+}
+
 void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint32_t len) noexcept
 {
     if (len < sizeof(wire::msg_hdr)) {
@@ -250,14 +263,7 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
             return;
         }
         m->rndv = false;
-        m->peer = pi;
-        m->src = src;
-        m->tag = h.tag;
-        m->data = h.data;
-        m->has_data = has_data;
-        m->tagged = tagged;
-        m->size = h.size;
-        mq_.add_unexpected(m);
+        queue_unexpected(m, pi, src, h, tagged, has_data);
         return;
     }
     if (op == wire::op::rts) {
@@ -288,14 +294,7 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
         }
         m->rndv = true;
         m->rts = rts;
-        m->peer = pi;
-        m->src = src;
-        m->tag = h.tag;
-        m->data = h.data;
-        m->has_data = has_data;
-        m->tagged = tagged;
-        m->size = h.size;
-        mq_.add_unexpected(m);
+        queue_unexpected(m, pi, src, h, tagged, has_data);
         return;
     }
     MLX4_WARN(FI_LOG_EP_DATA, "unknown operation %u from peer %016llx dropped\n", h.op,

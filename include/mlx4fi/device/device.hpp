@@ -29,25 +29,22 @@ class device
 
     // Data-path objects; everything created here must be destroyed before the
     // device. A CQ must outlive the QPs that use it, an SRQ its QPs.
-    // The base versions answer -FI_ENOSYS (a backend without a data path).
-    virtual result<std::unique_ptr<completion_queue>> create_cq(uint32_t entries);
+    virtual result<std::unique_ptr<completion_queue>> create_cq(uint32_t entries) = 0;
     virtual result<std::unique_ptr<shared_receive_queue>> create_srq(uint32_t max_wr,
-                                                                     uint32_t max_sge);
+                                                                     uint32_t max_sge) = 0;
     // srq may be null (UD QPs, or RC QPs with their own receive queue).
-    virtual result<std::unique_ptr<queue_pair>> create_qp(qp_type type, uint8_t port,
-                                                          completion_queue &send_cq,
-                                                          completion_queue &recv_cq,
-                                                          shared_receive_queue *srq,
-                                                          const qp_caps &caps);
+    virtual result<std::unique_ptr<queue_pair>>
+    create_qp(qp_type type, uint8_t port, completion_queue &send_cq, completion_queue &recv_cq,
+              shared_receive_queue *srq, const qp_caps &caps) = 0;
     // Registers application memory.
     virtual result<std::unique_ptr<memory_region>> reg_mr(void *addr, size_t length,
-                                                          uint32_t access);
+                                                          uint32_t access) = 0;
     // Allocates and registers provider memory (receive and bounce buffers).
     // The sim places it where peers can copy into it without a system call.
-    virtual result<std::unique_ptr<memory_region>> alloc_buffer(size_t length);
+    virtual result<std::unique_ptr<memory_region>> alloc_buffer(size_t length) = 0;
     // A UD destination reachable from local port.
     virtual result<std::unique_ptr<address_handle>> create_ah(uint8_t port,
-                                                              const port_address &dest);
+                                                              const port_address &dest) = 0;
 
   protected:
     explicit device(device_attr attr) : attr_(std::move(attr)) {}
