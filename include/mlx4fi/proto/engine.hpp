@@ -11,14 +11,27 @@
 #include "mlx4fi/device/device.hpp"
 #include "mlx4fi/proto/address.hpp"
 #include "mlx4fi/proto/types.hpp"
+#include "mlx4fi/rail/planner.hpp"
 #include "mlx4fi/util/mr_cache.hpp"
 #include "mlx4fi/util/status.hpp"
 
+#include <atomic>
 #include <memory>
 #include <vector>
 
 namespace mlx4fi::proto
 {
+
+// Traffic and health of one rail of a domain, shared by the engines of its
+// endpoints (relaxed atomics: statistics, not synchronisation). Read through
+// the domain's fi_open_ops extension (fi_ext_mlx4.h).
+struct rail_counters {
+    std::atomic<uint64_t> tx_bytes{0}; // payload this side put on the rail: sends, RDMA writes
+    std::atomic<uint64_t> rx_bytes{0}; // payload this side pulled over it: RDMA reads
+    std::atomic<uint64_t> ops{0};      // work requests posted on the rail's RC QPs
+    std::atomic<uint64_t> failovers{0}; // times an engine found the rail down and moved off it
+    std::atomic<uint32_t> up{1};        // 0 while an engine sees the rail down
+};
 
 // One rail of a domain: a port of a device. The device is owned by the
 // provider and outlives every domain.
@@ -26,7 +39,8 @@ struct rail {
     device::device *dev = nullptr;
     uint8_t port = 0;
     device::port_attr attr;
-    double weight = 1.0;
+    double weight = 1.0;                 // share of striped traffic (any positive scale)
+    rail_counters *counters = nullptr;   // the domain's; may be null
 };
 
 struct engine_config {
@@ -41,6 +55,9 @@ struct engine_config {
     // NOP this often, so a dead one surfaces as a send error.
     uint32_t keepalive_ms = 250;
     util::mr_cache_config mr_cache; // registrations of user buffers, per rail
+    // Striping of rendezvous reads and RMA over the rails: threshold, minimum
+    // chunk, alignment, and the ratio below which a slow rail is left out.
+    mlx4fi::rail::planner_config stripe;
 };
 
 // Memory registered on every rail of a domain, for fi_mr_reg and the
