@@ -44,7 +44,7 @@ class engine_test : public ::testing::Test
         cfg.sim_spec = "mlx4_0:ib/fdr";
         devices = device::sim::discover(cfg);
         ASSERT_EQ(devices.size(), 1u);
-        rail r;
+        proto::rail r;
         r.dev = devices[0].get();
         r.port = 1;
         r.attr = devices[0]->attr().ports[0];
@@ -104,7 +104,7 @@ class engine_test : public ::testing::Test
     }
 
     device::device_list devices;
-    std::vector<rail> rails;
+    std::vector<proto::rail> rails;
     node a, b;
 };
 
@@ -382,7 +382,7 @@ TEST(engine_failure, unreachable_peer_fails_within_bound)
     util::config cfg;
     cfg.sim_spec = "mlx4_0:ib/fdr";
     auto devices = device::sim::discover(cfg);
-    rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
+    proto::rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
     engine_config ec;
     ec.connect_timeout_ms = 20;
     ec.connect_retries = 5;
@@ -422,7 +422,7 @@ TEST(engine_failure, dead_peer_process_gives_errors_not_hangs)
     cfg.sim_spec = "mlx4_0:ib/fdr";
     if (pid == 0) {
         auto devices = device::sim::discover(cfg);
-        rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
+        proto::rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
         collector sink;
         auto e = engine::open({r}, {}, sink);
         if (!e.ok()) _exit(2);
@@ -443,7 +443,7 @@ TEST(engine_failure, dead_peer_process_gives_errors_not_hangs)
         }
     }
     auto devices = device::sim::discover(cfg);
-    rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
+    proto::rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
     collector sink;
     auto e = engine::open({r}, {}, sink);
     ASSERT_TRUE(e.ok());
