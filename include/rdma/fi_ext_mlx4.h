@@ -41,6 +41,21 @@ struct fi_mlx4_rail_attr {
 	double weight;          /* share of striped traffic; sums to 1 */
 };
 
+/* Traffic of one rail, summed over the domain's endpoints in this process
+ * since the domain was opened (or the last reset_rail_stats). */
+struct fi_mlx4_rail_stats {
+	char device[32];        /* "mlx4_0" */
+	uint8_t port;           /* 1-based port number */
+	uint8_t up;             /* 0 while the rail is down */
+	uint8_t striped;        /* 1 when large transfers are split onto it */
+	uint8_t reserved[5];
+	double weight;          /* share of striped traffic (after any override) */
+	uint64_t tx_bytes;      /* sent and RDMA-written on the rail */
+	uint64_t rx_bytes;      /* RDMA-read over the rail */
+	uint64_t ops;           /* work requests posted on the rail */
+	uint64_t failovers;     /* times traffic was moved off the rail */
+};
+
 struct fi_mlx4_domain_ops {
 	size_t size; /* sizeof(struct fi_mlx4_domain_ops) */
 	/* Copies up to *count rails into rails and sets *count to the domain's
@@ -48,6 +63,11 @@ struct fi_mlx4_domain_ops {
 	 * (rails then holds the first *count_in entries). */
 	int (*query_rails)(struct fid_domain *domain, struct fi_mlx4_rail_attr *rails,
 			   size_t *count);
+	/* The same contract for per-rail statistics, in query_rails' order. */
+	int (*query_rail_stats)(struct fid_domain *domain, struct fi_mlx4_rail_stats *stats,
+				size_t *count);
+	/* Zeroes the byte, operation and failover counts of every rail. */
+	int (*reset_rail_stats)(struct fid_domain *domain);
 };
 
 #ifdef __cplusplus
