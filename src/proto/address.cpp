@@ -72,6 +72,32 @@ uint64_t get64(const uint8_t *p) noexcept
 
 } // namespace
 
+void pack_rail(const rail_name &rn, uint8_t *r) noexcept
+{
+    r[0] = rn.link == device::link_layer::ib ? wire_link_ib : wire_link_eth;
+    r[1] = mtu_code(rn.mtu);
+    put16(r + 2, rn.lid);
+    put32(r + 4, rn.ud_qpn);
+    std::memcpy(r + 8, rn.gid_value.data(), 16);
+}
+
+status unpack_rail(const uint8_t *r, rail_name &rn) noexcept
+{
+    if (r[0] == wire_link_ib)
+        rn.link = device::link_layer::ib;
+    else if (r[0] == wire_link_eth)
+        rn.link = device::link_layer::ethernet;
+    else
+        return err_inval;
+    if (r[1] > 31) return err_inval;
+    rn.port = 0; // not on the wire: a peer never needs our port number
+    rn.mtu = r[1] ? uint32_t(1) << r[1] : 0;
+    rn.lid = get16(r + 2);
+    rn.ud_qpn = get32(r + 4);
+    std::memcpy(rn.gid_value.data(), r + 8, 16);
+    return status::ok();
+}
+
 size_t name_size(const ep_name &) noexcept
 {
     return max_name_bytes;
@@ -88,14 +114,8 @@ size_t pack_name(const ep_name &n, void *buf, size_t len) noexcept
     put16(p + 2, 0);
     put64(p + 4, n.nonce);
     uint8_t *r = p + name_header_bytes;
-    for (size_t i = 0; i < count; ++i, r += rail_name_bytes) {
-        const rail_name &rn = n.rails[i];
-        r[0] = rn.link == device::link_layer::ib ? wire_link_ib : wire_link_eth;
-        r[1] = mtu_code(rn.mtu);
-        put16(r + 2, rn.lid);
-        put32(r + 4, rn.ud_qpn);
-        std::memcpy(r + 8, rn.gid_value.data(), 16);
-    }
+    for (size_t i = 0; i < count; ++i, r += rail_name_bytes)
+        pack_rail(n.rails[i], r);
     return max_name_bytes;
 }
 
@@ -111,21 +131,8 @@ status unpack_name(const void *buf, size_t len, ep_name &out) noexcept
     n.nonce = get64(p + 4);
     n.rail_count = count;
     const uint8_t *r = p + name_header_bytes;
-    for (size_t i = 0; i < count; ++i, r += rail_name_bytes) {
-        rail_name &rn = n.rails[i];
-        if (r[0] == wire_link_ib)
-            rn.link = device::link_layer::ib;
-        else if (r[0] == wire_link_eth)
-            rn.link = device::link_layer::ethernet;
-        else
-            return err_inval;
-        if (r[1] > 31) return err_inval;
-        rn.port = 0; // not on the wire: a peer never needs our port number
-        rn.mtu = r[1] ? uint32_t(1) << r[1] : 0;
-        rn.lid = get16(r + 2);
-        rn.ud_qpn = get32(r + 4);
-        std::memcpy(rn.gid_value.data(), r + 8, 16);
-    }
+    for (size_t i = 0; i < count; ++i, r += rail_name_bytes)
+        if (!unpack_rail(r, n.rails[i]).is_ok()) return err_inval;
     // The padding must be zero: anything else is not a name this version wrote.
     if (std::any_of(r, p + max_name_bytes, [](uint8_t b) { return b != 0; })) return err_inval;
     out = n;

@@ -48,7 +48,8 @@ result<std::unique_ptr<engine>> engine::open(const std::vector<rail> &rails,
     return std::unique_ptr<engine>(std::move(e));
 }
 
-engine_impl::engine_impl(const engine_config &cfg, event_sink &sink) : cfg_(cfg), sink_(sink)
+engine_impl::engine_impl(const engine_config &cfg, event_sink &sink)
+    : cfg_(cfg), sink_(sink), planner_(cfg.stripe)
 {
     size_t body = std::max({cfg_.eager_limit, sizeof(wire::rts_body), sizeof(wire::fin_body)});
     buf_size_ = (sizeof(wire::msg_hdr) + body + 63) & ~size_t(63);
@@ -161,6 +162,7 @@ tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
     tx->in_use = true;
     tx->kind = kind;
     tx->peer = pi;
+    if (pi < peers_.size()) tx->rail = static_cast<uint8_t>(peers_[pi].primary);
     if (kind == tx_kind::rts) ++rts_outstanding_;
     return tx;
 }
@@ -168,8 +170,7 @@ tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
 void engine_impl::release_tx(tx_entry *tx) noexcept
 {
     if (tx->buf >= 0) {
-        rail_res &rr = *rails_[peers_[tx->peer].lrail];
-        rr.tx_free.push_back(static_cast<uint32_t>(tx->buf));
+        rails_[tx->rail]->tx_free.push_back(static_cast<uint32_t>(tx->buf));
         tx->buf = -1;
     }
     for (auto &m : tx->mr)
@@ -190,7 +191,22 @@ int32_t engine_impl::alloc_buf(rail_res &rr) noexcept
 
 uint8_t *engine_impl::tx_buf(const tx_entry *tx) noexcept
 {
-    return rails_[peers_[tx->peer].lrail]->tx_base() + size_t(tx->buf) * buf_size_;
+    return rails_[tx->rail]->tx_base() + size_t(tx->buf) * buf_size_;
+}
+
+tx_entry *engine_impl::alloc_header_tx(tx_kind kind, uint32_t pi) noexcept
+{
+    tx_entry *tx = alloc_tx(kind, pi);
+    if (!tx) return nullptr;
+    tx->buf = alloc_buf(*rails_[tx->rail]);
+    if (tx->buf < 0) {
+        release_tx(tx);
+        return nullptr;
+    }
+    auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
+    std::memset(h, 0, sizeof *h);
+    h->version = wire::version;
+    return tx;
 }
 
 void engine_impl::submit(tx_entry *tx) noexcept
@@ -216,11 +232,23 @@ void engine_impl::submit(tx_entry *tx) noexcept
 bool engine_impl::post_tx(tx_entry *tx) noexcept
 {
     peer &p = peers_[tx->peer];
+    if (p.rails[tx->rail].st != peer_rail::state::connected) {
+        // Its rail failed since it was prepared: headers follow the primary,
+        // a chunk is planned again.
+        if (tx->kind == tx_kind::chunk) {
+            tx_entry *parent = tx->parent;
+            uint64_t off = tx->off, len = tx->len;
+            if (!issue_chunks(parent, off, len, tx)) chunk_failed(tx, FI_EIO, 0);
+            return true;
+        }
+        if (!rehome(tx, p.primary)) return false;
+    }
+    device::queue_pair &qp = *p.rails[tx->rail].qp;
     while (tx->next_wr < tx->nwr) {
         const tx_entry::wr_desc &d = tx->wrs[tx->next_wr];
         device::send_wr wr;
-        wr.wr_id =
-            make_wr_id(wr_kind::tx, p.lrail, static_cast<uint32_t>(tx - txs_.data()), tx->gen);
+        wr.wr_id = make_wr_id(wr_kind::tx, tx->rail, static_cast<uint32_t>(tx - txs_.data()),
+                              tx->gen, tx->epoch);
         wr.opcode = d.opcode;
         wr.signaled = true;
         wr.inline_data = d.inline_data;
@@ -229,16 +257,21 @@ bool engine_impl::post_tx(tx_entry *tx) noexcept
         wr.imm_data = d.imm;
         wr.remote_addr = d.remote_addr;
         wr.rkey = d.rkey;
-        status s = p.qp->post_send(wr);
+        status s = qp.post_send(wr);
         if (s == err_again) return false;
         if (!s.is_ok()) {
-            MLX4_WARN(FI_LOG_EP_DATA, "post to peer %016llx failed: %d\n",
-                      static_cast<unsigned long long>(p.name.nonce), s.code());
-            fail_peer(tx->peer, FI_EIO, 0);
+            MLX4_WARN(FI_LOG_EP_DATA, "post to peer %016llx on rail %u failed: %d\n",
+                      static_cast<unsigned long long>(p.name.nonce), tx->rail, s.code());
+            if (!tx->posted) {
+                tx->posted = true;
+                p.inflight.push_back(tx);
+            }
+            rail_failed(tx->peer, tx->rail, FI_EIO, 0);
             return true;
         }
         ++tx->next_wr;
         ++tx->outstanding;
+        count(tx->rail, d);
     }
     if (!tx->posted) {
         tx->posted = true;
@@ -259,6 +292,10 @@ void engine_impl::finish_tx(tx_entry *tx) noexcept
 
 void engine_impl::fail_tx(tx_entry *tx, int err, int prov_errno) noexcept
 {
+    if (tx->kind == tx_kind::chunk) {
+        chunk_failed(tx, err, prov_errno);
+        return;
+    }
     peer &p = peers_[tx->peer];
     if (tx->posted) p.inflight.remove(tx);
     tx->posted = false;
@@ -344,6 +381,7 @@ void engine_impl::progress() noexcept
         purge_tick_ = 0;
         for (auto &rr : rails_)
             rr->cache->purge();
+        check_rails(now_ns()); // port states (rate-limited inside)
     }
     if (connecting_) check_timers();
     if (rts_outstanding_) keepalive();
@@ -365,23 +403,18 @@ void engine_impl::keepalive() noexcept
         for (tx_entry *t = p.inflight.head; t && !waiting; t = t->next)
             waiting = t->kind == tx_kind::rts;
         if (!waiting) continue;
-        tx_entry *tx = alloc_tx(tx_kind::fin, pi);
+        tx_entry *tx = alloc_header_tx(tx_kind::fin, pi);
         if (!tx) return;
         tx->report = false;
-        tx->buf = alloc_buf(*rails_[p.lrail]);
-        if (tx->buf < 0) {
-            release_tx(tx);
-            return;
-        }
         auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
-        std::memset(h, 0, sizeof *h);
-        h->version = wire::version;
         h->op = static_cast<uint8_t>(wire::op::nop);
         tx_entry::wr_desc &d = tx->wrs[0];
         d.opcode = device::wr_opcode::send;
         d.num_sge = 1;
-        d.sge[0] = {reinterpret_cast<uint64_t>(h), sizeof *h, rails_[p.lrail]->tx_bufs->lkey()};
+        d.sge[0] = {reinterpret_cast<uint64_t>(h), sizeof *h, rails_[tx->rail]->tx_bufs->lkey()};
+        d.inline_data = sizeof *h <= cfg_.inline_size;
         tx->nwr = 1;
+        h->seq = p.tx_seq++;
         submit(tx);
     }
 }
@@ -435,28 +468,38 @@ void engine_impl::handle_wc(rail_res &rr, const device::work_completion &wc) noe
 void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
 {
     uint32_t idx = wr_id_index(wc.wr_id);
-    if (idx >= txs_.size() || !txs_[idx].in_use ||
-        (txs_[idx].gen & 0xffffff) != wr_id_gen(wc.wr_id))
-        return; // an operation already failed or cancelled
+    if (idx >= txs_.size()) return;
     tx_entry *tx = &txs_[idx];
+    // An operation already failed, cancelled, or moved to another rail.
+    if (!tx->in_use || (tx->gen & 0xfffff) != wr_id_gen(wc.wr_id) ||
+        tx->rail != wr_id_rail(wc.wr_id) || (tx->epoch & 0xf) != wr_id_epoch(wc.wr_id))
+        return;
+    if (tx->kind == tx_kind::conn) { // a UD datagram: nothing to learn from its fate
+        finish_tx(tx);
+        return;
+    }
     if (tx->outstanding) --tx->outstanding;
     if (wc.status != device::wc_status::success) {
-        if (tx->kind == tx_kind::conn) {
-            finish_tx(tx);
-            return;
-        }
         int prov = static_cast<int>(wc.status);
-        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: work request failed, status %d\n",
-                  static_cast<unsigned long long>(peers_[tx->peer].name.nonce), prov);
-        int err = wc.status == device::wc_status::rem_access_err ? FI_EACCES : FI_EIO;
-        if (tx->kind == tx_kind::rma && wc.status == device::wc_status::rem_access_err) {
-            // The QP is in error now; the peer's connection must be rebuilt.
-            uint32_t pi = tx->peer;
-            fail_tx(tx, err, prov);
-            fail_peer(pi, FI_EIO, prov);
+        uint32_t pi = tx->peer;
+        if (wc.status != device::wc_status::wr_flush_err)
+            MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: work request on rail %u failed, status %d\n",
+                      static_cast<unsigned long long>(peers_[pi].name.nonce), tx->rail, prov);
+        if (wc.status == device::wc_status::rem_access_err &&
+            (tx->kind == tx_kind::chunk || tx->kind == tx_kind::rma)) {
+            // A bad key is the operation's fault, not the rail's: it fails
+            // with FI_EACCES; the connection (now in error) is rebuilt.
+            unsigned r = tx->rail;
+            if (tx->kind == tx_kind::chunk)
+                chunk_failed(tx, FI_EACCES, prov);
+            else
+                fail_tx(tx, FI_EACCES, prov);
+            rail_failed(pi, r, FI_EIO, prov);
             return;
         }
-        fail_peer(tx->peer, err, prov);
+        // Retries exhausted, flushed, or any other transport error: the
+        // connection on this rail is gone. Its traffic moves to other rails.
+        rail_failed(pi, tx->rail, FI_EIO, prov);
         return;
     }
     if (tx->outstanding || tx->next_wr < tx->nwr) return;
@@ -464,7 +507,7 @@ void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
     case tx_kind::rts:
         // The buffer is free now; the transfer completes on FIN.
         if (tx->buf >= 0) {
-            rails_[peers_[tx->peer].lrail]->tx_free.push_back(static_cast<uint32_t>(tx->buf));
+            rails_[tx->rail]->tx_free.push_back(static_cast<uint32_t>(tx->buf));
             tx->buf = -1;
         }
         if (tx->fin_seen)
@@ -472,8 +515,8 @@ void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
         else
             tx->waiting_fin = true;
         return;
-    case tx_kind::read:
-        read_done(tx);
+    case tx_kind::chunk:
+        chunk_done(tx);
         return;
     default:
         finish_tx(tx);

@@ -9,6 +9,8 @@
 #include "mlx4fi/util/mr_cache.hpp"
 #include "wire.hpp"
 
+#include <array>
+#include <map>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -16,14 +18,17 @@
 namespace mlx4fi::proto
 {
 
-// wr_id layout: kind (4 bits) | rail (4) | generation (24) | index (32). The
-// generation lets a completion for a tx entry that was failed and reused
-// (a flushed work request after a peer error) be recognised and dropped.
+// wr_id layout: kind (4 bits) | rail (4) | epoch (4) | generation (20) |
+// index (32). The generation lets a completion for a tx entry that was failed
+// and reused (a flushed work request after a peer error) be recognised and
+// dropped; rail and epoch do the same for an entry that was moved to another
+// rail (failover) and re-posted there.
 enum class wr_kind : uint64_t { srq_recv = 1, ud_recv = 2, tx = 3 };
-inline uint64_t make_wr_id(wr_kind k, unsigned rail, uint32_t index, uint32_t gen = 0) noexcept
+inline uint64_t make_wr_id(wr_kind k, unsigned rail, uint32_t index, uint32_t gen = 0,
+                           unsigned epoch = 0) noexcept
 {
-    return (uint64_t(k) << 60) | (uint64_t(rail & 0xf) << 56) | (uint64_t(gen & 0xffffff) << 32) |
-           index;
+    return (uint64_t(k) << 60) | (uint64_t(rail & 0xf) << 56) | (uint64_t(epoch & 0xf) << 52) |
+           (uint64_t(gen & 0xfffff) << 32) | index;
 }
 inline wr_kind wr_id_kind(uint64_t id) noexcept
 {
@@ -33,9 +38,13 @@ inline unsigned wr_id_rail(uint64_t id) noexcept
 {
     return unsigned(id >> 56) & 0xf;
 }
+inline unsigned wr_id_epoch(uint64_t id) noexcept
+{
+    return unsigned(id >> 52) & 0xf;
+}
 inline uint32_t wr_id_gen(uint64_t id) noexcept
 {
-    return uint32_t(id >> 32) & 0xffffff;
+    return uint32_t(id >> 32) & 0xfffff;
 }
 inline uint32_t wr_id_index(uint64_t id) noexcept
 {
@@ -47,6 +56,7 @@ inline constexpr uint32_t ud_buf_size = 256;
 inline constexpr uint32_t tx_slots = 1024; // bounce buffers per rail
 inline constexpr uint32_t max_tx = 4096;   // tx entries per engine
 inline constexpr uint32_t max_wr_sge = 4;
+inline constexpr size_t max_early_msgs = 4096; // per peer, held for a resend to fill a gap
 
 // Registers ranges on one rail's device for the registration cache. The
 // handle is the device::memory_region (owned by the cache's entry).
@@ -91,12 +101,34 @@ struct rail_res {
     std::vector<uint32_t> tx_free;                  // free tx_bufs slots
     std::unique_ptr<rail_registrar> registrar;      // used by cache
     std::unique_ptr<util::mr_cache> cache;          // user buffers (rendezvous, RMA)
+    bool down = false;                              // the local port is down (health check)
     uint8_t *rx_base() const noexcept { return static_cast<uint8_t *>(rx_bufs->addr()); }
     uint8_t *ud_base() const noexcept { return static_cast<uint8_t *>(ud_bufs->addr()); }
     uint8_t *tx_base() const noexcept { return static_cast<uint8_t *>(tx_bufs->addr()); }
 };
 
-enum class tx_kind : uint8_t { eager, rts, fin, conn, read, rma };
+// eager, rts, fin (also keepalive NOPs): header messages, sequenced per peer
+// and sent on the peer's primary rail. read / rma: the parent of a striped
+// transfer (never posted itself); chunk: one rail's share of it. conn: a
+// connection datagram over UD.
+enum class tx_kind : uint8_t { eager, rts, fin, conn, read, rma, chunk };
+
+// A transfer that may be split over rails: the remote pieces with a key per
+// rail, the local pieces, and the operation. Kept in the parent so that a
+// chunk whose rail fails can be rebuilt on another rail.
+struct stripe_desc {
+    struct remote_seg {
+        uint64_t addr = 0, len = 0;
+        uint32_t rkey[max_rails] = {};
+    };
+    remote_seg remote[wire::max_segments];
+    uint32_t nremote = 0;
+    uint32_t rail_mask = 0; // rails whose rkeys are known
+    iovec local[4] = {};
+    uint32_t nlocal = 0;
+    device::wr_opcode opcode = device::wr_opcode::rdma_read;
+    uint64_t length = 0;
+};
 
 // One transfer the engine tracks until it completes. Pool entry (txs_).
 struct tx_entry {
@@ -107,16 +139,18 @@ struct tx_entry {
     bool report = true;       // report an event when done (false: inject, fin, conn)
     bool waiting_fin = false; // rendezvous sender: RTS sent, waiting for FIN
     bool fin_seen = false;    // FIN arrived before the RTS send completion
+    uint8_t rail = 0;         // where its work requests go and its buffer lives
+    uint8_t epoch = 0;        // bumped when it moves to another rail
     uint32_t peer = 0;
     uint32_t gen = 0;         // bumped on release: a FIN for an old incarnation is dropped
-    int32_t buf = -1;         // tx_bufs slot on the peer's rail
+    int32_t buf = -1;         // tx_bufs slot on rail
     uint32_t outstanding = 0; // device completions still expected
     uint32_t next_wr = 0;     // wrs[] posted so far
     uint32_t nwr = 0;
     int err = 0, prov_errno = 0;
     event ev; // the completion to report
     // The work requests, prepared at submit time and posted when the peer is
-    // connected (and re-posted after a queue-full).
+    // connected (and re-posted after a queue-full or a failover).
     struct wr_desc {
         device::wr_opcode opcode = device::wr_opcode::send;
         bool inline_data = false;
@@ -127,8 +161,16 @@ struct tx_entry {
         uint32_t imm = 0;
     };
     wr_desc wrs[8];
-    // Registrations held until completion (rendezvous, RMA), per iov entry.
-    util::mr_cache::lease mr[4];
+    // Registrations held until completion: a chunk's local pieces (by
+    // index), a rendezvous sender's buffer on each rail.
+    util::mr_cache::lease mr[8];
+    // Striped transfers: the parent's description and count of live chunks;
+    // a chunk's parent and its byte range of the transfer.
+    tx_entry *parent = nullptr;
+    uint32_t children = 0;
+    uint64_t off = 0, len = 0;
+    uint64_t rma_key = 0; // FI_INJECT writes: the target's key, for a new rail's rkey
+    stripe_desc xd;
     // Rendezvous receiver side.
     rx_entry *rx = nullptr;
     uint64_t remote_msg_id = 0;
@@ -136,21 +178,35 @@ struct tx_entry {
     bool truncated = false;
 };
 
-struct peer {
-    enum class state : uint8_t { idle, connecting, connected, failed };
-    ep_name name;
-    fi_addr_t addr = FI_ADDR_NOTAVAIL;
-    unsigned lrail = 0, rrail = 0;
+// A peer's RC connection on one rail (local rail i talks to the peer's rail i).
+struct peer_rail {
+    enum class state : uint8_t { idle, connecting, connected, down };
+    state st = state::idle;
     std::unique_ptr<device::queue_pair> qp;
     std::unique_ptr<device::address_handle> ah;
-    state st = state::idle;
     uint32_t remote_qpn = 0;
+    uint32_t epoch = 0;        // our QP's incarnation on this rail, sent in REQ/REP
+    uint32_t remote_epoch = 0; // the peer's latest incarnation seen
     uint32_t attempts = 0;
-    uint64_t next_try_ns = 0;
+    uint64_t next_try_ns = 0; // connecting: next REQ; down: next reconnect attempt
+};
+
+struct peer {
+    enum class state : uint8_t { idle, connecting, connected, failed };
+    ep_name name; // rails beyond name_rails are learnt from connection messages
+    fi_addr_t addr = FI_ADDR_NOTAVAIL;
+    unsigned nrails = 1;  // rails both sides have: min of the two counts
+    unsigned primary = 0; // where header messages go
+    uint32_t known_rails = 0; // rails whose address is known (bit mask)
+    std::array<peer_rail, max_rails> rails;
+    state st = state::idle;
     uint32_t tx_seq = 0, rx_seq = 0;
     int fail_err = 0, fail_prov = 0;
     ilist<tx_entry> pending;  // prepared, waiting for the connection
     ilist<tx_entry> inflight; // posted, waiting for completions (or FIN)
+    // Header messages that arrived ahead of their turn after a failover
+    // (a gap only a resend fills). Empty in normal operation.
+    std::map<uint32_t, std::vector<uint8_t>> early;
 };
 
 class engine_impl final : public engine
@@ -192,20 +248,51 @@ class engine_impl final : public engine
     status resolve(fi_addr_t addr, uint32_t &peer_index) noexcept;
     fi_addr_t peer_addr(peer &p) noexcept;
     uint8_t *tx_buf(const tx_entry *tx) noexcept;
+    // A header tx entry for peer pi with a bounce buffer on its primary rail
+    // and a zeroed, versioned header; nullptr when out of either. The caller
+    // stamps the sequence number (peer.tx_seq++) just before submit, once
+    // nothing can fail, so the numbers on the wire have no gaps.
+    tx_entry *alloc_header_tx(tx_kind kind, uint32_t pi) noexcept;
+
+    // rail.cpp: striping, health and failover
+    // Rails of peer p a striped transfer may use now (connected, up, keyed).
+    uint32_t usable_rails(const peer &p, uint32_t key_mask) const noexcept;
+    // Splits parent's [off, off + len) over the usable rails into chunks
+    // (reusing reuse, a chunk of parent, for the first one when given) and
+    // submits them. False when nothing could be issued (no rail, no entry).
+    bool issue_chunks(tx_entry *parent, uint64_t off, uint64_t len, tx_entry *reuse) noexcept;
+    // Fills a chunk's work requests for its rail; false if the rail has no
+    // key or a registration fails.
+    bool build_chunk(tx_entry *c) noexcept;
+    void chunk_done(tx_entry *c) noexcept;
+    void chunk_failed(tx_entry *c, int err, int prov_errno) noexcept;
+    void parent_done(tx_entry *parent) noexcept;
+    // Moves a header or inject tx entry to rail r (bounce buffer, keys).
+    bool rehome(tx_entry *tx, unsigned r) noexcept;
+    // Peer pi's connection on rail r broke (error completion, reconnect):
+    // its traffic moves to the peer's other rails, or the peer fails when
+    // none is left.
+    void rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) noexcept;
+    void check_rails(uint64_t now) noexcept;
+    void count(unsigned r, const tx_entry::wr_desc &d) noexcept;
 
     // conn.cpp
     uint32_t peer_for(const ep_name &n) noexcept; // creates on first use; UINT32_MAX if full
     status start_connect(uint32_t pi) noexcept;
-    status prepare_qp(peer &p) noexcept;
-    void send_conn(uint32_t pi, wire::conn_op op) noexcept;
+    status connect_rail(uint32_t pi, unsigned r) noexcept;
+    status prepare_qp(uint32_t pi, unsigned r) noexcept;
+    void drop_qp(peer &p, unsigned r) noexcept;
+    void send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept;
     void handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) noexcept;
-    void connected(uint32_t pi) noexcept;
+    void rail_connected(uint32_t pi, unsigned r) noexcept;
     void fail_peer(uint32_t pi, int err, int prov_errno) noexcept;
     void check_timers() noexcept;
     void keepalive() noexcept;
 
     // msg.cpp
     void handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint32_t len) noexcept;
+    void dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_t *body,
+                      uint32_t body_len) noexcept;
     void deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t size, fi_addr_t src,
                        uint64_t tag, uint64_t data, bool has_data) noexcept;
     // Fills m's envelope from the header and appends it to the unexpected queue.
@@ -234,6 +321,7 @@ class engine_impl final : public engine
 
     engine_config cfg_;
     event_sink &sink_;
+    mlx4fi::rail::planner planner_;
     const av_table *av_ = nullptr; // bound AV; not owned
     ep_name name_;
     size_t buf_size_ = 0;
@@ -251,10 +339,11 @@ class engine_impl final : public engine
     uint64_t addr_cache_gen_ = ~0ull;
     uint32_t rts_outstanding_ = 0; // rendezvous sends waiting for FIN
     uint64_t next_keepalive_ns_ = 0;
-    uint32_t pending_total_ = 0;
-    ilist<unexp_msg> deferred_reads_; // matched rendezvous waiting for tx resources // tx entries
-                                      // waiting on peers' pending lists
-    uint32_t connecting_ = 0;
+    uint32_t pending_total_ = 0;      // tx entries waiting on peers' pending lists
+    ilist<unexp_msg> deferred_reads_; // matched rendezvous waiting for tx resources
+    uint32_t connecting_ = 0;         // peer rails with a connection attempt under way
+    uint32_t rails_down_ = 0;         // peer rails (and local rails) down, to reconnect
+    uint64_t next_health_ns_ = 0;
     bool shut_ = false;
     uint32_t purge_tick_ = 0; // progress calls since the caches were last purged
 };

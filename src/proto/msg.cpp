@@ -86,15 +86,9 @@ status engine_impl::send(const send_args &a) noexcept
     status s = resolve(a.dest, pi);
     if (!s.is_ok()) return s;
     size_t len = total_len(a.iov, a.count);
-    tx_entry *tx = alloc_tx(len <= cfg_.eager_limit ? tx_kind::eager : tx_kind::rts, pi);
+    tx_entry *tx = alloc_header_tx(len <= cfg_.eager_limit ? tx_kind::eager : tx_kind::rts, pi);
     if (!tx) return err_again;
     peer &p = peers_[pi];
-    rail_res &rr = *rails_[p.lrail];
-    tx->buf = alloc_buf(rr);
-    if (tx->buf < 0) {
-        release_tx(tx);
-        return err_again;
-    }
     event &ev = tx->ev;
     ev.kind = event_kind::send;
     ev.context = a.context;
@@ -107,14 +101,11 @@ status engine_impl::send(const send_args &a) noexcept
     tx->report = !(a.flags & FI_INJECT) || (a.flags & FI_COMPLETION);
 
     auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
-    h->version = wire::version;
     h->flags = static_cast<uint16_t>((a.tagged ? wire::flag_tagged : 0) |
                                      ((a.flags & FI_REMOTE_CQ_DATA) ? wire::flag_data : 0));
     h->data = static_cast<uint32_t>(a.data);
     h->tag = a.tag;
     h->size = len;
-    h->seq = p.tx_seq++;
-    h->reserved = 0;
     if (tx->kind == tx_kind::rts) return send_rts(tx, a);
 
     h->op = static_cast<uint8_t>(wire::op::eager);
@@ -123,9 +114,10 @@ status engine_impl::send(const send_args &a) noexcept
     d.opcode = device::wr_opcode::send;
     d.num_sge = 1;
     d.sge[0] = {reinterpret_cast<uint64_t>(h), static_cast<uint32_t>(sizeof *h + len),
-                rr.tx_bufs->lkey()};
+                rails_[tx->rail]->tx_bufs->lkey()};
     d.inline_data = sizeof *h + len <= cfg_.inline_size;
     tx->nwr = 1;
+    h->seq = p.tx_seq++;
     submit(tx);
     return status::ok();
 }
@@ -212,14 +204,56 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
     }
     wire::msg_hdr h;
     std::memcpy(&h, buf, sizeof h);
-    const uint8_t *body = buf + sizeof h;
-    uint32_t body_len = len - static_cast<uint32_t>(sizeof h);
-    peer &p = peers_[pi];
     if (h.version != wire::version) {
         MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx speaks protocol %u, not %u; dropped\n",
-                  static_cast<unsigned long long>(p.name.nonce), h.version, wire::version);
+                  static_cast<unsigned long long>(peers_[pi].name.nonce), h.version,
+                  wire::version);
         return;
     }
+    // Header messages are numbered per peer. After a failover a message may
+    // arrive twice (sent again on another rail) or ahead of one still
+    // to be resent: duplicates are dropped, early ones kept until their turn.
+    peer &p = peers_[pi];
+    if (h.seq != p.rx_seq) {
+        if (static_cast<int32_t>(h.seq - p.rx_seq) < 0) {
+            MLX4_DBG(FI_LOG_EP_DATA, "peer %016llx: duplicate message %u dropped\n",
+                     static_cast<unsigned long long>(p.name.nonce), h.seq);
+            return;
+        }
+        if (p.early.size() >= max_early_msgs) {
+            MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: message %u far ahead of %u dropped\n",
+                      static_cast<unsigned long long>(p.name.nonce), h.seq, p.rx_seq);
+            return;
+        }
+        try {
+            p.early.emplace(h.seq, std::vector<uint8_t>(buf, buf + len));
+        } catch (...) {
+            MLX4_WARN(FI_LOG_EP_DATA, "out of memory: early message dropped\n");
+        }
+        return;
+    }
+    ++p.rx_seq;
+    dispatch_msg(pi, h, buf + sizeof h, len - static_cast<uint32_t>(sizeof h));
+    while (!peers_[pi].early.empty()) {
+        peer &q = peers_[pi];
+        auto it = q.early.begin();
+        if (it->first != q.rx_seq) {
+            if (static_cast<int32_t>(it->first - q.rx_seq) > 0) break;
+            q.early.erase(it); // a duplicate of one delivered meanwhile
+            continue;
+        }
+        std::vector<uint8_t> m = std::move(it->second);
+        q.early.erase(it);
+        ++q.rx_seq;
+        std::memcpy(&h, m.data(), sizeof h);
+        dispatch_msg(pi, h, m.data() + sizeof h, static_cast<uint32_t>(m.size() - sizeof h));
+    }
+}
+
+void engine_impl::dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_t *body,
+                               uint32_t body_len) noexcept
+{
+    peer &p = peers_[pi];
     auto op = static_cast<wire::op>(h.op);
     if (op == wire::op::fin) {
         if (body_len < sizeof(wire::fin_body)) {
@@ -232,10 +266,6 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
         return;
     }
     if (op == wire::op::nop) return;
-    if (h.seq != p.rx_seq)
-        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: sequence %u, expected %u\n",
-                  static_cast<unsigned long long>(p.name.nonce), h.seq, p.rx_seq);
-    p.rx_seq = h.seq + 1;
     bool tagged = h.flags & wire::flag_tagged;
     bool has_data = h.flags & wire::flag_data;
     fi_addr_t src = peer_addr(p);

@@ -1,9 +1,14 @@
 // RMA: fi_read / fi_write / fi_writedata straight onto the hardware's RDMA
-// READ, WRITE and WRITE_WITH_IMM, over the peer's RC connection.
+// READ, WRITE and WRITE_WITH_IMM over the peer's RC connections. Reads and
+// writes are striped like rendezvous reads (rail.cpp): the target's key
+// (fi_mr_key) carries its rkeys on the first two rails, so those are the
+// rails an RMA may use. Writes with remote CQ data stay on one rail (the
+// immediate must arrive after all of the data), as do injected writes.
 #include "engine_impl.hpp"
 
 #include "mlx4fi/util/log.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 namespace mlx4fi::proto
@@ -14,20 +19,22 @@ status engine_impl::rma(const rma_args &a) noexcept
     uint32_t pi;
     status s = resolve(a.dest, pi);
     if (!s.is_ok()) return s;
-    peer &p = peers_[pi];
-    if (p.rrail >= 2) {
-        MLX4_WARN(FI_LOG_EP_DATA, "RMA keys cover the first two rails only\n");
-        return err_inval;
-    }
-    uint32_t rkey = static_cast<uint32_t>(a.key >> (32 * p.rrail));
+    if (a.count > max_wr_sge) return err_inval;
     size_t len = 0;
     for (size_t i = 0; i < a.count; ++i)
         len += a.iov[i].iov_len;
-    if (a.count > max_wr_sge) return err_inval;
+    peer &p = peers_[pi];
+    uint32_t key_mask = (1u << std::min<unsigned>(p.nrails, 2)) - 1;
+    const bool imm = !a.read && (a.flags & FI_REMOTE_CQ_DATA);
+    const bool inject = !a.read && (a.flags & FI_INJECT);
 
     tx_entry *tx = alloc_tx(tx_kind::rma, pi);
     if (!tx) return err_again;
-    rail_res &rr = *rails_[p.lrail];
+    if (tx->rail >= 2) {
+        MLX4_WARN(FI_LOG_EP_DATA, "RMA keys cover the first two rails only\n");
+        release_tx(tx);
+        return err_inval;
+    }
     event &ev = tx->ev;
     ev.kind = a.read ? event_kind::read : event_kind::write;
     ev.context = a.context;
@@ -35,15 +42,61 @@ status engine_impl::rma(const rma_args &a) noexcept
     ev.flags = FI_RMA | (a.read ? FI_READ : FI_WRITE);
     ev.len = len;
     tx->report = !(a.flags & FI_INJECT) || (a.flags & FI_COMPLETION);
+    tx->rma_key = a.key;
 
+    if (!inject && !imm) {
+        // A parent: its chunks go over the rails (one chunk when small).
+        stripe_desc &xd = tx->xd;
+        xd.opcode = a.read ? device::wr_opcode::rdma_read : device::wr_opcode::rdma_write;
+        xd.length = len;
+        xd.rail_mask = key_mask;
+        xd.nremote = 1;
+        xd.remote[0].addr = a.addr;
+        xd.remote[0].len = len;
+        xd.remote[0].rkey[0] = static_cast<uint32_t>(a.key);
+        xd.remote[0].rkey[1] = static_cast<uint32_t>(a.key >> 32);
+        xd.nlocal = static_cast<uint32_t>(a.count);
+        std::copy_n(a.iov, a.count, xd.local);
+        if (!len) { // nothing moves; the target is not even touched
+            finish_tx(tx);
+            return status::ok();
+        }
+        if (p.st != peer::state::connected) {
+            // Not connected yet: one chunk, planned when the rail is up.
+            tx_entry *c = alloc_tx(tx_kind::chunk, pi);
+            if (!c) {
+                release_tx(tx);
+                return err_again;
+            }
+            c->parent = tx;
+            c->report = false;
+            c->off = 0;
+            c->len = len;
+            tx->children = 1;
+            if (!build_chunk(c)) {
+                release_tx(c);
+                release_tx(tx);
+                return err_nomem;
+            }
+            submit(c);
+            return status::ok();
+        }
+        if (!issue_chunks(tx, 0, len, nullptr)) {
+            release_tx(tx);
+            return err_again;
+        }
+        return status::ok();
+    }
+
+    rail_res &rr = *rails_[tx->rail];
     tx_entry::wr_desc &d = tx->wrs[0];
     d.opcode = a.read ? device::wr_opcode::rdma_read
-                      : ((a.flags & FI_REMOTE_CQ_DATA) ? device::wr_opcode::rdma_write_with_imm
-                                                       : device::wr_opcode::rdma_write);
+                      : (imm ? device::wr_opcode::rdma_write_with_imm
+                             : device::wr_opcode::rdma_write);
     d.remote_addr = a.addr;
-    d.rkey = rkey;
+    d.rkey = static_cast<uint32_t>(a.key >> (32 * tx->rail));
     d.imm = static_cast<uint32_t>(a.data);
-    if (!a.read && (a.flags & FI_INJECT)) {
+    if (inject) {
         // The caller's buffer is free on return: copy into a bounce buffer.
         if (len > buf_size_ || (tx->buf = alloc_buf(rr)) < 0) {
             release_tx(tx);

@@ -24,37 +24,53 @@ namespace mlx4fi::proto
 status engine_impl::send_rts(tx_entry *tx, const send_args &a) noexcept
 {
     peer &p = peers_[tx->peer];
-    rail_res &rr = *rails_[p.lrail];
     auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
     h->op = static_cast<uint8_t>(wire::op::rts);
     auto *body = reinterpret_cast<wire::rts_body *>(h + 1);
     std::memset(body, 0, sizeof *body);
     body->msg_id = (uint64_t(tx->gen) << 32) | static_cast<uint32_t>(tx - txs_.data());
-    uint32_t nseg = 0;
+    // The buffer is registered on every rail the receiver may read it over
+    // (so that a read can also move to another rail if one fails).
+    uint32_t mask = 0;
+    for (unsigned r = 0; r < p.nrails; ++r)
+        if (!rails_[r]->down) mask |= 1u << r;
+    mask |= 1u << tx->rail;
+    uint32_t nseg = 0, nlease = 0;
     for (size_t i = 0; i < a.count; ++i) {
         if (!a.iov[i].iov_len) continue;
-        auto mr = rr.cache->acquire(a.iov[i].iov_base, a.iov[i].iov_len);
-        if (!mr.ok()) {
-            MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte send buffer: %d\n",
-                      a.iov[i].iov_len, mr.error().code());
-            release_tx(tx);
-            return mr.error();
-        }
-        wire::segment &sg = body->seg[nseg];
+        wire::segment &sg = body->seg[nseg++];
         sg.addr = reinterpret_cast<uint64_t>(a.iov[i].iov_base);
         sg.len = a.iov[i].iov_len;
-        sg.rkey = region_of(mr.value()).rkey();
-        tx->mr[nseg++] = std::move(mr).value();
+        for (unsigned r = 0; r < p.nrails; ++r) {
+            if (!(mask >> r & 1)) continue;
+            auto mr = nlease < std::size(tx->mr)
+                          ? rails_[r]->cache->acquire(a.iov[i].iov_base, a.iov[i].iov_len)
+                          : result<util::mr_cache::lease>(err_nomem);
+            if (!mr.ok() && r == tx->rail) { // the rail the message goes on: no rendezvous
+                MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte send buffer: %d\n",
+                          a.iov[i].iov_len, mr.error().code());
+                release_tx(tx);
+                return mr.error();
+            }
+            if (!mr.ok()) { // that rail is left out of this transfer
+                mask &= ~(1u << r);
+                continue;
+            }
+            sg.rkey[r] = region_of(mr.value()).rkey();
+            tx->mr[nlease++] = std::move(mr).value();
+        }
     }
     body->nseg = nseg;
+    body->rail_mask = mask;
     tx_entry::wr_desc &d = tx->wrs[0];
     d.opcode = device::wr_opcode::send;
     d.num_sge = 1;
     d.sge[0] = {reinterpret_cast<uint64_t>(h),
                 static_cast<uint32_t>(sizeof *h + offsetof(wire::rts_body, seg) +
                                       nseg * sizeof(wire::segment)),
-                rr.tx_bufs->lkey()};
+                rails_[tx->rail]->tx_bufs->lkey()};
     tx->nwr = 1;
+    h->seq = p.tx_seq++;
     submit(tx);
     return status::ok();
 }
@@ -133,14 +149,13 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
                              uint64_t size, fi_addr_t src, uint64_t tag, uint64_t data,
                              bool has_data) noexcept
 {
-    peer &p = peers_[pi];
-    rail_res &rr = *rails_[p.lrail];
     iovec dst[4];
     size_t nout = 0;
     void *buf = nullptr;
     size_t placed = place(target, size, dst, nout, buf);
+    // The parent of the transfer's chunks; its buffer is kept for the FIN.
     tx_entry *tx = alloc_tx(tx_kind::read, pi);
-    int32_t fin_buf = tx ? alloc_buf(rr) : -1;
+    int32_t fin_buf = tx ? alloc_buf(*rails_[tx->rail]) : -1;
     if (!tx || fin_buf < 0) {
         if (tx) release_tx(tx);
         return false;
@@ -157,90 +172,66 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
     ev.buf = target->multi_slice ? dst[0].iov_base : nullptr;
     if (has_data) ev.flags |= FI_REMOTE_CQ_DATA;
 
-    // Register the destination pieces, then one READ per source segment,
-    // scattering into up to four destination pieces.
-    for (size_t i = 0; i < nout; ++i) {
-        if (!dst[i].iov_len) continue;
-        auto mr = rr.cache->acquire(dst[i].iov_base, dst[i].iov_len);
-        if (!mr.ok()) {
-            MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte receive buffer\n",
-                      dst[i].iov_len);
-            fail_tx(tx, FI_EIO, 0);
-            return true;
-        }
-        tx->mr[i] = std::move(mr).value();
+    stripe_desc &xd = tx->xd;
+    xd.opcode = device::wr_opcode::rdma_read;
+    xd.length = placed;
+    xd.rail_mask = rts.rail_mask;
+    xd.nremote = rts.nseg;
+    for (uint32_t s = 0; s < rts.nseg; ++s) {
+        xd.remote[s].addr = rts.seg[s].addr;
+        xd.remote[s].len = rts.seg[s].len;
+        std::copy_n(rts.seg[s].rkey, max_rails, xd.remote[s].rkey);
     }
-    uint64_t dst_off = 0; // bytes of the message placed so far
-    size_t di = 0, dskip = 0;
-    for (uint32_t s = 0; s < rts.nseg && dst_off < placed; ++s) {
-        uint64_t seg_len = std::min<uint64_t>(rts.seg[s].len, placed - dst_off);
-        uint64_t src_off = 0;
-        while (src_off < seg_len) {
-            if (tx->nwr == std::size(tx->wrs)) {
-                MLX4_WARN(FI_LOG_EP_DATA, "rendezvous needs too many reads\n");
-                fail_tx(tx, FI_EIO, 0);
-                return true;
-            }
-            tx_entry::wr_desc &d = tx->wrs[tx->nwr++];
-            d.opcode = device::wr_opcode::rdma_read;
-            d.remote_addr = rts.seg[s].addr + src_off;
-            d.rkey = rts.seg[s].rkey;
-            uint64_t wr_len = 0;
-            while (src_off + wr_len < seg_len && d.num_sge < max_wr_sge && di < nout) {
-                size_t room = dst[di].iov_len - dskip;
-                if (!room) {
-                    ++di;
-                    dskip = 0;
-                    continue;
-                }
-                uint64_t n = std::min<uint64_t>(room, seg_len - src_off - wr_len);
-                d.sge[d.num_sge++] = {reinterpret_cast<uint64_t>(dst[di].iov_base) + dskip,
-                                      static_cast<uint32_t>(n), region_of(tx->mr[di]).lkey()};
-                wr_len += n;
-                dskip += n;
-                if (dskip == dst[di].iov_len) {
-                    ++di;
-                    dskip = 0;
-                }
-            }
-            src_off += wr_len;
-            if (!wr_len) break;
-        }
-        dst_off += seg_len;
-    }
-    if (!tx->nwr) {
+    xd.nlocal = static_cast<uint32_t>(nout);
+    std::copy_n(dst, nout, xd.local);
+    if (!placed) {
         read_done(tx); // nothing to read: zero bytes fit
         return true;
     }
-    submit(tx);
+    tx->children = 0;
+    if (!issue_chunks(tx, 0, placed, nullptr)) {
+        if (usable_rails(peers_[pi], xd.rail_mask)) { // out of entries: try again later
+            tx->rx = nullptr;
+            release_tx(tx);
+            return false;
+        }
+        MLX4_WARN(FI_LOG_EP_DATA, "rendezvous from %016llx: no rail to read over\n",
+                  static_cast<unsigned long long>(peers_[pi].name.nonce));
+        tx->err = FI_EIO;
+        read_done(tx);
+    }
     return true;
 }
 
 void engine_impl::read_done(tx_entry *tx) noexcept
 {
-    peer &p = peers_[tx->peer];
-    rail_res &rr = *rails_[p.lrail];
-    if (tx->posted) {
-        p.inflight.remove(tx);
-        tx->posted = false;
-    }
-    for (auto &m : tx->mr)
-        m.release();
     // Complete the receive, then reuse the entry to send FIN.
     rx_entry *rx = tx->rx;
     tx->rx = nullptr;
-    event ev = tx->ev;
-    size_t placed = static_cast<size_t>(std::min<uint64_t>(tx->msg_size, rx->total));
-    finish_rx(rx, ev, tx->msg_size, placed);
-
+    int status = tx->err;
+    if (status) {
+        event ev = failed_recv(rx, status);
+        release_rx(rx);
+        report(ev);
+    } else {
+        event ev = tx->ev;
+        size_t placed = static_cast<size_t>(std::min<uint64_t>(tx->msg_size, rx->total));
+        finish_rx(rx, ev, tx->msg_size, placed);
+    }
+    peer &p = peers_[tx->peer];
+    if (shut_ || p.st == peer::state::failed) {
+        release_tx(tx);
+        return;
+    }
     auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
     std::memset(h, 0, sizeof *h);
     h->version = wire::version;
     h->op = static_cast<uint8_t>(wire::op::fin);
-    wire::fin_body fin{tx->remote_msg_id, 0, 0};
+    wire::fin_body fin{tx->remote_msg_id, status, 0};
     std::memcpy(h + 1, &fin, sizeof fin);
     tx->kind = tx_kind::fin;
     tx->report = false;
+    tx->err = 0;
     tx->nwr = 1;
     tx->next_wr = 0;
     tx->outstanding = 0;
@@ -248,8 +239,10 @@ void engine_impl::read_done(tx_entry *tx) noexcept
     d = tx_entry::wr_desc{};
     d.opcode = device::wr_opcode::send;
     d.num_sge = 1;
-    d.sge[0] = {reinterpret_cast<uint64_t>(h), sizeof *h + sizeof fin, rr.tx_bufs->lkey()};
+    d.sge[0] = {reinterpret_cast<uint64_t>(h), sizeof *h + sizeof fin,
+                rails_[tx->rail]->tx_bufs->lkey()};
     d.inline_data = sizeof *h + sizeof fin <= cfg_.inline_size;
+    h->seq = p.tx_seq++;
     submit(tx);
 }
 

@@ -11,7 +11,7 @@
 namespace mlx4fi::proto::wire
 {
 
-inline constexpr uint8_t version = 1;
+inline constexpr uint8_t version = 2;
 
 // Operations carried by SENDs on an RC connection.
 enum class op : uint8_t {
@@ -40,21 +40,22 @@ static_assert(sizeof(msg_hdr) == 32);
 
 inline constexpr size_t max_segments = 4;
 
+// A piece of the sender's buffer, with its key on each rail (rail i of the
+// sender pairs with rail i of the receiver).
 struct segment {
     uint64_t addr;
     uint64_t len;
-    uint32_t rkey;
-    uint32_t reserved;
+    uint32_t rkey[max_rails];
 };
-static_assert(sizeof(segment) == 24);
+static_assert(sizeof(segment) == 32);
 
 struct rts_body {
     uint64_t msg_id; // the sender's transfer, echoed in FIN
     uint32_t nseg;
-    uint32_t reserved;
+    uint32_t rail_mask; // rails whose rkeys are valid: where the receiver may read
     segment seg[max_segments];
 };
-static_assert(sizeof(rts_body) == 16 + 4 * 24);
+static_assert(sizeof(rts_body) == 16 + 4 * 32);
 
 struct fin_body {
     uint64_t msg_id;
@@ -73,9 +74,12 @@ struct conn_msg {
     uint8_t dst_rail; // the receiver's rail it must connect on
     uint32_t rc_qpn;  // the sender's RC QP
     uint32_t psn;
-    uint32_t reserved;
+    uint32_t epoch;     // the sender's QP incarnation on this rail: a newer one replaces
     uint64_t dst_nonce; // who this is for (a stale message for an old endpoint is dropped)
-    uint8_t name[max_name_bytes]; // the sender's full endpoint name
+    uint8_t name[max_name_bytes]; // the sender's endpoint name (its first name_rails rails)
+    uint8_t rail_count;           // the sender's rails, all of them
+    uint8_t pad[3];
+    uint8_t more_rails[(max_rails - name_rails) * rail_name_bytes]; // rails name_rails..
 };
 static_assert(offsetof(conn_msg, name) == 24);
 

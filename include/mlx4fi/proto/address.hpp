@@ -53,6 +53,11 @@ inline constexpr size_t name_rails = 2;
 inline constexpr size_t max_name_bytes = name_header_bytes + name_rails * rail_name_bytes;
 static_assert(max_name_bytes <= FI_NAME_MAX);
 
+// One rail's wire form (rail_name_bytes), as in a name; connection messages
+// carry the rails a name has no room for this way.
+void pack_rail(const rail_name &rn, uint8_t *out) noexcept;
+[[nodiscard]] status unpack_rail(const uint8_t *in, rail_name &out) noexcept;
+
 // Always max_name_bytes (names are padded to a fixed size).
 [[nodiscard]] size_t name_size(const ep_name &n) noexcept;
 // Writes the wire form (max_name_bytes) with the first name_rails rails;

@@ -4,8 +4,6 @@
 // input always gives the same schedule, so both ends of a transfer and the
 // tests can reason about it exactly.
 //
-// Not yet used by the engine (each endpoint pair still talks over one rail);
-// it is the first piece of rail striping.
 #pragma once
 
 #include <cstddef>
@@ -35,6 +33,8 @@ struct chunk {
     bool operator==(const chunk &) const = default;
 };
 
+inline constexpr size_t max_plan_rails = 16;
+
 class planner
 {
   public:
@@ -46,6 +46,11 @@ class planner
     // whole transfer; empty when no rail is up (or length is 0).
     [[nodiscard]] std::vector<chunk> plan(uint64_t length, std::span<const rail_weight> rails,
                                           unsigned primary = 0) const;
+    // The same schedule written into out without allocating (the engine's
+    // path); returns the number of chunks. With less room than rails, the
+    // lightest rails are left out. At most max_plan_rails rails.
+    size_t plan(uint64_t length, std::span<const rail_weight> rails, unsigned primary,
+                std::span<chunk> out) const noexcept;
 
     const planner_config &config() const noexcept { return cfg_; }
 
