@@ -126,6 +126,13 @@ status engine_impl::start_connect(uint32_t pi) noexcept
     status s = connect_rail(pi, p.primary);
     if (!s.is_ok()) return s;
     p.st = peer::state::connecting;
+    // The other rails at the same time, so that they are usually up when the
+    // first large transfer is planned (a chunk planned earlier is planned
+    // again when it is posted).
+    for (unsigned r = 0; r < p.nrails; ++r)
+        if (r != p.primary && p.rails[r].st == peer_rail::state::idle &&
+            (p.known_rails >> r & 1) && !rails_[r]->down && !connect_rail(pi, r).is_ok())
+            MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: cannot set up rail %u\n", nonce_of(p), r);
     return status::ok();
 }
 
@@ -276,13 +283,19 @@ void engine_impl::rail_connected(uint32_t pi, unsigned r) noexcept
     pr.st = peer_rail::state::connected;
     MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx connected on rail %u (QP %u -> %u)\n", nonce_of(p), r,
              pr.qp->qp_num(), pr.remote_qpn);
-    bool first = p.st != peer::state::connected;
-    if (first) {
+    if (p.st != peer::state::connected) {
+        // Headers wait for the primary rail (both ends agree on it), unless
+        // it is down; then the first rail up takes its place.
+        if (r != p.primary && p.rails[p.primary].st != peer_rail::state::down) {
+            if (p.st == peer::state::idle) p.st = peer::state::connecting;
+            return;
+        }
+        p.primary = r;
         p.st = peer::state::connected;
-        if (p.rails[p.primary].st != peer_rail::state::connected) p.primary = r;
-        // The other rails, for striping and failover.
+        // The rails not yet under way (the responder's side), for striping
+        // and failover.
         for (unsigned i = 0; i < p.nrails; ++i)
-            if (i != r && p.rails[i].st == peer_rail::state::idle && (p.known_rails >> i & 1) &&
+            if (p.rails[i].st == peer_rail::state::idle && (p.known_rails >> i & 1) &&
                 !rails_[i]->down && !connect_rail(pi, i).is_ok())
                 MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: cannot set up rail %u\n", nonce_of(p),
                           i);
@@ -333,20 +346,30 @@ void engine_impl::check_timers() noexcept
         for (unsigned r = 0; r < p.nrails; ++r) {
             peer_rail &pr = p.rails[r];
             if (pr.st != peer_rail::state::connecting || now < pr.next_try_ns) continue;
-            bool first = p.st != peer::state::connected;
+            bool first = p.st != peer::state::connected && r == p.primary;
             uint32_t limit = first ? cfg_.connect_retries : rail_connect_retries;
             if (++pr.attempts > limit) {
-                if (first) {
-                    fail_peer(i, FI_EIO, 0);
-                    break;
-                }
-                // Give this rail up for now; the health check tries again.
+                // This rail does not answer: it is down for now (the health
+                // check tries again later).
                 MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: rail %u does not answer\n",
                           nonce_of(p), r);
                 --connecting_;
                 pr.st = peer_rail::state::down;
                 ++rails_down_;
                 pr.next_try_ns = now + uint64_t(cfg_.connect_timeout_ms) * 5000000ull;
+                if (p.st == peer::state::connected) continue;
+                // Never connected: another rail that is up takes the
+                // primary's place; with none, the peer is unreachable.
+                unsigned up = max_rails, pending = 0;
+                for (unsigned k = 0; k < p.nrails; ++k) {
+                    if (p.rails[k].st == peer_rail::state::connected && up == max_rails) up = k;
+                    if (p.rails[k].st == peer_rail::state::connecting) ++pending;
+                }
+                if (up != max_rails && r == p.primary)
+                    rail_connected(i, up);
+                else if (up == max_rails && !pending)
+                    fail_peer(i, FI_EIO, 0);
+                if (p.st == peer::state::failed) break;
                 continue;
             }
             send_conn(i, r, wire::conn_op::req);

@@ -232,6 +232,11 @@ void engine_impl::submit(tx_entry *tx) noexcept
 bool engine_impl::post_tx(tx_entry *tx) noexcept
 {
     peer &p = peers_[tx->peer];
+    if (tx->kind == tx_kind::chunk && !tx->planned) {
+        // Prepared before the peer was connected: plan it over the rails up now.
+        if (!issue_chunks(tx->parent, tx->off, tx->len, tx)) chunk_failed(tx, FI_EIO, 0);
+        return true;
+    }
     if (p.rails[tx->rail].st != peer_rail::state::connected) {
         // Its rail failed since it was prepared: headers follow the primary,
         // a chunk is planned again.

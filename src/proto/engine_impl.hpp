@@ -139,6 +139,7 @@ struct tx_entry {
     bool report = true;       // report an event when done (false: inject, fin, conn)
     bool waiting_fin = false; // rendezvous sender: RTS sent, waiting for FIN
     bool fin_seen = false;    // FIN arrived before the RTS send completion
+    bool planned = false;     // a chunk planned over the rails up at the time
     uint8_t rail = 0;         // where its work requests go and its buffer lives
     uint8_t epoch = 0;        // bumped when it moves to another rail
     uint32_t peer = 0;

@@ -172,6 +172,7 @@ bool engine_impl::issue_chunks(tx_entry *parent, uint64_t off, uint64_t len,
         c->off = off + plan[i].offset;
         c->len = plan[i].length;
         c->posted = false;
+        c->planned = true;
     }
     for (size_t i = 0; i < k; ++i) {
         if (!build_chunk(cs[i])) {

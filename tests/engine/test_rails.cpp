@@ -1,0 +1,306 @@
+// The engine over several rails of the software HCA: striping of rendezvous
+// reads and RMA by weight, small messages pinned to one rail per peer, order,
+// and (with the sim's fault injection) failover.
+#include "mlx4fi/device/sim.hpp"
+#include "mlx4fi/proto/engine.hpp"
+#include "mlx4fi/rail/planner.hpp"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <vector>
+
+using namespace mlx4fi;
+using proto::event;
+using proto::event_kind;
+
+namespace
+{
+
+struct collector final : proto::event_sink {
+    std::deque<event> events;
+    void report(const event &ev) noexcept override { events.push_back(ev); }
+};
+
+struct node {
+    collector sink;
+    proto::av_table av;
+    std::unique_ptr<proto::engine> eng;
+    std::vector<std::unique_ptr<proto::rail_counters>> counters;
+    fi_addr_t peer = FI_ADDR_NOTAVAIL;
+};
+
+std::vector<uint8_t> pattern(size_t n, uint8_t seed)
+{
+    std::vector<uint8_t> v(n);
+    for (size_t i = 0; i < n; ++i)
+        v[i] = static_cast<uint8_t>(i * 131 + seed + (i >> 12));
+    return v;
+}
+
+// Two HCAs of one IB subnet: an FDR port (mlx4_0) and a QDR port (mlx4_1),
+// weighted 52 : 32 (FDR capped by its PCIe Gen3 x8 link), as the topology
+// computes them.
+class rails_test : public ::testing::Test
+{
+  protected:
+    static constexpr double w_fdr = 52.0, w_qdr = 32.0;
+
+    void SetUp() override
+    {
+        util::config uc;
+        uc.sim_spec = "mlx4_0:ib/fdr;mlx4_1:ib/qdr";
+        devices = device::sim::discover(uc);
+        ASSERT_EQ(devices.size(), 2u);
+        open_pair(a, b);
+    }
+    void TearDown() override
+    {
+        for (node *n : {&a, &b})
+            if (n->eng) n->eng->shutdown();
+    }
+    std::vector<proto::rail> make_rails(node &n)
+    {
+        std::vector<proto::rail> rails;
+        const double w[] = {w_fdr, w_qdr};
+        for (size_t d = 0; d < 2; ++d) {
+            n.counters.push_back(std::make_unique<proto::rail_counters>());
+            proto::rail r;
+            r.dev = devices[d].get();
+            r.port = 1;
+            r.attr = devices[d]->attr().ports[0];
+            r.weight = w[d];
+            r.counters = n.counters.back().get();
+            rails.push_back(r);
+        }
+        return rails;
+    }
+    void open_node(node &n)
+    {
+        proto::engine_config ec;
+        ec.eager_limit = 1024;
+        ec.stripe = cfg;
+        auto e = proto::engine::open(make_rails(n), ec, n.sink);
+        ASSERT_TRUE(e.ok()) << e.error().code();
+        n.eng = std::move(e).value();
+        n.eng->bind_av(&n.av);
+    }
+    void open_pair(node &x, node &y)
+    {
+        open_node(x);
+        open_node(y);
+        x.peer = x.av.insert(y.eng->name());
+        y.peer = y.av.insert(x.eng->name());
+    }
+    template <class P> bool run_until(P pred, int seconds = 10)
+    {
+        auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+        while (!pred()) {
+            for (node *n : nodes)
+                if (n->eng) n->eng->progress();
+            if (std::chrono::steady_clock::now() > end) return false;
+        }
+        return true;
+    }
+    event next(node &n)
+    {
+        EXPECT_TRUE(run_until([&] { return !n.sink.events.empty(); }));
+        if (n.sink.events.empty()) return event{};
+        event ev = n.sink.events.front();
+        n.sink.events.pop_front();
+        return ev;
+    }
+    mlx4fi::status tsend(node &from, const void *buf, size_t len, uint64_t tag, void *ctx)
+    {
+        iovec iov{const_cast<void *>(buf), len};
+        proto::send_args s{&iov, 1, from.peer, tag, 0, FI_COMPLETION, ctx, true};
+        return from.eng->send(s);
+    }
+    mlx4fi::status trecv(node &to, void *buf, size_t len, uint64_t tag, void *ctx)
+    {
+        iovec iov{buf, len};
+        proto::recv_args r{&iov, 1, FI_ADDR_UNSPEC, tag, 0, FI_COMPLETION, ctx, true};
+        return to.eng->recv(r);
+    }
+    static uint64_t rx(const node &n, size_t r) { return n.counters[r]->rx_bytes.load(); }
+    static uint64_t tx(const node &n, size_t r) { return n.counters[r]->tx_bytes.load(); }
+    // The rail both ends pick for a pair's headers (conn.cpp).
+    static unsigned primary_of(const node &x, const node &y)
+    {
+        return unsigned((x.eng->name().nonce ^ y.eng->name().nonce) % 2);
+    }
+
+    // Registers buf for remote access on both rails the way fi_mr_reg does.
+    proto::registration reg(node &, void *buf, size_t len)
+    {
+        std::vector<proto::rail> rails;
+        for (size_t d = 0; d < 2; ++d)
+            rails.push_back(proto::rail{devices[d].get(), 1, devices[d]->attr().ports[0], 1.0});
+        auto r = proto::register_memory(rails, buf, len,
+                                        device::access_local_write | device::access_remote_read |
+                                            device::access_remote_write);
+        EXPECT_TRUE(r.ok());
+        return std::move(r).value();
+    }
+
+    mlx4fi::rail::planner_config cfg{};
+    device::device_list devices;
+    node a, b;
+    std::vector<node *> nodes{&a, &b};
+};
+
+} // namespace
+
+TEST_F(rails_test, rendezvous_is_split_by_weight_across_both_rails)
+{
+    const size_t len = size_t(4) << 20;
+    auto msg = pattern(len, 1);
+    std::vector<uint8_t> got(len);
+    int rctx, sctx;
+    ASSERT_TRUE(trecv(b, got.data(), got.size(), 5, &rctx).is_ok());
+    ASSERT_TRUE(tsend(a, msg.data(), msg.size(), 5, &sctx).is_ok());
+    event r = next(b);
+    ASSERT_EQ(r.err, 0);
+    EXPECT_EQ(r.len, len);
+    EXPECT_TRUE(got == msg);
+    EXPECT_EQ(next(a).err, 0);
+
+    // The receiver read exactly the planner's schedule on each rail.
+    mlx4fi::rail::rail_weight w[] = {{w_fdr, true}, {w_qdr, true}};
+    auto plan = mlx4fi::rail::planner(cfg).plan(len, w, primary_of(a, b));
+    ASSERT_EQ(plan.size(), 2u);
+    EXPECT_EQ(rx(b, plan[0].rail), plan[0].length);
+    EXPECT_EQ(rx(b, plan[1].rail), plan[1].length);
+    EXPECT_GT(rx(b, 0), rx(b, 1)) << "FDR carries more than QDR";
+    EXPECT_NEAR(double(rx(b, 0)) / double(len), w_fdr / (w_fdr + w_qdr), 0.01);
+    EXPECT_EQ(rx(a, 0) + rx(a, 1), 0u) << "the sender moves no payload itself";
+}
+
+TEST_F(rails_test, below_the_threshold_everything_stays_on_the_primary_rail)
+{
+    unsigned p = primary_of(a, b);
+    for (size_t len : {size_t(100), size_t(4096), size_t(200000)}) { // eager, rndv, rndv
+        auto msg = pattern(len, 2);
+        std::vector<uint8_t> got(len);
+        int rctx, sctx;
+        ASSERT_TRUE(trecv(b, got.data(), got.size(), 1, &rctx).is_ok());
+        ASSERT_TRUE(tsend(a, msg.data(), msg.size(), 1, &sctx).is_ok());
+        EXPECT_EQ(next(b).err, 0);
+        EXPECT_EQ(next(a).err, 0);
+        EXPECT_TRUE(got == msg);
+    }
+    EXPECT_GT(tx(a, p), 0u);
+    EXPECT_EQ(tx(a, 1 - p), 0u) << "headers and eager data only on the primary rail";
+    EXPECT_EQ(rx(b, 1 - p), 0u) << "a read below the striping threshold is not split";
+    EXPECT_EQ(rx(b, p), 4096u + 200000u);
+}
+
+TEST_F(rails_test, peers_are_spread_over_rails_by_their_nonces)
+{
+    // Eight more endpoints, each talking to a: both rails end up primary for
+    // some of them, exactly where the nonce rule puts them.
+    std::vector<std::unique_ptr<node>> extra;
+    unsigned used[2] = {0, 0};
+    for (int i = 0; i < 8; ++i) {
+        extra.push_back(std::make_unique<node>());
+        node &x = *extra.back();
+        open_node(x);
+        nodes.push_back(&x);
+        x.peer = x.av.insert(a.eng->name());
+        a.av.insert(x.eng->name());
+        unsigned p = primary_of(x, a);
+        ++used[p];
+        uint8_t byte = uint8_t(i), got = 0;
+        int ctx;
+        ASSERT_TRUE(trecv(a, &got, 1, 100 + i, &ctx).is_ok());
+        ASSERT_TRUE(tsend(x, &byte, 1, 100 + i, &ctx).is_ok());
+        EXPECT_EQ(next(a).err, 0);
+        EXPECT_EQ(next(x).err, 0);
+        EXPECT_GT(tx(x, p), 0u);
+        EXPECT_EQ(tx(x, 1 - p), 0u);
+    }
+    for (auto &x : extra)
+        x->eng->shutdown();
+    nodes.resize(2);
+    if (used[0] == 0 || used[1] == 0)
+        GTEST_SKIP() << "all eight nonces chose one rail (p = 1/128)";
+}
+
+TEST_F(rails_test, order_is_kept_with_striped_and_small_messages_interleaved)
+{
+    const size_t sizes[] = {10, size_t(1) << 20, 700, 5000, size_t(3) << 20, 1, 300000};
+    std::vector<std::vector<uint8_t>> msgs, got;
+    int ctx[7];
+    for (size_t i = 0; i < 7; ++i) {
+        msgs.push_back(pattern(sizes[i], uint8_t(i)));
+        got.emplace_back(sizes[i]);
+    }
+    for (size_t i = 0; i < 7; ++i) // all with the same tag: matched in send order
+        ASSERT_TRUE(tsend(a, msgs[i].data(), msgs[i].size(), 77, &ctx[i]).is_ok());
+    for (size_t i = 0; i < 7; ++i)
+        ASSERT_TRUE(trecv(b, got[i].data(), got[i].size(), 77, &ctx[i]).is_ok());
+    // Completions come as transfers finish; matching follows send order, so
+    // receive i (context i) holds message i.
+    for (size_t k = 0; k < 7; ++k) {
+        event r = next(b);
+        ASSERT_EQ(r.err, 0);
+        size_t i = static_cast<size_t>(static_cast<int *>(r.context) - ctx);
+        ASSERT_LT(i, 7u);
+        EXPECT_EQ(r.len, sizes[i]) << i;
+    }
+    for (size_t i = 0; i < 7; ++i)
+        EXPECT_TRUE(got[i] == msgs[i]) << i;
+    EXPECT_GT(rx(b, 0), 0u);
+    EXPECT_GT(rx(b, 1), 0u);
+}
+
+TEST_F(rails_test, rma_read_and_write_are_striped)
+{
+    const size_t len = size_t(8) << 20;
+    auto remote = pattern(len, 9);
+    auto mr = reg(b, remote.data(), remote.size());
+    std::vector<uint8_t> local(len);
+    // Connect first (a send), so both rails are up when the RMA is planned.
+    uint8_t byte = 1, got = 0;
+    int c;
+    ASSERT_TRUE(trecv(b, &got, 1, 1, &c).is_ok());
+    ASSERT_TRUE(tsend(a, &byte, 1, 1, &c).is_ok());
+    next(b);
+    next(a);
+    ASSERT_TRUE(run_until([&] { return true; }));
+    for (int i = 0; i < 1000; ++i) { // let the second rail's handshake finish
+        a.eng->progress();
+        b.eng->progress();
+    }
+
+    iovec iov{local.data(), len};
+    int rctx;
+    proto::rma_args rd{&iov, 1, a.peer, reinterpret_cast<uint64_t>(remote.data()), mr.key,
+                       0, FI_COMPLETION, &rctx, true};
+    ASSERT_TRUE(a.eng->rma(rd).is_ok());
+    event ev = next(a);
+    ASSERT_EQ(ev.err, 0);
+    EXPECT_EQ(ev.kind, event_kind::read);
+    EXPECT_TRUE(local == remote);
+    EXPECT_GT(rx(a, 0), len / 2);
+    EXPECT_GT(rx(a, 1), len / 4);
+    EXPECT_EQ(rx(a, 0) + rx(a, 1), len);
+
+    auto fresh = pattern(len, 11);
+    iovec wiov{fresh.data(), len};
+    int wctx;
+    proto::rma_args wr{&wiov, 1, a.peer, reinterpret_cast<uint64_t>(remote.data()), mr.key,
+                       0, FI_COMPLETION, &wctx, false};
+    uint64_t before0 = tx(a, 0), before1 = tx(a, 1);
+    ASSERT_TRUE(a.eng->rma(wr).is_ok());
+    ev = next(a);
+    ASSERT_EQ(ev.err, 0);
+    EXPECT_EQ(ev.kind, event_kind::write);
+    EXPECT_TRUE(remote == fresh);
+    EXPECT_GT(tx(a, 0) - before0, len / 2);
+    EXPECT_GT(tx(a, 1) - before1, len / 4);
+}
