@@ -155,10 +155,25 @@ tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
     if (tx_free_.empty()) return nullptr;
     tx_entry *tx = &txs_[tx_free_.back()];
     tx_free_.pop_back();
-    uint32_t gen = tx->gen;
-    tx->~tx_entry();
-    new (tx) tx_entry();
-    tx->gen = gen;
+    // Field by field rather than a whole new entry (it is large): the leases
+    // were released with the entry, the stripe description is written whole
+    // by whoever makes a parent, and later work requests by their builders.
+    tx->next = tx->prev = nullptr;
+    tx->posted = tx->report = tx->waiting_fin = tx->fin_seen = tx->planned = false;
+    tx->report = true;
+    tx->rail = 0;
+    tx->epoch = 0;
+    tx->buf = -1;
+    tx->outstanding = tx->next_wr = tx->nwr = 0;
+    tx->err = tx->prov_errno = 0;
+    tx->ev = event{};
+    tx->wrs[0] = tx_entry::wr_desc{};
+    tx->parent = nullptr;
+    tx->children = 0;
+    tx->off = tx->len = tx->rma_key = 0;
+    tx->rx = nullptr;
+    tx->remote_msg_id = tx->msg_size = 0;
+    tx->truncated = false;
     tx->in_use = true;
     tx->kind = kind;
     tx->peer = pi;
