@@ -12,7 +12,10 @@
 #include "objects.hpp"
 #include "provider.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 
@@ -35,9 +38,59 @@ int query_rails(fid_domain *d, fi_mlx4_rail_attr *rails, size_t *count) noexcept
     return room < dom->rails.size() ? -FI_ETOOSMALL : 0;
 }
 
+int query_rail_stats(fid_domain *d, fi_mlx4_rail_stats *stats, size_t *count) noexcept
+{
+    if (!d || !count || (*count && !stats)) {
+        MLX4_WARN(FI_LOG_DOMAIN, "query_rail_stats: NULL argument\n");
+        return -FI_EINVAL;
+    }
+    const domain_obj *dom = to_domain(d);
+    size_t rails = dom->desc.rails.size();
+    size_t room = *count;
+    size_t n = std::min(room, rails);
+    constexpr auto relaxed = std::memory_order_relaxed;
+    for (size_t i = 0; i < n; ++i) {
+        const rail::rail_desc &r = dom->desc.rails[i];
+        const proto::rail_counters &c = dom->counters[i];
+        fi_mlx4_rail_stats s{};
+        std::snprintf(s.device, sizeof s.device, "%s", r.device_name.c_str());
+        s.port = r.port;
+        s.up = c.up.load(relaxed) ? 1 : 0;
+        s.striped = r.striped ? 1 : 0;
+        s.weight = r.weight;
+        s.tx_bytes = c.tx_bytes.load(relaxed);
+        s.rx_bytes = c.rx_bytes.load(relaxed);
+        s.ops = c.ops.load(relaxed);
+        s.failovers = c.failovers.load(relaxed);
+        stats[i] = s;
+    }
+    *count = rails;
+    return room < rails ? -FI_ETOOSMALL : 0;
+}
+
+int reset_rail_stats(fid_domain *d) noexcept
+{
+    if (!d) {
+        MLX4_WARN(FI_LOG_DOMAIN, "reset_rail_stats: NULL domain\n");
+        return -FI_EINVAL;
+    }
+    domain_obj *dom = to_domain(d);
+    constexpr auto relaxed = std::memory_order_relaxed;
+    for (size_t i = 0; i < dom->desc.rails.size(); ++i) {
+        proto::rail_counters &c = dom->counters[i];
+        c.tx_bytes.store(0, relaxed);
+        c.rx_bytes.store(0, relaxed);
+        c.ops.store(0, relaxed);
+        c.failovers.store(0, relaxed);
+    }
+    return 0;
+}
+
 fi_mlx4_domain_ops ext_ops = {
     .size = sizeof(fi_mlx4_domain_ops),
     .query_rails = query_rails,
+    .query_rail_stats = query_rail_stats,
+    .reset_rail_stats = reset_rail_stats,
 };
 
 int domain_close(fid *f) noexcept
@@ -132,7 +185,32 @@ fi_mlx4_rail_attr to_rail_attr(const rail::rail_desc &r, const device::device_at
     return a;
 }
 
+// FI_MLX4_RAIL_INFO: the domain just opened, on stderr in one write so the
+// blocks of several processes do not interleave line by line.
+void print_rail_info(const domain_obj &dom, const provider_state &st) noexcept
+{
+    try {
+        char prefix[48];
+        std::snprintf(prefix, sizeof prefix, "[mlx4 %ld] ", static_cast<long>(getpid()));
+        std::string text = rail::describe_domain(dom.fabric->desc.name, dom.desc, st.attrs,
+                                                 stripe_config(st.cfg), prefix);
+        std::fwrite(text.data(), 1, text.size(), stderr);
+        std::fflush(stderr);
+    } catch (const std::exception &e) {
+        MLX4_WARN(FI_LOG_DOMAIN, "FI_MLX4_RAIL_INFO: %s\n", e.what());
+    }
+}
+
 } // namespace
+
+rail::planner_config stripe_config(const util::config &cfg) noexcept
+{
+    rail::planner_config pc;
+    pc.stripe_threshold = cfg.stripe_threshold;
+    pc.min_chunk = cfg.stripe_min_chunk;
+    pc.min_weight_ratio = cfg.stripe_min_ratio;
+    return pc;
+}
 
 int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *context) noexcept
 {
@@ -154,6 +232,8 @@ int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *co
         auto dom = std::make_unique<domain_obj>();
         dom->fabric = fab;
         dom->desc = *desc;
+        dom->counters = std::make_unique<proto::rail_counters[]>(desc->rails.size());
+        size_t index = 0;
         for (const rail::rail_desc &r : desc->rails) {
             const device::device_attr &dev = st.attrs.at(r.device_index);
             dom->rails.push_back(to_rail_attr(r, dev));
@@ -163,6 +243,7 @@ int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *co
             for (const device::port_attr &p : dev.ports)
                 if (p.num == r.port) pr.attr = p;
             pr.weight = r.weight;
+            pr.counters = &dom->counters[index++];
             dom->proto_rails.push_back(std::move(pr));
         }
         if (info->domain_attr->threading != FI_THREAD_UNSPEC)
@@ -180,6 +261,7 @@ int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *co
         *domain = &dom.release()->fid;
         MLX4_INFO(FI_LOG_DOMAIN, "opened domain %s with %zu rail(s), %.1f Gb/s\n",
                   desc->name.c_str(), desc->rails.size(), desc->total_gbps);
+        if (st.cfg.rail_info) print_rail_info(*to_domain(*domain), st);
         return 0;
     });
 }

@@ -10,6 +10,7 @@
 #include <rdma/fi_ext_mlx4.h>
 
 #include <atomic>
+#include <memory>
 #include <vector>
 
 namespace mlx4fi::ofi
@@ -22,6 +23,9 @@ struct domain_obj {
     std::vector<fi_mlx4_rail_attr> rails; // desc's rails as the extension reports them
     // The same rails as the engine sees them; the devices are the provider's.
     std::vector<proto::rail> proto_rails;
+    // Traffic of each rail, in rail order; owned here, at stable addresses that
+    // proto_rails[i].counters point to (the engines add to them).
+    std::unique_ptr<proto::rail_counters[]> counters;
     int threading = FI_THREAD_SAFE;
     uint32_t api_version = FI_VERSION(1, 17); // the fabric's, for version-dependent structs
     // Serialises engines, CQs, counters and AVs of this domain (see lock.hpp).
@@ -35,5 +39,9 @@ inline domain_obj *to_domain(fid_domain *d) noexcept
 {
     return reinterpret_cast<domain_obj *>(d);
 }
+
+// The striping settings of the provider's parameters (FI_MLX4_STRIPE_*), as
+// engines and FI_MLX4_RAIL_INFO use them.
+rail::planner_config stripe_config(const util::config &cfg) noexcept;
 
 } // namespace mlx4fi::ofi

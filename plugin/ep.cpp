@@ -526,6 +526,7 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
         ec.eager_limit = cfg.eager_limit;
         ec.inline_size = static_cast<uint32_t>(cfg.inline_size);
         ec.mr_cache.max_bytes = cfg.mr_cache_size;
+        ec.stripe = stripe_config(cfg);
         auto engine = proto::engine::open(dom->proto_rails, ec, ep->sink);
         if (!engine.ok()) {
             MLX4_WARN(FI_LOG_EP_CTRL, "fi_endpoint: engine: %s\n",

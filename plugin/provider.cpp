@@ -45,7 +45,9 @@ const provider_state &state()
         st->devices = device::discover(st->cfg);
         for (const auto &dev : st->devices)
             st->attrs.push_back(dev->attr());
-        st->fabrics = rail::build_topology(st->attrs, st->cfg.link);
+        // The node this thread runs on now stands for the process's: MPI
+        // launchers bind ranks before they initialise libfabric.
+        st->fabrics = rail::build_topology(st->attrs, st->cfg, rail::current_numa_node());
         state_ptr = st.release();
     }
     return *state_ptr;

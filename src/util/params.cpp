@@ -5,6 +5,14 @@
 
 #include <strings.h>
 
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+
 namespace mlx4fi::util
 {
 namespace
@@ -38,6 +46,33 @@ constexpr param_def table[] = {
     {"MR_CACHE_SIZE", param_type::size,
      "Bytes of user memory the registration cache keeps registered per rail; 0 registers "
      "every transfer afresh (default: 1073741824)"},
+    {"RAILS", param_type::string,
+     "Rails (active ports) to use, comma-separated DEV:PORT, e.g. mlx4_0:1,mlx4_1:1; naming "
+     "a device or port that is not an active usable port offers no domains at all "
+     "(default: every active port)"},
+    {"RAIL_WEIGHTS", param_type::string,
+     "Striping weights: 'equal', one positive number per rail of a domain in rail order "
+     "(e.g. 2,1), or DEV:PORT=W entries (W in Gb/s, unlisted rails keep theirs); "
+     "normalised to sum 1 (default: effective data rate after PCIe and NUMA)"},
+    {"STRIPE_THRESHOLD", param_type::size,
+     "Transfers of at least this many bytes (K, M, G suffixes allowed) are split across "
+     "the domain's rails (default: 262144)"},
+    {"STRIPE_MIN_CHUNK", param_type::size,
+     "Smallest piece of a striped transfer one rail is given, bytes (K, M, G suffixes "
+     "allowed) (default: 65536)"},
+    {"STRIPE_MIN_RATIO", param_type::string,
+     "Rails weighing less than this fraction of the domain's heaviest rail are left out "
+     "of striping, in (0,1] (default: 0.25)"},
+    {"RAIL_INFO", param_type::boolean,
+     "Print each domain opened to stderr: its rails with rates, PCIe share, NUMA node, "
+     "weight and striping (default: no)"},
+    {"SIM_RATE_SCALE", param_type::string,
+     "Software HCA: link-rate shaping; each port carries its data rate x this scale (e.g. "
+     "0.05), so striping is measurable on one machine; 0 or unset: unshaped (default: 0)"},
+    {"SIM_FAULT", param_type::string,
+     "Software HCA: faults to inject, ';'-separated DEV:PORT:BYTES[:UP_MS]: the port goes "
+     "down after carrying BYTES (K/M/G suffixes) and comes back after UP_MS ms if given "
+     "(default: none)"},
 };
 
 fi_param_type to_fi(param_type t) noexcept
@@ -53,6 +88,68 @@ fi_param_type to_fi(param_type t) noexcept
         return FI_PARAM_SIZE_T;
     }
     return FI_PARAM_STRING;
+}
+
+std::string_view trim(std::string_view s) noexcept
+{
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front())))
+        s.remove_prefix(1);
+    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back())))
+        s.remove_suffix(1);
+    return s;
+}
+
+std::vector<std::string_view> split(std::string_view s, char sep)
+{
+    std::vector<std::string_view> out;
+    for (;;) {
+        size_t pos = s.find(sep);
+        out.push_back(trim(s.substr(0, pos)));
+        if (pos == std::string_view::npos) return out;
+        s.remove_prefix(pos + 1);
+    }
+}
+
+std::string quoted(std::string_view s)
+{
+    return "'" + std::string(s) + "'";
+}
+
+bool fail(std::string *why, std::string msg)
+{
+    if (why) *why = std::move(msg);
+    return false;
+}
+
+bool valid_device_name(std::string_view name) noexcept
+{
+    if (name.empty() || name.size() > 63) return false;
+    return std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+    });
+}
+
+// The raw text of a parameter. libfabric's fi_param_get_size_t converts with
+// strtol and no end check ("12junk" reads as 12, "-5" as 2^64-5), so values
+// that must be validated strictly are read here, from the same variable
+// fi_param_get reads (FI_MLX4_<NAME>).
+const char *raw_value(const char *name) noexcept
+{
+    char var[64];
+    std::snprintf(var, sizeof var, "FI_MLX4_%s", name);
+    return std::getenv(var);
+}
+
+// A size parameter: malformed values are logged and the default kept.
+void load_size(const char *name, size_t &value) noexcept
+{
+    const char *text = raw_value(name);
+    if (!text || trim(text).empty()) return;
+    if (!parse_size(text, value))
+        MLX4_WARN(FI_LOG_CORE,
+                  "FI_MLX4_%s='%s' is not a byte count (digits, optional K/M/G); "
+                  "using %zu\n",
+                  name, text, value);
 }
 
 } // namespace
@@ -82,6 +179,136 @@ bool parse_link_filter(const char *text, link_filter &out) noexcept
     } else {
         return false;
     }
+    return true;
+}
+
+bool parse_rail_ref(std::string_view text, rail_ref &out) noexcept
+{
+    text = trim(text);
+    size_t colon = text.find(':');
+    if (colon == std::string_view::npos) return false;
+    std::string_view name = trim(text.substr(0, colon));
+    std::string_view port = trim(text.substr(colon + 1));
+    if (!valid_device_name(name) || port.empty()) return false;
+    unsigned num = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), num);
+    if (ec != std::errc() || end != port.data() + port.size() || num < 1 || num > 255) return false;
+    try {
+        out.device.assign(name);
+    } catch (...) {
+        return false;
+    }
+    out.port = static_cast<uint8_t>(num);
+    return true;
+}
+
+bool parse_rail_list(std::string_view text, std::vector<rail_ref> &out, std::string *why)
+{
+    if (trim(text).empty()) return fail(why, "empty rail list");
+    std::vector<rail_ref> rails;
+    for (std::string_view entry : split(text, ',')) {
+        rail_ref r;
+        if (!parse_rail_ref(entry, r))
+            return fail(why, "bad rail " + quoted(entry) + " (want DEV:PORT, e.g. mlx4_0:1)");
+        if (std::find(rails.begin(), rails.end(), r) != rails.end())
+            return fail(why, "rail " + quoted(entry) + " given twice");
+        rails.push_back(std::move(r));
+    }
+    out = std::move(rails);
+    return true;
+}
+
+bool parse_positive(std::string_view text, double &out) noexcept
+{
+    text = trim(text);
+    // from_chars takes no '+' but would take "inf", "nan" and a '-'; demand a
+    // digit or '.' first so only plain decimals get through.
+    if (text.empty() || !(std::isdigit(static_cast<unsigned char>(text[0])) || text[0] == '.'))
+        return false;
+    double v = 0.0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec != std::errc() || end != text.data() + text.size()) return false;
+    if (!std::isfinite(v) || v <= 0.0) return false;
+    out = v;
+    return true;
+}
+
+bool parse_ratio(std::string_view text, double &out) noexcept
+{
+    double v = 0.0;
+    if (!parse_positive(text, v) || v > 1.0) return false;
+    out = v;
+    return true;
+}
+
+bool parse_size(std::string_view text, size_t &out) noexcept
+{
+    text = trim(text);
+    size_t shift = 0;
+    if (!text.empty()) {
+        switch (text.back()) {
+        case 'k':
+        case 'K':
+            shift = 10;
+            break;
+        case 'm':
+        case 'M':
+            shift = 20;
+            break;
+        case 'g':
+        case 'G':
+            shift = 30;
+            break;
+        }
+        if (shift) text.remove_suffix(1);
+    }
+    if (text.empty() || !std::isdigit(static_cast<unsigned char>(text[0]))) return false;
+    uint64_t v = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec != std::errc() || end != text.data() + text.size()) return false;
+    if (v > (std::numeric_limits<size_t>::max() >> shift)) return false;
+    out = static_cast<size_t>(v) << shift;
+    return true;
+}
+
+bool parse_rail_weights(std::string_view text, weight_override &out, std::string *why)
+{
+    text = trim(text);
+    if (text.empty()) return fail(why, "empty value");
+    if (text.size() == 5 && !strncasecmp(text.data(), "equal", 5)) {
+        out = weight_override{weight_mode::equal, {}, {}};
+        return true;
+    }
+    std::vector<std::string_view> entries = split(text, ',');
+    bool named = text.find('=') != std::string_view::npos;
+    weight_override w;
+    w.mode = named ? weight_mode::per_rail : weight_mode::list;
+    for (std::string_view entry : entries) {
+        size_t eq = entry.find('=');
+        if (named != (eq != std::string_view::npos))
+            return fail(why, "entry " + quoted(entry) +
+                                 " mixes forms (either W,W,... or DEV:PORT=W,...)");
+        std::string_view number = named ? entry.substr(eq + 1) : entry;
+        double v = 0.0;
+        if (!parse_positive(number, v))
+            return fail(why, "weight " + quoted(trim(number)) +
+                                 (named ? " in " + quoted(entry) : std::string()) +
+                                 " is not a positive number");
+        if (!named) {
+            w.list.push_back(v);
+            continue;
+        }
+        named_weight nw;
+        if (!parse_rail_ref(entry.substr(0, eq), nw.rail))
+            return fail(why, "bad rail " + quoted(trim(entry.substr(0, eq))) + " in " +
+                                 quoted(entry) + " (want DEV:PORT=W)");
+        for (const named_weight &other : w.per_rail)
+            if (other.rail == nw.rail)
+                return fail(why, "rail in " + quoted(entry) + " given twice");
+        nw.weight = v;
+        w.per_rail.push_back(std::move(nw));
+    }
+    out = std::move(w);
     return true;
 }
 
@@ -123,8 +350,49 @@ config load_config(const fi_provider *prov) noexcept
             cfg.inline_size = static_cast<size_t>(v);
     }
     size_t bytes = 0;
-    if (fi_param_get_size_t(p, "MR_CACHE_SIZE", &bytes) == FI_SUCCESS)
-        cfg.mr_cache_size = bytes;
+    if (fi_param_get_size_t(p, "MR_CACHE_SIZE", &bytes) == FI_SUCCESS) cfg.mr_cache_size = bytes;
+
+    try {
+        str = nullptr;
+        if (fi_param_get_str(p, "RAILS", &str) == FI_SUCCESS && str && !trim(str).empty()) {
+            cfg.rails.restricted = true;
+            std::string why;
+            if (!parse_rail_list(str, cfg.rails.rails, &why)) {
+                cfg.rails.invalid = true;
+                MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RAILS='%s': %s; offering no domains\n", str,
+                          why.c_str());
+            }
+        }
+        str = nullptr;
+        if (fi_param_get_str(p, "RAIL_WEIGHTS", &str) == FI_SUCCESS && str && !trim(str).empty()) {
+            std::string why;
+            if (!parse_rail_weights(str, cfg.weights, &why))
+                MLX4_WARN(FI_LOG_CORE,
+                          "FI_MLX4_RAIL_WEIGHTS='%s': %s; using the computed weights\n", str,
+                          why.c_str());
+        }
+    } catch (...) {
+        // Only allocation can throw here: no restriction and no override then.
+        MLX4_WARN(FI_LOG_CORE, "out of memory reading FI_MLX4_RAILS/RAIL_WEIGHTS; ignored\n");
+        cfg.rails = {};
+        cfg.weights = {};
+    }
+    load_size("STRIPE_THRESHOLD", cfg.stripe_threshold);
+    load_size("STRIPE_MIN_CHUNK", cfg.stripe_min_chunk);
+    str = nullptr;
+    if (fi_param_get_str(p, "STRIPE_MIN_RATIO", &str) == FI_SUCCESS && str && !trim(str).empty() &&
+        !parse_ratio(str, cfg.stripe_min_ratio))
+        MLX4_WARN(FI_LOG_CORE,
+                  "FI_MLX4_STRIPE_MIN_RATIO='%s' is not a number in (0,1]; using "
+                  "%g\n",
+                  str, cfg.stripe_min_ratio);
+    int info = 0;
+    int ret = fi_param_get_bool(p, "RAIL_INFO", &info);
+    if (ret == FI_SUCCESS)
+        cfg.rail_info = info != 0;
+    else if (ret != -FI_ENODATA)
+        MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RAIL_INFO is not a boolean (1/0, yes/no, on/off, "
+                               "true/false); not printing rail info\n");
     return cfg;
 }
 

@@ -69,6 +69,46 @@ std::vector<fi_mlx4_rail_attr> rails_of(fi_info *info)
     return rails;
 }
 
+// A fabric and domain opened on an offer, with the extension ops.
+struct open_domain {
+    fid_fabric *fabric = nullptr;
+    fid_domain *domain = nullptr;
+    fi_mlx4_domain_ops *ops = nullptr;
+    explicit open_domain(fi_info *info)
+    {
+        EXPECT_EQ(fi_fabric(info->fabric_attr, &fabric, nullptr), 0);
+        if (!fabric) return;
+        EXPECT_EQ(fi_domain(fabric, info, &domain, nullptr), 0);
+        if (!domain) return;
+        EXPECT_EQ(fi_open_ops(&domain->fid, FI_MLX4_DOMAIN_OPS_V1, 0,
+                              reinterpret_cast<void **>(&ops), nullptr),
+                  0);
+    }
+    ~open_domain()
+    {
+        if (domain) {
+            EXPECT_EQ(fi_close(&domain->fid), 0);
+        }
+        if (fabric) {
+            EXPECT_EQ(fi_close(&fabric->fid), 0);
+        }
+    }
+    open_domain(const open_domain &) = delete;
+    open_domain &operator=(const open_domain &) = delete;
+};
+
+std::vector<fi_mlx4_rail_stats> stats_of(open_domain &d)
+{
+    std::vector<fi_mlx4_rail_stats> stats;
+    if (!d.ops) return stats;
+    size_t n = 0;
+    EXPECT_EQ(d.ops->query_rail_stats(d.domain, nullptr, &n), -FI_ETOOSMALL);
+    stats.resize(n);
+    EXPECT_EQ(d.ops->query_rail_stats(d.domain, stats.data(), &n), 0);
+    EXPECT_EQ(n, stats.size());
+    return stats;
+}
+
 } // namespace
 
 // FI_MLX4_SIM='mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g'
@@ -222,6 +262,119 @@ TEST(two_hcas, combined_domain_first)
     // Separate HCAs each keep their PCIe link: 52 + 32.
     EXPECT_NEAR(rails[0].effective_gbps, 52.0, 0.1);
     EXPECT_NEAR(rails[1].effective_gbps, 32.0, 1e-9);
+}
+
+TEST(two_hcas, rail_stats_contract)
+{
+    info_list l;
+    get(l, nullptr, "mlx4_0+mlx4_1");
+    ASSERT_EQ(l.ret, 0);
+    open_domain d(l.head);
+    ASSERT_NE(d.ops, nullptr);
+    ASSERT_GE(d.ops->size, sizeof(fi_mlx4_domain_ops));
+    ASSERT_NE(d.ops->query_rail_stats, nullptr);
+    ASSERT_NE(d.ops->reset_rail_stats, nullptr);
+
+    fi_mlx4_rail_stats one[1];
+    std::memset(one, 0xab, sizeof one);
+    size_t n = 1;
+    EXPECT_EQ(d.ops->query_rail_stats(d.domain, one, &n), -FI_ETOOSMALL);
+    EXPECT_EQ(n, 2u);
+    EXPECT_STREQ(one[0].device, "mlx4_0"); // the first *count entries are filled
+    n = 1;
+    EXPECT_EQ(d.ops->query_rail_stats(nullptr, one, &n), -FI_EINVAL);
+    EXPECT_EQ(d.ops->query_rail_stats(d.domain, one, nullptr), -FI_EINVAL);
+    n = 1;
+    EXPECT_EQ(d.ops->query_rail_stats(d.domain, nullptr, &n), -FI_EINVAL);
+    EXPECT_EQ(n, 1u);
+
+    auto stats = stats_of(d);
+    auto rails = rails_of(l.head);
+    ASSERT_EQ(stats.size(), 2u);
+    ASSERT_EQ(rails.size(), 2u);
+    for (size_t i = 0; i < stats.size(); ++i) {
+        EXPECT_STREQ(stats[i].device, rails[i].device); // query_rails' order
+        EXPECT_EQ(stats[i].port, rails[i].port);
+        EXPECT_EQ(stats[i].up, 1);
+        EXPECT_EQ(stats[i].striped, 1); // QDR's 32 >= 0.25 x FDR's 52
+        EXPECT_DOUBLE_EQ(stats[i].weight, rails[i].weight);
+        EXPECT_EQ(stats[i].tx_bytes, 0u); // a fresh domain has carried nothing
+        EXPECT_EQ(stats[i].rx_bytes, 0u);
+        EXPECT_EQ(stats[i].ops, 0u);
+        EXPECT_EQ(stats[i].failovers, 0u);
+    }
+    EXPECT_NEAR(stats[0].weight + stats[1].weight, 1.0, 1e-12);
+}
+
+TEST(two_hcas, reset_rail_stats)
+{
+    info_list l;
+    get(l, nullptr, "mlx4_0+mlx4_1");
+    ASSERT_EQ(l.ret, 0);
+    open_domain d(l.head);
+    ASSERT_NE(d.ops, nullptr);
+    EXPECT_EQ(d.ops->reset_rail_stats(nullptr), -FI_EINVAL);
+    EXPECT_EQ(d.ops->reset_rail_stats(d.domain), 0);
+    EXPECT_EQ(d.ops->reset_rail_stats(d.domain), 0); // idempotent
+    for (const fi_mlx4_rail_stats &s : stats_of(d)) {
+        EXPECT_EQ(s.up, 1); // health is not a count: reset leaves it
+        EXPECT_EQ(s.tx_bytes + s.rx_bytes + s.ops + s.failovers, 0u);
+    }
+}
+
+// FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' FI_MLX4_RAILS=mlx4_1:1
+TEST(rails_select, only_the_listed_rail)
+{
+    info_list l;
+    get(l);
+    ASSERT_EQ(l.ret, 0);
+    auto items = l.items();
+    ASSERT_EQ(items.size(), 1u);
+    EXPECT_STREQ(items[0]->domain_attr->name, "mlx4_1");
+    auto rails = rails_of(items[0]);
+    ASSERT_EQ(rails.size(), 1u);
+    EXPECT_EQ(rails[0].active_speed, 4); // QDR
+}
+
+// FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' FI_MLX4_RAILS=mlx4_0:1,mlx4_9:1
+TEST(rails_missing, no_domains_at_all)
+{
+    info_list l;
+    get(l);
+    EXPECT_EQ(l.ret, -FI_ENODATA);
+    EXPECT_EQ(l.head, nullptr);
+}
+
+// FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/sdr/1x'
+TEST(slow_rail, is_not_striped)
+{
+    info_list l;
+    get(l, nullptr, "mlx4_0+mlx4_1");
+    ASSERT_EQ(l.ret, 0);
+    open_domain d(l.head);
+    auto stats = stats_of(d);
+    ASSERT_EQ(stats.size(), 2u);
+    EXPECT_EQ(stats[0].striped, 1);
+    EXPECT_EQ(stats[1].striped, 0); // 2 Gb/s < 0.25 x 52
+    EXPECT_LT(stats[1].weight, 0.05);
+}
+
+// FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/sdr/1x' FI_MLX4_RAIL_WEIGHTS=mlx4_1:1=52
+TEST(rail_weights, override_reaches_rails_and_stats)
+{
+    info_list l;
+    get(l, nullptr, "mlx4_0+mlx4_1");
+    ASSERT_EQ(l.ret, 0);
+    auto rails = rails_of(l.head);
+    ASSERT_EQ(rails.size(), 2u);
+    EXPECT_NEAR(rails[0].weight, 0.5, 1e-3);
+    EXPECT_NEAR(rails[1].weight, 0.5, 1e-3);
+    EXPECT_NEAR(rails[1].effective_gbps, 2.0, 1e-9); // the rate is still the rate
+    open_domain d(l.head);
+    auto stats = stats_of(d);
+    ASSERT_EQ(stats.size(), 2u);
+    EXPECT_EQ(stats[1].striped, 1);
+    EXPECT_DOUBLE_EQ(stats[1].weight, rails[1].weight);
 }
 
 // FI_MLX4_SIM='mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g' FI_MLX4_LINK=roce

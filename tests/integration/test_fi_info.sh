@@ -47,7 +47,8 @@ check "fi_info -v shows the endpoint attributes" $? "$(head -40 <<<"$out")"
 
 out=$(run fi_info -e 2>&1 | tr -d '\0')
 missing=""
-for p in SIM LINK ANY_DEVICE GID_INDEX EAGER_LIMIT INLINE_SIZE MR_CACHE_SIZE; do
+for p in SIM LINK ANY_DEVICE GID_INDEX EAGER_LIMIT INLINE_SIZE MR_CACHE_SIZE RAILS RAIL_WEIGHTS \
+         STRIPE_THRESHOLD STRIPE_MIN_CHUNK STRIPE_MIN_RATIO RAIL_INFO SIM_RATE_SCALE SIM_FAULT; do
     grep -aq "^# FI_MLX4_$p: " <<<"$out" || missing="$missing $p"
     help=$(grep -a -A1 "^# FI_MLX4_$p: " <<<"$out" | tail -1)
     [ ${#help} -gt 20 ] || missing="$missing $p(help)"
@@ -75,6 +76,45 @@ out=$(run FI_MLX4_SIM='mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g' "$rails" 2>&1); rc=
 [ $rc -eq 0 ] && grep -aq 'mlx4_0 *1 IB *4x FDR .* 54.55 *32.77 *0.630' <<<"$out" \
     && grep -aq 'mlx4_1 *1 Ethernet *4x QDR .* 40.00 *40.00 *1.000' <<<"$out"
 check "mlx4_rails shows rails with effective rates and weights" $? "$out"
+
+# Rail selection, weights and FI_MLX4_RAIL_INFO (issue 4).
+two='mlx4_0:ib/fdr;mlx4_1:ib/qdr'
+out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAIL_INFO=1 "$rails" 2>&1 >/dev/null); rc=$?
+block=$(grep -a -A4 'domain mlx4_0+mlx4_1 on fabric IB-0xfe80000000000000' <<<"$out")
+[ $rc -eq 0 ] && grep -aq 'mlx4_0:1 *IB 4x FDR *54.55 *gen3x8 *51.99 .* 0.619 *yes' <<<"$block" \
+    && grep -aq 'mlx4_1:1 *IB 4x QDR *32.00 *gen3x8 *32.00 .* 0.381 *yes' <<<"$block" \
+    && grep -aq 'striping: transfers >= 262144 bytes' <<<"$block"
+check "FI_MLX4_RAIL_INFO=1 describes the domain's rails on stderr" $? "rc=$rc" "$out"
+
+out=$(run FI_MLX4_SIM="$two" "$rails" 2>&1 >/dev/null)
+[ -z "$out" ]
+check "without FI_MLX4_RAIL_INFO nothing is printed to stderr" $? "$out"
+
+out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAILS=mlx4_0:1,mlx4_9:1 FI_LOG_LEVEL=warn fi_info -p mlx4 2>&1); rc=$?
+[ $rc -eq 61 ] && grep -aq 'mlx4.*FI_MLX4_RAILS.*mlx4_9:1' <<<"$out" && ! grep -aq 'domain:' <<<"$out"
+check "FI_MLX4_RAILS naming a missing device: a warning naming it, no domains" $? "rc=$rc" "$out"
+
+out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAILS='mlx4_0:1;mlx4_1:1' FI_LOG_LEVEL=warn fi_info -p mlx4 2>&1); rc=$?
+[ $rc -eq 61 ] && grep -aq "mlx4.*FI_MLX4_RAILS.*'mlx4_0:1;mlx4_1:1'" <<<"$out"
+check "a malformed FI_MLX4_RAILS: a warning, no domains" $? "rc=$rc" "$out"
+
+out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAILS=mlx4_1:1 fi_info -p mlx4 2>&1)
+[ "$(domains <<<"$out")" = "mlx4_1 " ]
+check "FI_MLX4_RAILS=mlx4_1:1 offers only that rail's domain" $? "$out"
+
+out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAIL_WEIGHTS=0,1 FI_LOG_LEVEL=warn fi_info -p mlx4 2>&1); rc=$?
+[ $rc -eq 0 ] && grep -aq "mlx4.*FI_MLX4_RAIL_WEIGHTS.*'0'" <<<"$out" \
+    && [ "$(domains <<<"$out")" = "mlx4_0+mlx4_1 mlx4_0 mlx4_1 " ]
+check "FI_MLX4_RAIL_WEIGHTS=0,1: a warning, the domains still offered" $? "rc=$rc" "$out"
+
+out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAIL_WEIGHTS=equal "$rails" 2>&1); rc=$?
+[ $rc -eq 0 ] && grep -aq 'mlx4_0 *1 IB .* 0.500' <<<"$out" && grep -aq 'mlx4_1 *1 IB .* 0.500' <<<"$out"
+check "FI_MLX4_RAIL_WEIGHTS=equal reaches query_rails" $? "rc=$rc" "$out"
+
+out=$(run FI_MLX4_SIM="$two" FI_MLX4_STRIPE_THRESHOLD=12junk FI_MLX4_RAIL_INFO=1 FI_LOG_LEVEL=warn "$rails" 2>&1); rc=$?
+[ $rc -eq 0 ] && grep -aq "mlx4.*FI_MLX4_STRIPE_THRESHOLD='12junk'" <<<"$out" \
+    && grep -aq 'striping: transfers >= 262144 bytes' <<<"$out"
+check "a malformed FI_MLX4_STRIPE_THRESHOLD: a warning, the default kept" $? "rc=$rc" "$out"
 
 # meson install: the plugin lands in libfabric's provider folder, from where
 # libfabric loads it (staged under DESTDIR so the test leaves the host alone).

@@ -47,6 +47,24 @@ TEST(sim_spec, widths_speeds_pcie_and_case)
     EXPECT_EQ(d[1].ports[1].speed, ib_speed::fdr);
 }
 
+TEST(sim_spec, numa_annotation)
+{
+    auto r = sim::parse_spec("mlx4_0@numa1:ib/fdr;mlx4_1@gen2x8@NUMA0:ib/qdr;"
+                             "mlx4_2@numa12@gen3x16:roce/40g;mlx4_3:ib/fdr");
+    ASSERT_TRUE(r.ok());
+    const auto &d = r.value();
+    EXPECT_EQ(d[0].numa_node, 1);
+    EXPECT_EQ(d[0].pcie.gen, 3); // the default link stays
+    EXPECT_EQ(d[1].numa_node, 0);
+    EXPECT_EQ(d[1].pcie.gen, 2);
+    EXPECT_EQ(d[2].numa_node, 12);
+    EXPECT_EQ(d[2].pcie.lanes, 16);
+    EXPECT_EQ(d[3].numa_node, -1); // not given: unknown
+    // The simulated device reports it as a real one's sysfs numa_node would.
+    EXPECT_EQ(sim::make_device_attr(d[0], 0, -1).numa_node, 1);
+    EXPECT_EQ(sim::make_device_attr(d[3], 3, -1).numa_node, -1);
+}
+
 TEST(sim_spec, one_means_the_default_host)
 {
     auto r = sim::parse_spec("1");
@@ -88,7 +106,13 @@ INSTANTIATE_TEST_SUITE_P(
         bad_spec{"mlx4_0@:ib/fdr", "''"},
         bad_spec{"mlx4_0:ib/fdr,ib/fdr,ib/fdr", "more than 2 ports"},
         bad_spec{"a:ib/fdr;a:ib/qdr", "given twice"}, bad_spec{"ib/fdr", "'ib/fdr'"},
-        bad_spec{"mlx4_0:ib", "'ib'"}, bad_spec{"mlx4_0:ib/fdr/4x/x", "'ib/fdr/4x/x'"}));
+        bad_spec{"mlx4_0:ib", "'ib'"}, bad_spec{"mlx4_0:ib/fdr/4x/x", "'ib/fdr/4x/x'"},
+        bad_spec{"mlx4_0@numa:ib/fdr", "'numa'"}, bad_spec{"mlx4_0@numax:ib/fdr", "'numax'"},
+        bad_spec{"mlx4_0@numa-1:ib/fdr", "'numa-1'"},
+        bad_spec{"mlx4_0@numa256:ib/fdr", "'numa256'"},
+        bad_spec{"mlx4_0@numa1@numa0:ib/fdr", "two NUMA nodes"},
+        bad_spec{"mlx4_0@gen3x8@gen2x8:ib/fdr", "two PCIe links"},
+        bad_spec{"mlx4_0@socket1:ib/fdr", "'socket1'"}, bad_spec{"mlx4_0@numa1@:ib/fdr", "''"}));
 
 TEST(sim_device, ports_report_real_attributes)
 {

@@ -1,5 +1,6 @@
 // From simulated devices to fabrics, domains and weighted rails.
 #include "mlx4fi/device/sim.hpp"
+#include "mlx4fi/rail/rate.hpp"
 #include "mlx4fi/rail/topology.hpp"
 
 #include <gtest/gtest.h>
@@ -122,4 +123,232 @@ TEST(topology, separate_ib_subnets_are_separate_fabrics)
     ASSERT_EQ(fabs.size(), 2u);
     EXPECT_EQ(fabs[1].name, "IB-0xfe80000000000001");
     EXPECT_EQ(fabs[0].domains.size(), 1u);
+}
+
+// ------------------------------------------------ FI_MLX4_RAILS, weights, NUMA
+
+namespace
+{
+util::config with_rails(std::vector<util::rail_ref> rails)
+{
+    util::config cfg;
+    cfg.rails.restricted = true;
+    cfg.rails.rails = std::move(rails);
+    return cfg;
+}
+
+util::config with_weights(const char *text)
+{
+    util::config cfg;
+    EXPECT_TRUE(util::parse_rail_weights(text, cfg.weights)) << text;
+    return cfg;
+}
+
+const rail::domain_desc &combined(const std::vector<rail::fabric_desc> &fabs)
+{
+    return fabs.at(0).domains.at(0);
+}
+} // namespace
+
+TEST(topology_rails, filter_keeps_only_the_listed_rails)
+{
+    auto devs = host("mlx4_0:ib/fdr,ib/fdr;mlx4_1:ib/qdr");
+    auto fabs = rail::build_topology(devs, with_rails({{"mlx4_1", 1}}), -1);
+    ASSERT_EQ(fabs.size(), 1u);
+    ASSERT_EQ(fabs[0].domains.size(), 1u);
+    EXPECT_EQ(fabs[0].domains[0].name, "mlx4_1");
+    ASSERT_EQ(fabs[0].domains[0].rails.size(), 1u);
+
+    fabs = rail::build_topology(devs, with_rails({{"mlx4_1", 1}, {"mlx4_0", 2}}), -1);
+    ASSERT_EQ(fabs[0].domains.size(), 3u);
+    const auto &all = combined(fabs);
+    EXPECT_EQ(all.name, "mlx4_0+mlx4_1");
+    ASSERT_EQ(all.rails.size(), 2u); // device order, not the list's
+    EXPECT_EQ(all.rails[0].device_name, "mlx4_0");
+    EXPECT_EQ(all.rails[0].port, 2);
+    // mlx4_0's other port is not used, so this one has the PCIe link alone.
+    EXPECT_NEAR(all.rails[0].effective_gbps, 52.0, 0.1);
+    EXPECT_EQ(fabs[0].domains[1].rails.size(), 1u);
+}
+
+TEST(topology_rails, bad_rail_offers_nothing_and_names_it)
+{
+    auto devs = host("mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g");
+    devs[0].ports[1].state = device::port_state::down;
+    struct bad {
+        util::rail_ref rail;
+        const char *why;
+    };
+    for (bad b : {bad{{"mlx4_9", 1}, "mlx4_9:1 names no device"},
+                  bad{{"mlx4_0", 3}, "mlx4_0:3 names a port"},
+                  bad{{"mlx4_0", 2}, "mlx4_0:2 is not an active"}}) {
+        auto cfg = with_rails({{"mlx4_0", 1}, b.rail});
+        EXPECT_TRUE(rail::build_topology(devs, cfg, -1).empty()) << b.why;
+        std::string why;
+        EXPECT_FALSE(rail::validate_rails(devs, cfg.rails, cfg.link, &why));
+        EXPECT_EQ(why.rfind(b.why, 0), 0u) << why;
+    }
+    auto cfg = with_rails({{"mlx4_1", 1}});
+    cfg.link = util::link_filter::ib;
+    std::string why;
+    EXPECT_FALSE(rail::validate_rails(devs, cfg.rails, cfg.link, &why));
+    EXPECT_NE(why.find("FI_MLX4_LINK"), std::string::npos) << why;
+    EXPECT_TRUE(rail::build_topology(devs, cfg, -1).empty());
+
+    util::config malformed;
+    malformed.rails.restricted = malformed.rails.invalid = true;
+    EXPECT_TRUE(rail::build_topology(devs, malformed, -1).empty());
+    EXPECT_FALSE(rail::build_topology(devs, with_rails({{"mlx4_1", 1}}), -1).empty());
+}
+
+TEST(topology_rails, weights_equal)
+{
+    auto devs = host("mlx4_0:ib/fdr;mlx4_1:ib/qdr");
+    const auto fabs = rail::build_topology(devs, with_weights("equal"), -1);
+    const auto &all = combined(fabs);
+    EXPECT_NEAR(all.rails[0].weight, 0.5, 1e-12);
+    EXPECT_NEAR(all.rails[1].weight, 0.5, 1e-12);
+    EXPECT_TRUE(all.rails[0].weight_overridden);
+    EXPECT_NEAR(all.rails[1].effective_gbps, 32.0, 1e-9); // rates stay what they are
+}
+
+TEST(topology_rails, weights_list_in_rail_order)
+{
+    auto devs = host("mlx4_0:ib/fdr;mlx4_1:ib/qdr");
+    const auto fabs = rail::build_topology(devs, with_weights("1,3"), -1);
+    const auto &all = combined(fabs);
+    EXPECT_NEAR(all.rails[0].weight, 0.25, 1e-12);
+    EXPECT_NEAR(all.rails[1].weight, 0.75, 1e-12);
+    EXPECT_TRUE(all.rails[1].weight_overridden);
+    // The single-rail domains have one rail, not two: left alone.
+    EXPECT_NEAR(fabs[0].domains[1].rails[0].weight, 1.0, 1e-12);
+    EXPECT_FALSE(fabs[0].domains[1].rails[0].weight_overridden);
+}
+
+TEST(topology_rails, weights_per_rail_others_keep_their_rate)
+{
+    auto devs = host("mlx4_0:ib/fdr;mlx4_1:ib/qdr");
+    const auto fabs = rail::build_topology(devs, with_weights("mlx4_1:1=52"), -1);
+    const auto &all = combined(fabs);
+    EXPECT_NEAR(all.rails[0].weight, 0.5, 1e-3); // its computed ~52 Gb/s
+    EXPECT_NEAR(all.rails[1].weight, 0.5, 1e-3);
+    EXPECT_FALSE(all.rails[0].weight_overridden);
+    EXPECT_TRUE(all.rails[1].weight_overridden);
+}
+
+TEST(topology_rails, bad_weights_keep_the_computed_ones)
+{
+    auto devs = host("mlx4_0:ib/fdr;mlx4_1:ib/qdr");
+    for (const char *w : {"1,2,3", "mlx4_7:1=5", "mlx4_0:2=5"}) {
+        const auto fabs = rail::build_topology(devs, with_weights(w), -1);
+        const auto &all = combined(fabs);
+        EXPECT_NEAR(all.rails[0].weight, 52.0 / 84.0, 1e-3) << w;
+        EXPECT_FALSE(all.rails[0].weight_overridden) << w;
+        EXPECT_FALSE(all.rails[1].weight_overridden) << w;
+    }
+}
+
+TEST(topology_rails, far_socket_rail_counts_less)
+{
+    auto devs = host("mlx4_0@numa0:ib/fdr;mlx4_1@numa1:ib/fdr");
+    auto fabs = rail::build_topology(devs, util::config{}, 0);
+    const auto &all = combined(fabs);
+    EXPECT_EQ(all.local_numa_node, 0);
+    EXPECT_EQ(all.rails[0].numa_node, 0);
+    EXPECT_TRUE(all.rails[0].numa_local);
+    EXPECT_FALSE(all.rails[0].far_penalty);
+    EXPECT_EQ(all.rails[1].numa_node, 1);
+    EXPECT_FALSE(all.rails[1].numa_local);
+    EXPECT_TRUE(all.rails[1].far_penalty);
+    EXPECT_NEAR(all.rails[1].shared_gbps, 52.0, 0.1);
+    EXPECT_NEAR(all.rails[1].effective_gbps, all.rails[1].shared_gbps * rail::far_socket_factor,
+                1e-9);
+    EXPECT_NEAR(all.rails[0].weight, 1.0 / 1.75, 1e-9);
+    // A domain whose only rail is far has nothing nearer to prefer.
+    EXPECT_FALSE(fabs[0].domains[2].rails[0].far_penalty);
+    EXPECT_NEAR(fabs[0].domains[2].total_gbps, 52.0, 0.1);
+
+    // From the other socket, the other rail is the near one.
+    fabs = rail::build_topology(devs, util::config{}, 1);
+    EXPECT_NEAR(combined(fabs).rails[1].weight, 1.0 / 1.75, 1e-9);
+    // Process node unknown: every rail counts as local.
+    fabs = rail::build_topology(devs, util::config{}, -1);
+    EXPECT_NEAR(combined(fabs).rails[0].weight, 0.5, 1e-9);
+    // Neither rail near the process: both equally far, no penalty.
+    fabs = rail::build_topology(devs, util::config{}, 2);
+    EXPECT_FALSE(combined(fabs).rails[0].far_penalty);
+    EXPECT_NEAR(combined(fabs).rails[0].weight, 0.5, 1e-9);
+}
+
+TEST(topology_rails, unknown_device_node_counts_as_local)
+{
+    auto devs = host("mlx4_0:ib/fdr;mlx4_1@numa1:ib/fdr");
+    const auto fabs = rail::build_topology(devs, util::config{}, 0);
+    const auto &all = combined(fabs);
+    EXPECT_EQ(all.rails[0].numa_node, -1);
+    EXPECT_TRUE(all.rails[0].numa_local);
+    EXPECT_TRUE(all.rails[1].far_penalty);
+}
+
+TEST(topology_rails, slow_rail_is_not_striped)
+{
+    // SDR 1x carries 2 Gb/s: well below 0.25 x FDR's 52.
+    auto devs = host("mlx4_0:ib/fdr;mlx4_1:ib/sdr/1x");
+    auto fabs = rail::build_topology(devs, util::config{}, -1);
+    const auto &all = combined(fabs);
+    EXPECT_TRUE(all.rails[0].striped);
+    EXPECT_FALSE(all.rails[1].striped);
+    EXPECT_NEAR(all.rails[1].effective_gbps, 2.0, 1e-9);
+    EXPECT_TRUE(fabs[0].domains[2].rails[0].striped); // alone it is the fastest
+
+    util::config cfg;
+    cfg.stripe_min_ratio = 0.03;
+    fabs = rail::build_topology(devs, cfg, -1);
+    EXPECT_TRUE(combined(fabs).rails[1].striped);
+    // FDR + QDR: 32 >= 0.25 x 52, both striped.
+    fabs = rail::build_topology(host("mlx4_0:ib/fdr;mlx4_1:ib/qdr"), util::config{}, -1);
+    EXPECT_TRUE(combined(fabs).rails[1].striped);
+}
+
+TEST(topology_rails, two_ports_of_one_hca_and_a_second_hca)
+{
+    auto devs = host("mlx4_0:ib/fdr,ib/fdr;mlx4_1:ib/fdr");
+    const auto fabs = rail::build_topology(devs, util::config{}, -1);
+    const auto &all = combined(fabs);
+    ASSERT_EQ(all.rails.size(), 3u);
+    double pcie = rail::pcie_data_gbps({3, 8});
+    EXPECT_LE(all.rails[0].effective_gbps + all.rails[1].effective_gbps, pcie + 1e-9);
+    EXPECT_NEAR(all.rails[2].effective_gbps, pcie, 1e-9);
+    EXPECT_GT(all.rails[2].weight, all.rails[0].weight);
+    EXPECT_GT(all.rails[2].weight, all.rails[1].weight);
+    EXPECT_NEAR(all.rails[2].weight, 0.5, 1e-9);
+    for (const auto &r : all.rails)
+        EXPECT_TRUE(r.striped);
+}
+
+TEST(topology_rails, describe_domain_names_every_rail)
+{
+    auto devs = host("mlx4_0@numa0:ib/fdr;mlx4_1@numa1:ib/sdr/1x");
+    auto cfg = with_weights("mlx4_0:1=40");
+    const auto fabs = rail::build_topology(devs, cfg, 0);
+    rail::planner_config pc;
+    std::string text = rail::describe_domain(fabs[0].name, combined(fabs), devs, pc, "[p] ");
+    EXPECT_NE(text.find("[p] domain mlx4_0+mlx4_1 on fabric IB-0xfe80000000000000"),
+              std::string::npos)
+        << text;
+    EXPECT_NE(text.find("NUMA node 0"), std::string::npos) << text;
+    EXPECT_NE(text.find("mlx4_0:1"), std::string::npos) << text;
+    EXPECT_NE(text.find("IB 4x FDR"), std::string::npos) << text;
+    EXPECT_NE(text.find("54.55"), std::string::npos) << text;
+    EXPECT_NE(text.find("gen3x8"), std::string::npos) << text;
+    EXPECT_NE(text.find("(set)"), std::string::npos) << text;
+    EXPECT_NE(text.find("mlx4_1:1"), std::string::npos) << text;
+    EXPECT_NE(text.find("IB 1x SDR"), std::string::npos) << text;
+    EXPECT_NE(text.find("1 far x0.75"), std::string::npos) << text;
+    EXPECT_NE(text.find("no (< 0.25"), std::string::npos) << text;
+    EXPECT_NE(text.find(">= 262144 bytes"), std::string::npos) << text;
+    EXPECT_NE(text.find(">= 65536 bytes"), std::string::npos) << text;
+    for (size_t pos = 0; pos < text.size(); pos = text.find('\n', pos) + 1)
+        EXPECT_EQ(text.compare(pos, 4, "[p] "), 0) << text.substr(pos);
+    EXPECT_EQ(text.back(), '\n');
 }

@@ -240,6 +240,18 @@ TEST_F(verbs_sysfs, physical_function_ignores_physfn)
     EXPECT_EQ(l.lanes, 1);
 }
 
+TEST_F(verbs_sysfs, numa_node)
+{
+    write("device/numa_node", "1\n");
+    EXPECT_EQ(read_numa_node(dir("device")), 1);
+    write("device/numa_node", "-1\n"); // firmware did not say
+    EXPECT_EQ(read_numa_node(dir("device")), -1);
+    EXPECT_EQ(read_numa_node(dir("no/such/dir")), -1);
+    EXPECT_EQ(numa_node_from_text(" 3 \n"), 3);
+    EXPECT_EQ(numa_node_from_text("x"), -1);
+    EXPECT_EQ(numa_node_from_text(""), -1);
+}
+
 // A getifaddrs-style list built by hand.
 class verbs_ifaddrs : public ::testing::Test
 {

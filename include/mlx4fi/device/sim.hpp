@@ -2,13 +2,17 @@
 // (FI_MLX4_SIM), used on hosts without RDMA hardware and by every test.
 //
 // Grammar:  spec   := "1" | device (";" device)*
-//           device := NAME ["@" PCIE] ":" port ("," port)*
+//           device := NAME ("@" ANNOT)* ":" port ("," port)*
+//           ANNOT  := PCIE | NUMA                    (each at most once, any order)
 //           port   := "ib/" IBSPEED ["/" WIDTH] | "roce/" ETHSPEED
 //           IBSPEED  := sdr | ddr | qdr | fdr10 | fdr | edr
 //           WIDTH    := 1x | 4x | 8x | 12x            (default 4x)
 //           ETHSPEED := 10g | 40g | 56g
 //           PCIE     := "gen" 1..4 "x" 1|2|4|8|16     (default gen3x8)
+//           NUMA     := "numa" 0..255                 (default: unknown, -1)
 // "1" is the default host: one ConnectX-3, mlx4_0, with one FDR 4x IB port.
+// Example: "mlx4_0@gen3x8@numa0:ib/fdr;mlx4_1@numa1:ib/fdr" is a two-socket
+// host with one HCA per socket.
 #pragma once
 
 #include "mlx4fi/device/device.hpp"
@@ -30,6 +34,7 @@ struct port_spec {
 struct device_spec {
     std::string name;
     pcie_link pcie{3, 8};
+    int numa_node = -1;           // "@numaN"; -1: unknown
     std::vector<port_spec> ports; // one or two, as on a ConnectX-3
 };
 

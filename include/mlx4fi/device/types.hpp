@@ -70,6 +70,7 @@ struct device_attr {
     std::string fw_version;
     std::string driver; // "mlx4" for real mlx4, "sim" for the software HCA
     pcie_link pcie;
+    int numa_node = -1; // the NUMA node the HCA's PCIe slot hangs off; -1 unknown
     uint32_t max_qp_wr = 0;
     uint32_t max_sge = 0;
     uint32_t max_inline = 0;

@@ -102,6 +102,13 @@ device_list discover(const util::config &cfg) noexcept;
 // reads unknown reports its physical function's (physfn/). {0, 0} when unknown.
 [[nodiscard]] pcie_link read_pcie_link(const std::string &sysfs_device_dir) noexcept;
 
+// sysfs numa_node ("0", "1", "-1") -> the node; -1 when unknown or unparsable.
+[[nodiscard]] int numa_node_from_text(std::string_view text) noexcept;
+
+// Reads numa_node under a PCI device's sysfs directory
+// (/sys/class/infiniband/<name>/device); -1 when the platform does not say.
+[[nodiscard]] int read_numa_node(const std::string &sysfs_device_dir) noexcept;
+
 // The prefix length of the address that g holds (IPv4-mapped or IPv6) in a
 // getifaddrs list, looking only at interface ifname (and its aliases, "eth0:1")
 // unless ifname is empty. -1 when the address is not there.

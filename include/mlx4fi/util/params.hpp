@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace mlx4fi::util
 {
@@ -15,14 +17,55 @@ namespace mlx4fi::util
 // Which link layer's fabrics the provider exposes (FI_MLX4_LINK).
 enum class link_filter : uint8_t { any, ib, roce };
 
+// One rail as a user names it: a device and its 1-based port ("mlx4_0:1").
+struct rail_ref {
+    std::string device;
+    uint8_t port = 0;
+    bool operator==(const rail_ref &) const = default;
+};
+
+// FI_MLX4_RAILS: the rails the provider may use.
+struct rail_selection {
+    bool restricted = false; // only the listed rails (else every active port)
+    bool invalid = false;    // the value was malformed: the provider offers nothing
+    std::vector<rail_ref> rails;
+};
+
+// A DEV:PORT=W entry of FI_MLX4_RAIL_WEIGHTS.
+struct named_weight {
+    rail_ref rail;
+    double weight = 0.0; // positive, in the computed weights' unit (effective Gb/s)
+    bool operator==(const named_weight &) const = default;
+};
+
+// FI_MLX4_RAIL_WEIGHTS: how the computed rail weights are overridden.
+enum class weight_mode : uint8_t {
+    computed, // effective data rates (no override)
+    equal,    // every rail of a domain weighs the same
+    list,     // one weight per rail of a domain, in rail order
+    per_rail  // the named rails get their weight, the others keep theirs
+};
+
+struct weight_override {
+    weight_mode mode = weight_mode::computed;
+    std::vector<double> list;           // weight_mode::list
+    std::vector<named_weight> per_rail; // weight_mode::per_rail
+};
+
 struct config {
-    std::string sim_spec;                // FI_MLX4_SIM; empty: no software HCA
-    link_filter link = link_filter::any; // FI_MLX4_LINK
-    bool any_device = false;             // FI_MLX4_ANY_DEVICE
-    int gid_index = -1;                  // FI_MLX4_GID_INDEX; -1: choose automatically
-    size_t eager_limit = 8192;           // FI_MLX4_EAGER_LIMIT: larger messages rendezvous
-    size_t inline_size = 64;             // FI_MLX4_INLINE_SIZE: sends up to this are inline
+    std::string sim_spec;                   // FI_MLX4_SIM; empty: no software HCA
+    link_filter link = link_filter::any;    // FI_MLX4_LINK
+    bool any_device = false;                // FI_MLX4_ANY_DEVICE
+    int gid_index = -1;                     // FI_MLX4_GID_INDEX; -1: choose automatically
+    size_t eager_limit = 8192;              // FI_MLX4_EAGER_LIMIT: larger messages rendezvous
+    size_t inline_size = 64;                // FI_MLX4_INLINE_SIZE: sends up to this are inline
     size_t mr_cache_size = size_t(1) << 30; // FI_MLX4_MR_CACHE_SIZE: bytes; 0 disables
+    rail_selection rails;                   // FI_MLX4_RAILS
+    weight_override weights;                // FI_MLX4_RAIL_WEIGHTS
+    size_t stripe_threshold = 256 * 1024;   // FI_MLX4_STRIPE_THRESHOLD: bytes
+    size_t stripe_min_chunk = 64 * 1024;    // FI_MLX4_STRIPE_MIN_CHUNK: bytes
+    double stripe_min_ratio = 0.25;         // FI_MLX4_STRIPE_MIN_RATIO: in (0, 1]
+    bool rail_info = false;                 // FI_MLX4_RAIL_INFO: describe domains on stderr
 };
 
 inline constexpr size_t max_eager_limit = 65536;
@@ -48,5 +91,31 @@ config load_config(const fi_provider *prov) noexcept;
 
 // Parses an FI_MLX4_LINK value ("ib", "roce", "any", any case). False if bad.
 bool parse_link_filter(const char *text, link_filter &out) noexcept;
+
+// Value parsers. Each is pure: it returns false for a malformed value (with
+// a short reason naming the bad entry in *why when given) and leaves out
+// unchanged then. Surrounding blanks are allowed, anything else trailing is not.
+
+// "DEV:PORT": a device name (letters, digits, '_', '-', '.'; at most 63) and a
+// port number 1..255.
+bool parse_rail_ref(std::string_view text, rail_ref &out) noexcept;
+
+// FI_MLX4_RAILS: one or more comma-separated DEV:PORT, none twice.
+bool parse_rail_list(std::string_view text, std::vector<rail_ref> &out, std::string *why = nullptr);
+
+// FI_MLX4_RAIL_WEIGHTS: "equal" (any case), a comma list of positive finite
+// numbers ("2,1"), or comma-separated DEV:PORT=W with W positive and finite.
+// The forms do not mix; a rail may be named once.
+bool parse_rail_weights(std::string_view text, weight_override &out, std::string *why = nullptr);
+
+// A positive finite decimal number ("2", "0.5", "1e3"). No sign, no inf/nan.
+bool parse_positive(std::string_view text, double &out) noexcept;
+
+// FI_MLX4_STRIPE_MIN_RATIO: a decimal number in (0, 1].
+bool parse_ratio(std::string_view text, double &out) noexcept;
+
+// A byte count: decimal digits with an optional K, M or G suffix (powers of
+// 1024, either case). No sign; overflow is malformed.
+bool parse_size(std::string_view text, size_t &out) noexcept;
 
 } // namespace mlx4fi::util

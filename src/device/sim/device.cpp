@@ -48,6 +48,7 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
     a.fw_version = "2.42.5000";
     a.driver = "sim";
     a.pcie = spec.pcie;
+    a.numa_node = spec.numa_node;
     a.max_qp_wr = 16351;
     a.max_sge = 32;
     a.max_inline = 912;

@@ -67,6 +67,20 @@ bool parse_pcie(std::string_view t, pcie_link &out)
     return false;
 }
 
+// "numa" followed by 0..255.
+bool parse_numa(std::string_view t, int &out)
+{
+    if (t.size() < 5 || t.size() > 7 || !iequals(t.substr(0, 4), "numa")) return false;
+    int node = 0;
+    for (char c : t.substr(4)) {
+        if (c < '0' || c > '9') return false;
+        node = node * 10 + (c - '0');
+    }
+    if (node > 255) return false;
+    out = node;
+    return true;
+}
+
 bool parse_port(std::string_view t, port_spec &out)
 {
     std::vector<std::string_view> f = split(t, '/');
@@ -136,13 +150,28 @@ result<std::vector<device_spec>> parse_spec(std::string_view spec, std::string *
             return fail(why, spec, "device " + quoted(dev) + " has no ':' before its ports");
         std::string_view head = trim(dev.substr(0, colon));
         device_spec d;
-        size_t at = head.find('@');
-        std::string_view name = trim(head.substr(0, at));
+        std::vector<std::string_view> annots = split(head, '@');
+        std::string_view name = annots.front();
         if (!valid_name(name)) return fail(why, spec, "bad device name " + quoted(name));
-        if (at != std::string_view::npos) {
-            std::string_view pcie = trim(head.substr(at + 1));
-            if (!parse_pcie(pcie, d.pcie))
-                return fail(why, spec, "bad PCIe link " + quoted(pcie) + " (want e.g. gen3x8)");
+        bool have_pcie = false, have_numa = false;
+        for (size_t i = 1; i < annots.size(); ++i) {
+            std::string_view a = annots[i];
+            if (a.size() >= 3 && iequals(a.substr(0, 3), "gen")) {
+                if (have_pcie)
+                    return fail(why, spec, "device " + quoted(name) + " has two PCIe links");
+                if (!parse_pcie(a, d.pcie))
+                    return fail(why, spec, "bad PCIe link " + quoted(a) + " (want e.g. gen3x8)");
+                have_pcie = true;
+            } else if (a.size() >= 4 && iequals(a.substr(0, 4), "numa")) {
+                if (have_numa)
+                    return fail(why, spec, "device " + quoted(name) + " has two NUMA nodes");
+                if (!parse_numa(a, d.numa_node))
+                    return fail(why, spec, "bad NUMA node " + quoted(a) + " (want numa0..numa255)");
+                have_numa = true;
+            } else {
+                return fail(why, spec,
+                            "bad device annotation " + quoted(a) + " (want genNxM or numaN)");
+            }
         }
         d.name = name;
         for (const device_spec &other : devices)

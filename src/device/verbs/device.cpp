@@ -313,6 +313,7 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
     std::string sysdir =
         dev->ibdev_path[0] ? std::string(dev->ibdev_path) : "/sys/class/infiniband/" + a.name;
     a.pcie = read_pcie_link(sysdir + "/device");
+    a.numa_node = read_numa_node(sysdir + "/device");
     if (a.pcie.gen == 0 || a.pcie.lanes == 0)
         MLX4_DBG(FI_LOG_CORE, "%s: PCIe link unknown (gen %u x%u) under %s/device\n", name,
                  unsigned(a.pcie.gen), unsigned(a.pcie.lanes), sysdir.c_str());

@@ -1,5 +1,6 @@
-// The HCA's PCIe link, read from sysfs. It caps what both ports of a ConnectX-3
-// can move together, so the rail layer needs it to weigh rails honestly.
+// The HCA's PCIe link and NUMA node, read from sysfs. The link caps what both
+// ports of a ConnectX-3 can move together, and a rail on the far socket loses
+// part of its rate, so the rail layer needs both to weigh rails honestly.
 #include "mlx4fi/device/verbs.hpp"
 
 #include <cstdio>
@@ -104,6 +105,27 @@ pcie_link read_pcie_link(const std::string &sysfs_device_dir) noexcept
     } catch (...) {
         // Only allocation can fail here; an unknown link is the honest answer.
         return {};
+    }
+}
+
+int numa_node_from_text(std::string_view text) noexcept
+{
+    text = trim(text);
+    if (text.empty() || text.size() > 4) return -1;
+    int node = 0;
+    for (char c : text) {
+        if (c < '0' || c > '9') return -1; // "-1": the platform does not say
+        node = node * 10 + (c - '0');
+    }
+    return node;
+}
+
+int read_numa_node(const std::string &sysfs_device_dir) noexcept
+{
+    try {
+        return numa_node_from_text(read_attr(sysfs_device_dir + "/numa_node"));
+    } catch (...) {
+        return -1;
     }
 }
 
