@@ -518,7 +518,9 @@ void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
             return;
         }
         // Retries exhausted, flushed, or any other transport error: the
-        // connection on this rail is gone. Its traffic moves to other rails.
+        // connection on this rail is gone. Its traffic moves to other rails,
+        // this entry's included (it may not have arrived).
+        tx->next_wr = 0;
         rail_failed(pi, tx->rail, FI_EIO, prov);
         return;
     }

@@ -304,3 +304,133 @@ TEST_F(rails_test, rma_read_and_write_are_striped)
     EXPECT_GT(tx(a, 0) - before0, len / 2);
     EXPECT_GT(tx(a, 1) - before1, len / 4);
 }
+
+// ---------------------------------------------------------------- failover
+//
+// The software HCA's fault injection (FI_MLX4_SIM_FAULT, read when a device's
+// context opens): a port goes down after carrying a number of bytes, and
+// optionally comes back. Both engines live in this process, so the port is
+// down for both ends.
+
+namespace
+{
+
+class failover_test : public rails_test
+{
+  protected:
+    void SetUp() override {} // each test opens its devices under its own fault
+    void start(const char *fault)
+    {
+        setenv("FI_MLX4_SIM_FAULT", fault, 1);
+        rails_test::SetUp();
+        unsetenv("FI_MLX4_SIM_FAULT");
+    }
+
+    // Sends a stream of messages of mixed sizes (striped rendezvous, plain
+    // rendezvous, eager) a -> b with receives posted first, and checks that
+    // each arrives complete and in matching order. Returns the errors seen.
+    int stream(int count, uint8_t seed)
+    {
+        const size_t sizes[] = {size_t(4) << 20, 100, size_t(1) << 20, 5000, 1, size_t(3) << 20};
+        std::vector<std::vector<uint8_t>> msgs, got;
+        for (int i = 0; i < count; ++i) {
+            msgs.push_back(pattern(sizes[i % 6], uint8_t(seed + i)));
+            got.emplace_back(sizes[i % 6]);
+        }
+        std::vector<int> ctx(count);
+        for (int i = 0; i < count; ++i)
+            EXPECT_TRUE(trecv(b, got[i].data(), got[i].size(), 500, &ctx[i]).is_ok());
+        int errors = 0, recvd = 0, sent = 0, posted = 0;
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+        while ((recvd < count || sent < count) && std::chrono::steady_clock::now() < deadline) {
+            if (posted < count) {
+                if (tsend(a, msgs[posted].data(), msgs[posted].size(), 500, &ctx[posted]).is_ok())
+                    ++posted;
+            }
+            a.eng->progress();
+            b.eng->progress();
+            for (node *n : {&a, &b})
+                while (!n->sink.events.empty()) {
+                    event ev = n->sink.events.front();
+                    n->sink.events.pop_front();
+                    if (ev.err) ++errors;
+                    (ev.kind == event_kind::recv ? recvd : sent)++;
+                    if (ev.kind == event_kind::recv && !ev.err) {
+                        size_t i = size_t(static_cast<int *>(ev.context) - ctx.data());
+                        EXPECT_EQ(ev.len, msgs[i].size()) << i;
+                    }
+                }
+        }
+        EXPECT_EQ(recvd, count) << "every receive completes";
+        EXPECT_EQ(sent, count) << "every send completes";
+        if (!errors) {
+            for (int i = 0; i < count; ++i)
+                EXPECT_TRUE(got[i] == msgs[i]) << "message " << i << " differs";
+        }
+        return errors;
+    }
+};
+
+} // namespace
+
+TEST_F(failover_test, a_rail_failing_mid_stream_loses_nothing)
+{
+    for (int rail : {0, 1}) {
+        SCOPED_TRACE(rail);
+        char fault[64];
+        std::snprintf(fault, sizeof fault, "mlx4_%d:1:6M", rail);
+        start(fault);
+        EXPECT_EQ(stream(18, uint8_t(rail * 50)), 0) << "the application sees no error";
+        EXPECT_GT(a.counters[rail]->failovers.load() + b.counters[rail]->failovers.load(), 0u);
+        // Everything after the fault went over the other rail.
+        uint64_t other = rx(b, 1 - rail);
+        EXPECT_EQ(stream(6, 7), 0);
+        EXPECT_GT(rx(b, 1 - rail), other);
+        TearDown();
+        a = node{};
+        b = node{};
+        devices.clear();
+    }
+}
+
+TEST_F(failover_test, all_rails_down_fails_operations_in_bounded_time)
+{
+    start("mlx4_0:1:2M;mlx4_1:1:2M");
+    auto t0 = std::chrono::steady_clock::now();
+    int errors = stream(12, 3);
+    auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_GT(errors, 0) << "with no rail left, operations complete with errors";
+    EXPECT_LT(secs, 15.0);
+    // Later operations fail at once (or complete with an error), never hang.
+    uint8_t byte = 0;
+    int ctx;
+    auto s = tsend(a, &byte, 1, 9, &ctx);
+    if (s.is_ok()) {
+        event ev = next(a);
+        EXPECT_EQ(ev.err, FI_EIO);
+    }
+}
+
+TEST_F(failover_test, a_rail_that_comes_back_rejoins)
+{
+    start("mlx4_1:1:3M:300");
+    EXPECT_EQ(stream(6, 1), 0);
+    uint64_t before = rx(b, 1);
+    // Wait for the port to come back and the health check to reconnect it.
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    bool back = false;
+    while (!back && std::chrono::steady_clock::now() < deadline) {
+        for (int i = 0; i < 5000; ++i) {
+            a.eng->progress();
+            b.eng->progress();
+        }
+        back = a.counters[1]->up.load() && b.counters[1]->up.load();
+    }
+    ASSERT_TRUE(back);
+    bool used = false;
+    for (int round = 0; round < 20 && !used; ++round) {
+        EXPECT_EQ(stream(1, uint8_t(round)), 0);
+        used = rx(b, 1) > before;
+    }
+    EXPECT_TRUE(used) << "striping uses the rail again";
+}
