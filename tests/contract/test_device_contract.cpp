@@ -169,3 +169,21 @@ TYPED_TEST(device_contract, discovery_is_repeatable)
         }
     }
 }
+
+TYPED_TEST(device_contract, live_port_state_matches_and_checks_the_port_number)
+{
+    for (const auto &dev : this->devices) {
+        const device_attr &a = dev->attr();
+        SCOPED_TRACE(a.name);
+        for (const port_attr &p : a.ports) {
+            if (p.state != port_state::active) continue;
+            auto st = dev->query_port_state(p.num);
+            ASSERT_TRUE(st.ok()) << "port " << int(p.num);
+            EXPECT_EQ(st.value(), port_state::active) << "port " << int(p.num);
+        }
+        EXPECT_EQ(dev->query_port_state(0).error(), err_inval);
+        EXPECT_EQ(dev->query_port_state(static_cast<uint8_t>(a.ports.size() + 1)).error(),
+                  err_inval);
+        EXPECT_EQ(dev->query_port_state(255).error(), err_inval);
+    }
+}

@@ -1,7 +1,10 @@
 // The software HCA's own data-path behaviour, beyond the device contract:
 // shared-memory segments and their clean-up, reclaiming what dead processes
 // left, dead peers on every path, CQ overrun, connections to nowhere, remote
-// QPs that are not connected yet, the tunables, and forked children.
+// QPs that are not connected yet, the tunables, forked children, and ports
+// that go down (FI_MLX4_SIM_FAULT). Link-rate shaping: test_sim_shaping.cpp.
+#include "sim_test_util.hpp"
+
 #include "mlx4fi/device/device.hpp"
 #include "mlx4fi/device/sim.hpp"
 
@@ -24,20 +27,10 @@
 
 using namespace mlx4fi;
 using namespace mlx4fi::device;
-using clk = std::chrono::steady_clock;
-using hca = mlx4fi::device::device;
+using namespace sim_test;
 
 namespace
 {
-
-constexpr const char *spec = "mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g";
-
-device_list open_sim()
-{
-    util::config cfg;
-    cfg.sim_spec = spec;
-    return sim::discover(cfg);
-}
 
 // Names of this user's sim segments in /dev/shm that belong to pid.
 std::set<std::string> segments_of(pid_t pid)
@@ -57,87 +50,6 @@ mode_t mode_of(const std::string &name)
     struct stat st;
     if (stat(("/dev/shm/" + name).c_str(), &st) != 0) return 0;
     return st.st_mode & 0777;
-}
-
-port_address address_of(const port_attr &p)
-{
-    port_address a;
-    a.link = p.link;
-    a.lid = p.lid;
-    a.gid_index = static_cast<uint8_t>(p.gid_index);
-    for (const gid_entry &g : p.gids)
-        if (static_cast<int>(g.index) == p.gid_index) a.gid_value = g.value;
-    return a;
-}
-
-rc_remote remote_of(const port_attr &p, uint32_t qpn)
-{
-    rc_remote r;
-    r.addr = address_of(p);
-    r.qpn = qpn;
-    r.mtu = p.mtu;
-    return r;
-}
-
-struct end_point {
-    std::unique_ptr<completion_queue> cq;
-    std::unique_ptr<queue_pair> qp;
-    std::unique_ptr<memory_region> buf; // device buffer, 64 KiB
-};
-
-end_point make_end(hca &d, qp_type type = qp_type::rc, uint32_t cq_entries = 256, uint8_t port = 1)
-{
-    end_point e;
-    auto cq = d.create_cq(cq_entries);
-    EXPECT_TRUE(cq.ok());
-    e.cq = std::move(cq).value();
-    auto qp = d.create_qp(type, port, *e.cq, *e.cq, nullptr, qp_caps{});
-    EXPECT_TRUE(qp.ok());
-    e.qp = std::move(qp).value();
-    auto b = d.alloc_buffer(65536);
-    EXPECT_TRUE(b.ok());
-    e.buf = std::move(b).value();
-    return e;
-}
-
-status post_recv(end_point &e, uint64_t id, size_t off = 0, uint32_t len = 1024)
-{
-    sge s{reinterpret_cast<uint64_t>(e.buf->addr()) + off, len, e.buf->lkey()};
-    recv_wr wr;
-    wr.wr_id = id;
-    wr.sg_list = &s;
-    wr.num_sge = 1;
-    return e.qp->post_recv(wr);
-}
-
-status send(end_point &e, uint64_t id, uint32_t len = 64, wr_opcode op = wr_opcode::send,
-            uint64_t raddr = 0, uint32_t rkey = 0)
-{
-    sge s{reinterpret_cast<uint64_t>(e.buf->addr()), len, e.buf->lkey()};
-    send_wr wr;
-    wr.wr_id = id;
-    wr.opcode = op;
-    wr.sg_list = &s;
-    wr.num_sge = 1;
-    wr.remote_addr = raddr;
-    wr.rkey = rkey;
-    return e.qp->post_send(wr);
-}
-
-// Polls all of cqs until one completion on want, or timeout.
-bool wait(completion_queue &want, work_completion &out, std::vector<completion_queue *> also = {},
-          int timeout_ms = 3000)
-{
-    auto deadline = clk::now() + std::chrono::milliseconds(timeout_ms);
-    while (clk::now() < deadline) {
-        for (completion_queue *cq : also) {
-            work_completion junk[8];
-            (void)cq->poll(junk, 8);
-        }
-        if (want.poll(&out, 1) == 1) return true;
-        std::this_thread::yield();
-    }
-    return false;
 }
 
 bool read_all(int fd, void *p, size_t n, int timeout_ms = 5000)
@@ -206,13 +118,6 @@ struct victim {
         }
         if (fd >= 0) ::close(fd);
     }
-};
-
-// Sets an environment variable for one scope.
-struct scoped_env {
-    std::string name;
-    scoped_env(const char *n, const char *v) : name(n) { setenv(n, v, 1); }
-    ~scoped_env() { unsetenv(name.c_str()); }
 };
 
 } // namespace
@@ -635,4 +540,159 @@ TEST(sim_data, normal_exit_unlinks_what_the_application_leaked)
     waitpid(child, &st, 0);
     EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
     EXPECT_TRUE(segments_of(child).empty());
+}
+
+// ---------------------------------------------------------------- port faults
+
+TEST(sim_fault, port_goes_down_when_its_byte_budget_would_be_passed)
+{
+    scoped_env env("FI_MLX4_SIM_FAULT", "mlx4_0:1:96K");
+    device_list devs = open_sim();
+    hca &d = *devs[0];
+    auto [a, b] = connected_pair(d, 1);
+    auto [c, e] = connected_pair(d, 1);
+    auto [f, g] = connected_pair(d, 2);
+    auto *dst = static_cast<uint8_t *>(b.buf->addr());
+    std::memset(a.buf->addr(), 0x22, 65536);
+    work_completion wc;
+    // 64 KiB written and 16 KiB sent: within the budget.
+    ASSERT_TRUE(write_to(a, b, 1, 65536).is_ok());
+    ASSERT_TRUE(wait(*a.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::success);
+    ASSERT_TRUE(post_recv(e, 10, 0, 16384).is_ok());
+    ASSERT_TRUE(post_recv(e, 11, 16384, 1024).is_ok());
+    ASSERT_TRUE(send(c, 2, 16384).is_ok());
+    ASSERT_TRUE(wait(*c.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::success);
+    EXPECT_EQ(live_state(d, 1), port_state::active);
+
+    // 32 KiB more would pass 96 KiB: nothing moves and the port goes down.
+    std::memset(a.buf->addr(), 0x33, 65536);
+    ASSERT_TRUE(write_to(a, b, 3, 32768).is_ok());
+    ASSERT_TRUE(wait(*a.cq, wc));
+    EXPECT_EQ(wc.wr_id, 3u);
+    EXPECT_EQ(wc.status, wc_status::retry_exc_err);
+    EXPECT_EQ(dst[0], 0x22);
+    EXPECT_EQ(live_state(d, 1), port_state::down);
+    EXPECT_EQ(live_state(d, 2), port_state::active);
+    ASSERT_TRUE(send(a, 4).is_ok());
+    ASSERT_TRUE(wait(*a.cq, wc));
+    EXPECT_EQ(wc.wr_id, 4u);
+    EXPECT_EQ(wc.status, wc_status::wr_flush_err);
+
+    // Every RC QP on the port stopped: queued receives flush, sends fail.
+    for (const end_point *q : {&a, &b, &c, &e})
+        EXPECT_EQ(q->qp->state(), qp_state::error);
+    ASSERT_TRUE(wait(*e.cq, wc));
+    EXPECT_EQ(wc.wr_id, 10u);
+    EXPECT_EQ(wc.status, wc_status::success);
+    ASSERT_TRUE(wait(*e.cq, wc));
+    EXPECT_EQ(wc.wr_id, 11u);
+    EXPECT_EQ(wc.status, wc_status::wr_flush_err);
+    ASSERT_TRUE(send(c, 5).is_ok());
+    ASSERT_TRUE(wait(*c.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::wr_flush_err);
+
+    // The other port carries on.
+    ASSERT_TRUE(post_recv(g, 20).is_ok());
+    ASSERT_TRUE(send(f, 6).is_ok());
+    ASSERT_TRUE(wait(*f.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::success);
+    ASSERT_TRUE(wait(*g.cq, wc));
+    EXPECT_EQ(wc.wr_id, 20u);
+    EXPECT_EQ(wc.status, wc_status::success);
+
+    // No new QPs on the down port.
+    auto cq = d.create_cq(4);
+    ASSERT_TRUE(cq.ok());
+    EXPECT_EQ(d.create_qp(qp_type::rc, 1, *cq.value(), *cq.value(), nullptr, qp_caps{}).error(),
+              err_inval);
+    EXPECT_TRUE(d.create_qp(qp_type::rc, 2, *cq.value(), *cq.value(), nullptr, qp_caps{}).ok());
+}
+
+TEST(sim_fault, transfers_towards_a_down_port_fail_and_datagrams_vanish)
+{
+    // "there" opens its context before the fault is set: only "here" has it.
+    device_list there = open_sim();
+    end_point q = make_end(*there[0]), qu = make_end(*there[0], qp_type::ud);
+    scoped_env env("FI_MLX4_SIM_FAULT", "mlx4_0:1:4K");
+    device_list here = open_sim();
+    auto [x, y] = connected_pair(*here[0]);
+    end_point p = make_end(*here[0]), pu = make_end(*here[0], qp_type::ud);
+    const port_attr &port = here[0]->attr().ports[0]; // the same port in both lists
+    ASSERT_TRUE(p.qp->connect(remote_of(port, q.qp->qp_num())).is_ok());
+    ASSERT_TRUE(q.qp->connect(remote_of(port, p.qp->qp_num())).is_ok());
+    ASSERT_TRUE(post_recv(p, 1).is_ok());
+
+    work_completion wc;
+    ASSERT_TRUE(write_to(x, y, 1, 8192).is_ok());
+    ASSERT_TRUE(wait(*x.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::retry_exc_err);
+    EXPECT_EQ(live_state(*here[0], 1), port_state::down);
+    EXPECT_EQ(live_state(*there[0], 1), port_state::active); // its own context's port
+
+    // RC from the other context towards the down port.
+    ASSERT_TRUE(send(q, 2).is_ok());
+    ASSERT_TRUE(wait(*q.cq, wc));
+    EXPECT_EQ(wc.wr_id, 2u);
+    EXPECT_EQ(wc.status, wc_status::retry_exc_err);
+    EXPECT_EQ(q.qp->state(), qp_state::error);
+
+    // Datagrams to and from the down port are dropped; their senders complete.
+    ASSERT_TRUE(post_recv(pu, 3, 0, 2048).is_ok());
+    ASSERT_TRUE(post_recv(qu, 4, 0, 2048).is_ok());
+    auto to_here = there[0]->create_ah(1, address_of(port));
+    auto to_there = here[0]->create_ah(1, address_of(port));
+    ASSERT_TRUE(to_here.ok() && to_there.ok());
+    ASSERT_TRUE(datagram(qu, *to_here.value(), pu.qp->qp_num(), 5).is_ok());
+    ASSERT_TRUE(wait(*qu.cq, wc));
+    EXPECT_EQ(wc.wr_id, 5u);
+    EXPECT_EQ(wc.status, wc_status::success);
+    ASSERT_TRUE(datagram(pu, *to_there.value(), qu.qp->qp_num(), 6).is_ok());
+    ASSERT_TRUE(wait(*pu.cq, wc));
+    EXPECT_EQ(wc.wr_id, 6u);
+    EXPECT_EQ(wc.status, wc_status::success);
+    work_completion none[4];
+    EXPECT_EQ(pu.cq->poll(none, 4), 0);
+    EXPECT_EQ(qu.cq->poll(none, 4), 0);
+    EXPECT_EQ(pu.qp->state(), qp_state::rts); // UD QPs stay usable
+}
+
+TEST(sim_fault, port_comes_back_after_up_ms)
+{
+    scoped_env env("FI_MLX4_SIM_FAULT", "mlx4_0:1:4K:150");
+    device_list devs = open_sim();
+    hca &d = *devs[0];
+    auto [x, y] = connected_pair(d);
+    const auto t0 = clk::now(); // before the port goes down
+    work_completion wc;
+    ASSERT_TRUE(write_to(x, y, 1, 8192).is_ok());
+    ASSERT_TRUE(wait(*x.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::retry_exc_err);
+    port_state st = live_state(d, 1);
+    if (clk::now() - t0 < std::chrono::milliseconds(150)) {
+        EXPECT_EQ(st, port_state::down);
+    }
+    const auto deadline = t0 + std::chrono::seconds(5);
+    while (st != port_state::active && clk::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        st = live_state(d, 1);
+    }
+    ASSERT_EQ(st, port_state::active);
+    EXPECT_GE(clk::now() - t0, std::chrono::milliseconds(150));
+    // What went to error stays there; new QPs connect and move data.
+    EXPECT_EQ(x.qp->state(), qp_state::error);
+    EXPECT_EQ(y.qp->state(), qp_state::error);
+    auto [u, v] = connected_pair(d);
+    ASSERT_TRUE(u.qp && v.qp);
+    ASSERT_TRUE(post_recv(v, 7).is_ok());
+    ASSERT_TRUE(send(u, 8, 64).is_ok());
+    ASSERT_TRUE(wait(*u.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::success);
+    ASSERT_TRUE(wait(*v.cq, wc));
+    EXPECT_EQ(wc.wr_id, 7u);
+    EXPECT_EQ(wc.status, wc_status::success);
+    ASSERT_TRUE(write_to(u, v, 9, 65536).is_ok()); // the fault fired once
+    ASSERT_TRUE(wait(*u.cq, wc));
+    EXPECT_EQ(wc.status, wc_status::success);
 }

@@ -51,6 +51,10 @@ class device
     // A UD destination reachable from local port.
     virtual result<std::unique_ptr<address_handle>> create_ah(uint8_t port,
                                                               const port_address &dest) = 0;
+    // The port's state now (attr() keeps the state at open). err_inval for a
+    // port number the device does not have. Not for the data path (verbs asks
+    // the kernel).
+    virtual result<port_state> query_port_state(uint8_t port) noexcept = 0;
 
   protected:
     explicit device(device_attr attr) : attr_(std::move(attr)) {}

@@ -52,6 +52,8 @@ class verbs_device final : public device
     result<std::unique_ptr<memory_region>> alloc_buffer(size_t length) override;
     result<std::unique_ptr<address_handle>> create_ah(uint8_t port,
                                                       const port_address &dest) override;
+    // ibv_query_port on this device's context.
+    result<port_state> query_port_state(uint8_t port) noexcept override;
 
     // The protection domain, allocated on first use; null (logged) when the
     // device refuses one. Owned by this object.

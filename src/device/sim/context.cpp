@@ -1,15 +1,18 @@
 // A sim device's data-path context in one process: the shared-memory segment
 // peers map (header, MR table, QP table, arena), its registry slots, the arena
-// allocator and the cache of peer mappings. Closed (segment unlinked, slots
-// freed) when its last object goes, or when the process exits.
+// allocator, the cache of peer mappings, and the link model (shaping clocks,
+// port faults, live port state). Closed (segment unlinked, slots freed) when
+// its last object goes, or when the process exits.
 #include "sim.hpp"
 
+#include "mlx4fi/rail/rate.hpp"
 #include "mlx4fi/util/log.hpp"
 
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -192,7 +195,10 @@ result<std::shared_ptr<context>> context::open(const device_attr &attr) noexcept
             sp.num_gids = static_cast<uint32_t>(std::min<size_t>(p.gids.size(), max_port_gids));
             for (uint32_t g = 0; g < sp.num_gids; ++g)
                 sp.gids[g] = p.gids[g].value;
+            sp.state.store(static_cast<uint32_t>(p.state), std::memory_order_relaxed);
+            sp.up_at_ns.store(0, std::memory_order_relaxed);
         }
+        c->setup_links(k);
         std::strncpy(h->device, attr.name.c_str(), sizeof h->device - 1);
         std::atomic_thread_fence(std::memory_order_release);
         h->magic = segment_magic;
@@ -401,6 +407,118 @@ peer *context::map_peer_locked(uint32_t slot) noexcept
     } catch (...) {
         return nullptr;
     }
+}
+
+// ---------------------------------------------------------------- links
+
+void context::setup_links(const knobs &k) noexcept
+{
+    const device_attr &a = *attr_;
+    const size_t nports = std::min<size_t>(a.ports.size(), 2);
+    if (k.rate_scale > 0) {
+        const uint64_t epoch = now_ns();
+        const double pcie = rail::pcie_data_gbps(a.pcie) * k.rate_scale;
+        tx_.pcie.set(pcie, epoch);
+        rx_.pcie.set(pcie, epoch);
+        for (size_t i = 0; i < nports; ++i) {
+            const port_attr &p = a.ports[i];
+            const double rate =
+                rail::port_data_gbps(p.link, p.active_speed, p.active_width) * k.rate_scale;
+            tx_.port[i].set(rate, epoch);
+            rx_.port[i].set(rate, epoch);
+            MLX4_INFO(FI_LOG_CORE, "software HCA %s port %zu: shaped to %.3f Gb/s (PCIe %.3f)\n",
+                      a.name.c_str(), i + 1, rate, pcie);
+        }
+        shaped_ = true;
+    }
+    for (const fault_spec &f : k.faults) {
+        if (f.device != a.name) continue;
+        if (f.port > nports) {
+            MLX4_WARN(FI_LOG_CORE, "FI_MLX4_SIM_FAULT: %s has no port %u; ignored\n",
+                      a.name.c_str(), unsigned(f.port));
+            continue;
+        }
+        port_fault &pf = faults_[f.port - 1];
+        pf.limit = f.bytes;
+        pf.comes_back = f.comes_back;
+        pf.up_ms = f.up_ms;
+        pf.moved.store(0, std::memory_order_relaxed);
+        pf.armed.store(true, std::memory_order_relaxed);
+        MLX4_INFO(FI_LOG_CORE, "software HCA %s port %u: goes down after %llu bytes\n",
+                  a.name.c_str(), unsigned(f.port), static_cast<unsigned long long>(f.bytes));
+    }
+}
+
+bool context::fault_take(uint8_t port, uint64_t bytes) noexcept
+{
+    port_fault &f = faults_[port - 1];
+    uint64_t cur = f.moved.load(std::memory_order_relaxed);
+    do {
+        if (cur > f.limit || bytes > f.limit - cur) {
+            // Whoever clears armed takes the port down; a transfer racing it
+            // fails all the same (the port is down, or about to be).
+            if (f.armed.exchange(false, std::memory_order_acq_rel)) port_down(port, cur, bytes);
+            return true;
+        }
+    } while (!f.moved.compare_exchange_weak(cur, cur + bytes, std::memory_order_relaxed));
+    return false;
+}
+
+void context::fault_untake(uint8_t port, uint64_t bytes) noexcept
+{
+    faults_[port - 1].moved.fetch_sub(bytes, std::memory_order_relaxed);
+}
+
+void context::port_down(uint8_t port, uint64_t counted, uint64_t bytes) noexcept
+{
+    const port_fault &f = faults_[port - 1];
+    seg_port &sp = hdr_->ports[port - 1];
+    uint64_t up_at = 0;
+    if (f.comes_back) up_at = std::max<uint64_t>(now_ns() + uint64_t(f.up_ms) * 1000000, 1);
+    sp.up_at_ns.store(up_at, std::memory_order_relaxed);
+    sp.state.store(static_cast<uint32_t>(port_state::down), std::memory_order_release);
+    // Every RC QP on the port stops; their owner (this process) flushes them
+    // at its next CQ poll, as after an error another process caused.
+    unsigned stopped = 0;
+    for (uint32_t i = 0; i < max_qps; ++i) {
+        seg_qp *e = qp_entry(i);
+        if (!e->qpn.load(std::memory_order_acquire)) continue;
+        if (e->type != static_cast<uint8_t>(qp_type::rc) || e->port != port) continue;
+        uint8_t st = e->state.load(std::memory_order_acquire);
+        while (st != static_cast<uint8_t>(qp_state::reset) &&
+               st != static_cast<uint8_t>(qp_state::error) &&
+               !e->state.compare_exchange_weak(st, static_cast<uint8_t>(qp_state::error),
+                                               std::memory_order_acq_rel)) {
+        }
+        if (st != static_cast<uint8_t>(qp_state::reset) &&
+            st != static_cast<uint8_t>(qp_state::error))
+            ++stopped;
+    }
+    hdr_->async_seq.fetch_add(1, std::memory_order_release);
+    char back[48] = "";
+    if (f.comes_back) std::snprintf(back, sizeof back, "; back in %u ms", f.up_ms);
+    MLX4_WARN(FI_LOG_EP_DATA,
+              "software HCA %s port %u: down (FI_MLX4_SIM_FAULT: %llu bytes moved, %llu more "
+              "would pass %llu); %u RC QP(s) to error%s\n",
+              attr_->name.c_str(), unsigned(port), static_cast<unsigned long long>(counted),
+              static_cast<unsigned long long>(bytes), static_cast<unsigned long long>(f.limit),
+              stopped, back);
+}
+
+port_state context::port_state_now(uint8_t port) noexcept
+{
+    seg_port &sp = hdr_->ports[port - 1];
+    uint32_t st = sp.state.load(std::memory_order_acquire);
+    if (st == static_cast<uint32_t>(port_state::active)) return port_state::active;
+    uint64_t up_at = sp.up_at_ns.load(std::memory_order_relaxed);
+    if (!up_at || now_ns() < up_at) return static_cast<port_state>(st);
+    if (sp.state.compare_exchange_strong(st, static_cast<uint32_t>(port_state::active),
+                                         std::memory_order_acq_rel)) {
+        sp.up_at_ns.store(0, std::memory_order_relaxed);
+        MLX4_INFO(FI_LOG_EP_DATA, "software HCA %s port %u: active again\n", attr_->name.c_str(),
+                  unsigned(port));
+    }
+    return port_state::active;
 }
 
 } // namespace mlx4fi::device::sim

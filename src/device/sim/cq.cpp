@@ -1,6 +1,7 @@
 // Completion queues of the software HCA: rings in the owner's shared
 // segment. Any process pushes completions (under the ring's robust lock);
-// only the owner polls, lock-free on the ring.
+// only the owner polls, lock-free on the ring, in ring order, up to the first
+// completion whose due time (link-rate shaping) has not come yet.
 #include "sim.hpp"
 
 #include "mlx4fi/util/log.hpp"
@@ -136,8 +137,14 @@ int sim_cq::poll(work_completion *wc, int n) noexcept
     uint32_t h = head_;
     uint32_t t = ring_->tail.load(std::memory_order_acquire);
     int k = 0;
+    uint64_t now = 0; // read once, and only for a shaped completion
     while (k < n && h != t) {
         const seg_cqe &e = slots_[h & ring_->mask];
+        // Shaping: in ring order, so one not due yet holds back the rest.
+        if (e.due_ns) {
+            if (!now) now = now_ns();
+            if (e.due_ns > now) break;
+        }
         to_wc(e, wc[k++]);
         if (e.sq_retire)
             if (sim_qp *qp = ctx_->local_qp(e.qp_index)) qp->retire(e.sq_retire);

@@ -8,6 +8,7 @@
 #include "mlx4fi/device/gid.hpp"
 #include "mlx4fi/util/log.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 namespace mlx4fi::device::sim
@@ -162,6 +163,19 @@ result<std::unique_ptr<address_handle>> sim_device::create_ah(uint8_t port,
     } catch (...) {
         return err_nomem;
     }
+}
+
+result<port_state> sim_device::query_port_state(uint8_t port) noexcept
+{
+    if (port == 0 || port > std::min<size_t>(attr_.ports.size(), 2)) return err_inval;
+    std::shared_ptr<context> c;
+    {
+        std::lock_guard<std::mutex> g(lock_);
+        c = ctx_.lock();
+    }
+    // Without a context nothing in this process has moved data: no fault yet.
+    if (!c) return attr_.ports[port - 1].state;
+    return c->port_state_now(port);
 }
 
 // ---------------------------------------------------------------- discovery

@@ -30,6 +30,20 @@ bool port_matches(const seg_header *hdr, uint8_t port_num, link_layer link, uint
     return false;
 }
 
+bool port_up(const seg_port &sp) noexcept
+{
+    if (sp.state.load(std::memory_order_acquire) == static_cast<uint32_t>(port_state::active))
+        return true;
+    uint64_t up_at = sp.up_at_ns.load(std::memory_order_relaxed);
+    return up_at && now_ns() >= up_at;
+}
+
+bool port_up(const seg_header *hdr, uint8_t port_num) noexcept
+{
+    if (port_num == 0 || port_num > std::min<uint32_t>(hdr->num_ports, 2)) return false;
+    return port_up(hdr->ports[port_num - 1]);
+}
+
 sim_qp::sim_qp(std::shared_ptr<context> ctx, qp_type type, uint8_t port, sim_cq &send_cq,
                sim_cq &recv_cq, sim_srq *srq, const qp_caps &caps) noexcept
     : ctx_(std::move(ctx)), c_(ctx_.get()), entry_(nullptr), type_(type), port_(port),
@@ -50,8 +64,12 @@ result<std::unique_ptr<queue_pair>> sim_qp::create(std::shared_ptr<context> ctx,
                                                    sim_srq *srq, const qp_caps &caps) noexcept
 {
     const device_attr &a = ctx->attr();
-    if (port == 0 || port > a.ports.size() || a.ports[port - 1].state != port_state::active)
+    if (port == 0 || port > std::min<size_t>(a.ports.size(), 2)) return err_inval;
+    if (port_state st = ctx->port_state_now(port); st != port_state::active) {
+        MLX4_WARN(FI_LOG_EP_CTRL, "software HCA %s: port %u is not active (state %u); no QP\n",
+                  a.name.c_str(), unsigned(port), unsigned(st));
         return err_inval;
+    }
     if (caps.max_send_wr == 0 || caps.max_send_wr > a.max_qp_wr || caps.max_send_sge > max_sges ||
         caps.max_inline > max_inline)
         return err_inval;
@@ -167,9 +185,18 @@ status sim_qp::connect(const rc_remote &remote) noexcept
     }
     remote_qpn_ = remote.qpn;
     entry_->remote_qpn.store(remote.qpn, std::memory_order_release);
-    entry_->state.store(static_cast<uint8_t>(qp_state::rtr), std::memory_order_release);
-    entry_->state.store(static_cast<uint8_t>(qp_state::rts), std::memory_order_release);
-    return status::ok();
+    // Through RTR to RTS, unless its port went down meanwhile (the QP is in
+    // error then, and stays there).
+    auto expected = static_cast<uint8_t>(st);
+    if (entry_->state.compare_exchange_strong(expected, static_cast<uint8_t>(qp_state::rtr),
+                                              std::memory_order_acq_rel)) {
+        expected = static_cast<uint8_t>(qp_state::rtr);
+        if (entry_->state.compare_exchange_strong(expected, static_cast<uint8_t>(qp_state::rts),
+                                                  std::memory_order_acq_rel))
+            return status::ok();
+    }
+    MLX4_WARN(FI_LOG_EP_CTRL, "software HCA: QP %#x moved to error while connecting\n", qpn_);
+    return err_inval;
 }
 
 status sim_qp::post_send(const send_wr &wr) noexcept
@@ -349,8 +376,13 @@ void sim_qp::push_recv_cqe(seg_cqe &e) noexcept
     (void)recv_cq_.push(e);
 }
 
-void sim_qp::complete(const sq_wqe &w, wc_status st, uint64_t len) noexcept
+void sim_qp::complete(const sq_wqe &w, wc_status st, uint64_t len, uint64_t due) noexcept
 {
+    // RC completes in order: nothing becomes due before what was posted ahead.
+    if (due < last_due_)
+        due = last_due_;
+    else
+        last_due_ = due;
     if (st == wc_status::success && !w.signaled) {
         ++unsignaled_run_;
         return;
@@ -366,6 +398,7 @@ void sim_qp::complete(const sq_wqe &w, wc_status st, uint64_t len) noexcept
     e.qp_index = static_cast<uint16_t>(index_);
     e.sq_retire = unsignaled_run_ + 1;
     e.vendor_err = st == wc_status::success ? 0 : static_cast<uint32_t>(st);
+    e.due_ns = due;
     unsignaled_run_ = 0;
     if (!send_cq_.push(e))
         // Overrun: hardware raises an async error and the QP stops.

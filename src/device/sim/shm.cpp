@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <thread>
 
 namespace mlx4fi::device::sim
@@ -42,11 +43,60 @@ uint64_t env_u64(const char *name, uint64_t def, uint64_t max) noexcept
     return x;
 }
 
+// True the first time this process sees value for the knob slot names: its
+// warnings are logged once, not at every QP creation.
+bool first_sighting(std::string &slot, const char *value) noexcept
+{
+    static std::mutex lock;
+    std::lock_guard<std::mutex> g(lock);
+    if (slot == value) return false;
+    try {
+        slot = value;
+    } catch (...) {
+    }
+    return true;
+}
+
+double env_rate_scale() noexcept
+{
+    static std::string seen;
+    const char *v = std::getenv("FI_MLX4_SIM_RATE_SCALE");
+    if (!v || !*v) return 0;
+    auto r = parse_rate_scale(v);
+    if (r.ok()) return r.value();
+    if (first_sighting(seen, v))
+        MLX4_WARN(FI_LOG_CORE,
+                  "FI_MLX4_SIM_RATE_SCALE='%s' is not a non-negative decimal (e.g. 0.05); "
+                  "link-rate shaping stays off\n",
+                  v);
+    return 0;
+}
+
+std::vector<fault_spec> env_faults() noexcept
+{
+    static std::string seen;
+    const char *v = std::getenv("FI_MLX4_SIM_FAULT");
+    if (!v || !*v) return {};
+    try {
+        std::vector<std::string> rejected;
+        std::vector<fault_spec> faults = parse_fault_spec(v, &rejected);
+        if (!rejected.empty() && first_sighting(seen, v))
+            for (const std::string &why : rejected)
+                MLX4_WARN(FI_LOG_CORE, "FI_MLX4_SIM_FAULT: entry %s; ignored\n", why.c_str());
+        return faults;
+    } catch (const std::exception &e) {
+        MLX4_WARN(FI_LOG_CORE, "FI_MLX4_SIM_FAULT: %s; no faults\n", e.what());
+        return {};
+    }
+}
+
 } // namespace
 
 knobs read_knobs() noexcept
 {
     knobs k;
+    k.rate_scale = env_rate_scale();
+    k.faults = env_faults();
     k.rnr_timeout_ms =
         static_cast<uint32_t>(env_u64("FI_MLX4_SIM_RNR_TIMEOUT_MS", k.rnr_timeout_ms, 3600000));
     k.retry_timeout_ms =

@@ -20,6 +20,8 @@
 
 #include "mlx4fi/device/sim.hpp"
 
+#include "shm.hpp"
+
 #include <pthread.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -40,7 +42,6 @@ namespace mlx4fi::device::sim
 // ---------------------------------------------------------------- limits
 
 inline constexpr uint32_t qps_per_slot = 256;    // QPN = slot << 8 | index
-inline constexpr uint32_t registry_slots = 4096; // slot 0 unused: QPNs start at 256
 inline constexpr uint32_t slots_per_context = 4; // so a context holds up to 1024 QPs
 inline constexpr uint32_t max_qps = qps_per_slot * slots_per_context;
 inline constexpr uint32_t mr_index_bits = 14; // key = generation << 14 | index
@@ -49,7 +50,6 @@ inline constexpr uint32_t max_sges = 32;    // device_attr.max_sge
 inline constexpr uint32_t max_inline = 912; // device_attr.max_inline
 inline constexpr uint32_t max_cq_entries = 1u << 22;
 inline constexpr uint32_t max_port_gids = 4;
-inline constexpr size_t shm_name_max = 96;
 
 // Tunables read from the environment at set-up (documented in
 // include/mlx4fi/device/sim.hpp).
@@ -57,140 +57,17 @@ struct knobs {
     uint32_t rnr_timeout_ms = 0;     // FI_MLX4_SIM_RNR_TIMEOUT_MS; 0: retry forever (rnr_retry=7)
     uint32_t retry_timeout_ms = 500; // FI_MLX4_SIM_RETRY_TIMEOUT_MS: remote QP not ready yet
     size_t arena_bytes = size_t(64) << 20; // FI_MLX4_SIM_ARENA_MB
+    double rate_scale = 0;                 // FI_MLX4_SIM_RATE_SCALE; 0: no shaping
+    std::vector<fault_spec> faults;        // FI_MLX4_SIM_FAULT, every device's
 };
+// Malformed values are logged once per value and process, and left at their
+// defaults.
 knobs read_knobs() noexcept;
-
-// ---------------------------------------------------------------- shm.cpp
-
-// A pthread mutex that lives in shared memory and survives its holder's
-// death (PTHREAD_MUTEX_ROBUST: the next locker repairs it).
-struct shm_mutex {
-    pthread_mutex_t m;
-    bool init() noexcept;
-    void lock() noexcept;
-    void unlock() noexcept { pthread_mutex_unlock(&m); }
-};
-
-class shm_guard
-{
-  public:
-    explicit shm_guard(shm_mutex &m) noexcept : m_(m) { m_.lock(); }
-    ~shm_guard() { m_.unlock(); }
-    shm_guard(const shm_guard &) = delete;
-    shm_guard &operator=(const shm_guard &) = delete;
-
-  private:
-    shm_mutex &m_;
-};
-
-// A process as the sim names it: the pid and the start time (field 22 of
-// /proc/<pid>/stat), so a reused pid is not mistaken for the original.
-struct process_id {
-    int32_t pid = 0;
-    uint64_t start_time = 0;
-};
-// This process; recomputed after fork.
-const process_id &self_process() noexcept;
-// 0 when the process is gone, a zombie, or not readable.
-uint64_t process_start_time(int32_t pid) noexcept;
-bool process_alive(const process_id &p) noexcept;
-// CLOCK_MONOTONIC_COARSE in nanoseconds: a vDSO read, no system call.
-uint64_t coarse_now_ns() noexcept;
-uint64_t now_ns() noexcept; // CLOCK_MONOTONIC
-
-// A mapped POSIX shared-memory object. Unmapped on destruction (not unlinked).
-class shm_map
-{
-  public:
-    shm_map() = default;
-    shm_map(shm_map &&o) noexcept;
-    shm_map &operator=(shm_map &&o) noexcept;
-    shm_map(const shm_map &) = delete;
-    shm_map &operator=(const shm_map &) = delete;
-    ~shm_map();
-    // Creates name (exclusive, mode 0600) with size bytes; -FI_EALREADY (not
-    // logged) when it exists.
-    static result<shm_map> create(const std::string &name, size_t size) noexcept;
-    // Maps an existing object whole; -FI_ENOENT style errors when it is gone.
-    static result<shm_map> open(const std::string &name) noexcept;
-    uint8_t *base() const noexcept { return base_; }
-    size_t size() const noexcept { return size_; }
-    // Gives the shared pages back while keeping the addresses reserved.
-    void detach() noexcept;
-    // Gives up ownership: the mapping stays for the life of the process.
-    uint8_t *release() noexcept
-    {
-        uint8_t *b = base_;
-        base_ = nullptr;
-        size_ = 0;
-        return b;
-    }
-
-  private:
-    uint8_t *base_ = nullptr; // owned: munmap in the destructor
-    size_t size_ = 0;
-};
-
-// ---------------------------------------------------------------- registry
-
-struct registry_slot {
-    std::atomic<uint32_t> seq; // +1 on every allocation and release: a cached slot is stale
-                               // when its seq moved
-    int32_t pid;               // 0: free
-    uint64_t start_time;
-    uint32_t qp_base; // the segment's QP table index of this slot's QP index 0
-    uint32_t pad;
-    char name[shm_name_max]; // the context segment
-};
-static_assert(sizeof(registry_slot) == 120);
-
-struct registry_header {
-    uint64_t magic;
-    uint32_t version;
-    std::atomic<uint32_t> ready; // == version once initialised
-    shm_mutex lock;              // allocation and release
-    uint32_t next;               // next-fit start, so slot numbers (and QPNs) are not reused early
-    uint32_t nslots;
-    registry_slot slots[registry_slots];
-};
-
-// The host-wide QPN -> segment table, /mlx4fi-sim-<uid>-registry.
-class registry
-{
-  public:
-    // Mapped once per process; null (logged) when shared memory is unusable.
-    static registry *get() noexcept;
-
-    struct slot_info {
-        process_id owner;
-        uint32_t seq = 0;
-        uint32_t qp_base = 0;
-        std::string name;
-    };
-    // A free slot for segment; reclaims slots (and unlinks segments) of dead
-    // owners first. 0 when the table is full.
-    uint32_t alloc(const std::string &segment, uint32_t qp_base, uint32_t &seq) noexcept;
-    // Frees slot if it still holds the allocation seq names.
-    void release(uint32_t slot, uint32_t seq) noexcept;
-    // False when the slot is free.
-    bool lookup(uint32_t slot, slot_info &out) noexcept;
-    uint32_t seq(uint32_t slot) const noexcept
-    {
-        return hdr_->slots[slot].seq.load(std::memory_order_acquire);
-    }
-
-  private:
-    constexpr registry() noexcept = default;
-    void reclaim_dead_locked() noexcept;
-    // Mapped for the life of the process, never unmapped: the one instance is
-    // static with trivial destruction, so exit handlers can still use it.
-    registry_header *hdr_ = nullptr;
-};
 
 // ---------------------------------------------------------------- segment layout
 
 inline constexpr uint64_t segment_magic = 0x31534d4934584c4dull; // "MLX4IMS1"
-inline constexpr uint32_t layout_version = 1;
+inline constexpr uint32_t layout_version = 2; // 2: live port state, completion due times
 
 struct seg_port {
     uint8_t num;
@@ -198,8 +75,21 @@ struct seg_port {
     uint16_t lid;
     uint32_t mtu;
     uint32_t num_gids;
-    gid gids[max_port_gids]; // any of them addresses the port
+    std::atomic<uint32_t> state;    // port_state, live: a fault takes the port down
+    std::atomic<uint64_t> up_at_ns; // while down: when it comes back (now_ns), 0 never
+    gid gids[max_port_gids];        // any of them addresses the port
 };
+static_assert(sizeof(seg_port) == 88);
+static_assert(std::atomic<uint64_t>::is_always_lock_free);
+
+struct seg_header;
+
+// Whether a port is up now: its owner marked it active, or the time it comes
+// back has passed (the owner notices later). Reads the clock only when down.
+bool port_up(const seg_port &sp) noexcept;
+// The same for port port_num of the segment hdr describes; false for a port
+// it does not have.
+bool port_up(const seg_header *hdr, uint8_t port_num) noexcept;
 
 struct seg_header {
     uint64_t magic; // written last: a segment whose magic is set is complete
@@ -250,8 +140,9 @@ struct seg_cqe {
     uint8_t status, opcode, with_imm, pad;
     uint16_t qp_index;  // send side: the local QP table index
     uint32_t sq_retire; // send side: send-queue slots this completion frees
+    uint64_t due_ns;    // shaping: not polled before now_ns() reaches it; 0: at once
 };
-static_assert(sizeof(seg_cqe) == 40);
+static_assert(sizeof(seg_cqe) == 48);
 
 // A CQ ring: many producers under lock, one consumer (the owner) lock-free.
 struct seg_cq {
@@ -417,10 +308,51 @@ class context
     // close and from the process's exit handler.
     void unpublish() noexcept;
 
+    // The link model (FI_MLX4_SIM_RATE_SCALE, FI_MLX4_SIM_FAULT; described in
+    // include/mlx4fi/device/sim.hpp). Ports are 1-based and valid.
+    //
+    // Reserves port's and PCIe's clocks for bytes this process moves (out of
+    // the port, or into it for inbound = RDMA READ): the due time of the
+    // transfer's completions, 0 when shaping is off.
+    uint64_t charge(uint8_t port, bool inbound, uint64_t bytes) noexcept
+    {
+        if (!shaped_) return 0;
+        link_clocks &c = inbound ? rx_ : tx_;
+        return reserve_path(c.port[port - 1], c.pcie, now_ns(), bytes);
+    }
+    // True while port has a fault that has not fired.
+    bool fault_armed(uint8_t port) const noexcept
+    {
+        return faults_[port - 1].armed.load(std::memory_order_relaxed);
+    }
+    // Counts bytes against port's fault budget. True when they would take the
+    // count past it (the transfer must not move data): the port is then down
+    // and every RC QP of this context on it in error.
+    bool fault_take(uint8_t port, uint64_t bytes) noexcept;
+    // Uncounts a transfer fault_take counted that did not move its data.
+    void fault_untake(uint8_t port, uint64_t bytes) noexcept;
+    // The live state of port; a port whose down time is over is active again.
+    port_state port_state_now(uint8_t port) noexcept;
+
   private:
     context() = default;
     peer *map_peer_locked(uint32_t slot) noexcept;
     void retire_locked(peer *p) noexcept;
+    void setup_links(const knobs &k) noexcept;
+    void port_down(uint8_t port, uint64_t counted, uint64_t bytes) noexcept;
+
+    // One direction's virtual clocks: each port's and the PCIe link's.
+    struct link_clocks {
+        link_clock port[2];
+        link_clock pcie;
+    };
+    struct port_fault {
+        std::atomic<bool> armed{false}; // cleared when it fires
+        bool comes_back = false;
+        uint32_t up_ms = 0;
+        uint64_t limit = 0;             // bytes
+        std::atomic<uint64_t> moved{0}; // RC bytes this context moved on the port
+    };
 
     const device_attr *attr_ = nullptr; // owned by the device, which outlives its objects
     process_id owner_;
@@ -446,6 +378,10 @@ class context
     // peers by registry slot; owned by peers_ (stale ones stay until close)
     std::unique_ptr<std::atomic<peer *>[]> by_slot_;
     std::vector<std::unique_ptr<peer>> peers_;
+    // link model, set up at open
+    bool shaped_ = false;
+    link_clocks tx_, rx_;
+    port_fault faults_[2];
 };
 
 // ---------------------------------------------------------------- objects
@@ -584,8 +520,10 @@ class sim_qp final : public queue_pair
     outcome rc_read(sq_wqe &w, peer &p, seg_qp *t) noexcept;
     // The payload as local iovecs; false when an sge fails the lkey check.
     bool gather(sq_wqe &w, uint32_t access, iovec *iov, uint32_t &n, uint64_t &len) noexcept;
-    // Completes w on the send CQ (errors always, success when signaled).
-    void complete(const sq_wqe &w, wc_status st, uint64_t len = 0) noexcept;
+    // Completes w on the send CQ (errors always, success when signaled), due
+    // (shaping) no earlier than due nor than the QP's previous completion.
+    void complete(const sq_wqe &w, wc_status st, uint64_t len = 0, uint64_t due = 0) noexcept;
+    uint64_t payload_bytes(sq_wqe &w) noexcept; // what w moves, unchecked
     outcome fail(const sq_wqe &w, wc_status st) noexcept;
     void push_recv_cqe(seg_cqe &e) noexcept; // onto this QP's recv CQ
     // Receiver side done by the sender: a completion onto t's recv CQ; an
@@ -619,6 +557,7 @@ class sim_qp final : public queue_pair
     std::atomic<uint64_t> sq_retired_{0};
     uint32_t unsignaled_run_ = 0; // executed unsignaled WRs since the last send completion
     uint64_t stall_since_ = 0;    // when the head WR first waited (ns), 0: not waiting
+    uint64_t last_due_ = 0;       // shaping: the latest due time of a send completion
     std::atomic<bool> pending_{false};
     bool flushed_ = false;
     std::atomic<uint32_t> rnr_timeout_ms_{0};
@@ -664,6 +603,8 @@ class sim_device final : public device
     result<std::unique_ptr<memory_region>> alloc_buffer(size_t length) override;
     result<std::unique_ptr<address_handle>> create_ah(uint8_t port,
                                                       const port_address &dest) override;
+    // The context's live state; what attr() says while no context is open.
+    result<port_state> query_port_state(uint8_t port) noexcept override;
 
   private:
     // The context, opened on first use; every object holds it.

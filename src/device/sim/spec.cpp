@@ -1,10 +1,14 @@
-// Parsing of the software HCA spec (FI_MLX4_SIM); grammar in sim.hpp.
+// Parsing of the software HCA's environment strings: the spec (FI_MLX4_SIM),
+// the rate scale (FI_MLX4_SIM_RATE_SCALE) and the port faults
+// (FI_MLX4_SIM_FAULT); grammars in sim.hpp.
 #include "mlx4fi/device/sim.hpp"
 
 #include "mlx4fi/util/log.hpp"
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
+#include <cmath>
 
 namespace mlx4fi::device::sim
 {
@@ -191,6 +195,112 @@ result<std::vector<device_spec>> parse_spec(std::string_view spec, std::string *
         if (devices.size() > max_devices) return fail(why, spec, "more than 16 devices");
     }
     return devices;
+}
+
+// ---------------------------------------------------------------- rate scale
+
+result<double> parse_rate_scale(std::string_view text) noexcept
+{
+    size_t digits = 0, dots = 0;
+    for (char c : text) {
+        if (c >= '0' && c <= '9')
+            ++digits;
+        else if (c == '.')
+            ++dots;
+        else
+            return err_inval;
+    }
+    if (digits == 0 || dots > 1) return err_inval;
+    double v = 0;
+    auto [end, ec] =
+        std::from_chars(text.data(), text.data() + text.size(), v, std::chars_format::fixed);
+    if (ec != std::errc() || end != text.data() + text.size() || !std::isfinite(v) || v < 0)
+        return err_inval;
+    if (v != 0 && (v < min_rate_scale || v > max_rate_scale)) return err_inval;
+    return v;
+}
+
+// ---------------------------------------------------------------- faults
+
+namespace
+{
+
+bool parse_u64(std::string_view t, uint64_t &out)
+{
+    if (t.empty()) return false;
+    auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), out);
+    return ec == std::errc() && end == t.data() + t.size();
+}
+
+bool parse_bytes(std::string_view t, uint64_t &out)
+{
+    unsigned shift = 0;
+    if (!t.empty()) {
+        switch (t.back()) {
+        case 'k':
+        case 'K':
+            shift = 10;
+            break;
+        case 'm':
+        case 'M':
+            shift = 20;
+            break;
+        case 'g':
+        case 'G':
+            shift = 30;
+            break;
+        default:
+            break;
+        }
+        if (shift) t.remove_suffix(1);
+    }
+    uint64_t v = 0;
+    if (!parse_u64(t, v) || v > (UINT64_MAX >> shift)) return false;
+    out = v << shift;
+    return true;
+}
+
+// Why entry is not a fault, or empty when f holds it.
+std::string parse_fault(std::string_view entry, fault_spec &f)
+{
+    std::vector<std::string_view> p = split(entry, ':');
+    if (p.size() < 3 || p.size() > 4) return "want DEV:PORT:BYTES[:UP_MS]";
+    if (!valid_name(p[0])) return "bad device name";
+    uint64_t v = 0;
+    if (!parse_u64(p[1], v) || v < 1 || v > max_ports) return "port must be 1 or 2";
+    f.device = p[0];
+    f.port = static_cast<uint8_t>(v);
+    if (!parse_bytes(p[2], f.bytes))
+        return "bad byte count (want digits and an optional K, M or G)";
+    if (p.size() == 4) {
+        constexpr uint64_t max_up_ms = 86'400'000; // a day
+        if (!parse_u64(p[3], v) || v > max_up_ms) return "bad UP_MS (milliseconds, up to a day)";
+        f.comes_back = true;
+        f.up_ms = static_cast<uint32_t>(v);
+    }
+    return {};
+}
+
+} // namespace
+
+std::vector<fault_spec> parse_fault_spec(std::string_view text, std::vector<std::string> *rejected)
+{
+    std::vector<fault_spec> out;
+    for (std::string_view entry : split(text, ';')) {
+        if (entry.empty()) continue;
+        fault_spec f;
+        std::string why = parse_fault(entry, f);
+        if (why.empty()) {
+            for (const fault_spec &o : out)
+                if (o.device == f.device && o.port == f.port) why = "port already has a fault";
+        }
+        if (!why.empty()) {
+            if (rejected) rejected->push_back("'" + std::string(entry) + "': " + why);
+            continue;
+        }
+        out.push_back(std::move(f));
+    }
+    return out;
 }
 
 } // namespace mlx4fi::device::sim

@@ -1,7 +1,8 @@
 // What a send does on the software HCA, end to end: the checks the hardware
-// makes (keys, bounds, access, lengths, the remote QP's state), the "DMA"
-// (a plain copy where the destination is mapped here, one Cross Memory Attach
-// call for everything else), and the completions on both ends.
+// makes (keys, bounds, access, lengths, the remote QP's state, both ports'
+// state), the fault budget, the "DMA" (a plain copy where the destination is
+// mapped here, one Cross Memory Attach call for everything else), and the
+// completions on both ends, due when the shaped links have moved the data.
 #include "sim.hpp"
 
 #include "mlx4fi/util/log.hpp"
@@ -201,22 +202,51 @@ sim_qp::outcome sim_qp::execute_rc(sq_wqe &w) noexcept
     seg_qp *t = remote_;
     if (t->qpn.load(std::memory_order_acquire) != remote_qpn_)
         return fail(w, wc_status::retry_exc_err);
+    // A port that is down (FI_MLX4_SIM_FAULT) at either end: nothing answers.
+    if (!port_up(c_->header()->ports[port_ - 1]) || !port_up(p.hdr, t->port))
+        return fail(w, wc_status::retry_exc_err);
     auto ts = static_cast<qp_state>(t->state.load(std::memory_order_acquire));
     if (ts == qp_state::reset || ts == qp_state::init) return outcome::not_ready;
     if (ts == qp_state::error || t->remote_qpn.load(std::memory_order_acquire) != qpn_)
         return fail(w, wc_status::retry_exc_err);
 
+    // The request that would take the port past its fault budget moves
+    // nothing: the port goes down under it.
+    uint64_t counted = 0;
+    const bool counting = c_->fault_armed(port_);
+    if (counting) {
+        counted = payload_bytes(w);
+        if (c_->fault_take(port_, counted)) return fail(w, wc_status::retry_exc_err);
+    }
+    outcome o = outcome::failed;
     switch (w.opcode) {
     case wr_opcode::send:
     case wr_opcode::send_with_imm:
-        return rc_send(w, p, t);
+        o = rc_send(w, p, t);
+        break;
     case wr_opcode::rdma_write:
     case wr_opcode::rdma_write_with_imm:
-        return rc_write(w, p, t);
+        o = rc_write(w, p, t);
+        break;
     case wr_opcode::rdma_read:
-        return rc_read(w, p, t);
+        o = rc_read(w, p, t);
+        break;
+    default:
+        o = fail(w, wc_status::loc_qp_op_err);
+        break;
     }
-    return fail(w, wc_status::loc_qp_op_err);
+    if (counting && o != outcome::done) c_->fault_untake(port_, counted);
+    return o;
+}
+
+uint64_t sim_qp::payload_bytes(sq_wqe &w) noexcept
+{
+    if (w.inline_data) return w.inline_len;
+    uint64_t len = 0;
+    const sge *s = w.sges();
+    for (uint32_t i = 0; i < w.num_sge; ++i)
+        len += s[i].length;
+    return len;
 }
 
 sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept
@@ -262,8 +292,9 @@ sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept
         e.with_imm = 1;
         e.imm_data = w.imm_data;
     }
+    e.due_ns = c_->charge(port_, false, len);
     remote_complete(p, t, e);
-    complete(w, wc_status::success, len);
+    complete(w, wc_status::success, len, e.due_ns);
     return outcome::done;
 }
 
@@ -290,9 +321,11 @@ sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept
         remote_error(p, t);
         return fail(w, wc_status::rem_access_err);
     }
+    const uint64_t due = c_->charge(port_, false, len);
     if (imm) {
         seg_cqe e{};
         e.wr_id = r.wr_id;
+        e.due_ns = due;
         e.opcode = static_cast<uint8_t>(wc_opcode::recv_rdma_with_imm);
         e.with_imm = 1;
         e.imm_data = w.imm_data;
@@ -302,7 +335,7 @@ sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept
         e.slid = port_lid_;
         remote_complete(p, t, e);
     }
-    complete(w, wc_status::success, len);
+    complete(w, wc_status::success, len, due);
     return outcome::done;
 }
 
@@ -322,7 +355,7 @@ sim_qp::outcome sim_qp::rc_read(sq_wqe &w, peer &p, seg_qp *t) noexcept
         remote_error(p, t);
         return fail(w, wc_status::rem_access_err);
     }
-    complete(w, wc_status::success, len);
+    complete(w, wc_status::success, len, c_->charge(port_, true, len));
     return outcome::done;
 }
 
@@ -346,6 +379,7 @@ sim_qp::outcome sim_qp::execute_ud(sq_wqe &w) noexcept
         complete(w, wc_status::success, len);
         return outcome::done;
     };
+    if (!port_up(c_->header()->ports[port_ - 1])) return dropped(); // a down port sends nothing
     peer *p = c_->find_peer(w.remote_qpn);
     if (!p || !p->alive(liveness_interval_ns)) return dropped();
     seg_qp *t = p->qp_entry(w.remote_qpn);
@@ -353,7 +387,9 @@ sim_qp::outcome sim_qp::execute_ud(sq_wqe &w) noexcept
         t->type != static_cast<uint8_t>(qp_type::ud) ||
         t->state.load(std::memory_order_acquire) != static_cast<uint8_t>(qp_state::rts))
         return dropped();
-    if (!port_matches(p->hdr, t->port, w.dest_link, w.dest_lid, w.dest_gid)) return dropped();
+    if (!port_matches(p->hdr, t->port, w.dest_link, w.dest_lid, w.dest_gid) ||
+        !port_up(p->hdr, t->port))
+        return dropped();
     if (w.remote_qkey != t->qkey) return dropped();
     seg_rq *rq = p->rq_of(t);
     rwqe r;

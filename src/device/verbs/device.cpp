@@ -4,6 +4,8 @@
 // creates every object in.
 #include "mlx4fi/device/verbs.hpp"
 
+#include "verbs_impl.hpp"
+
 #include "mlx4fi/device/gid.hpp"
 #include "mlx4fi/util/log.hpp"
 
@@ -401,6 +403,19 @@ const port_attr *verbs_device::port(uint8_t num) const noexcept
     for (const port_attr &p : attr_.ports)
         if (p.num == num) return &p;
     return nullptr;
+}
+
+result<port_state> verbs_device::query_port_state(uint8_t num) noexcept
+{
+    if (!port(num) || !ctx_) return err_inval;
+    ibv_port_attr pa{};
+    if (int rc = ibv_query_port(ctx_, num, &pa)) {
+        int err = error_of(rc);
+        MLX4_WARN(FI_LOG_CORE, "%s: ibv_query_port(%u): %s\n", attr_.name.c_str(), unsigned(num),
+                  std::strerror(err));
+        return status_of_errno(err);
+    }
+    return to_port_state(pa.state);
 }
 
 bool is_mlx4_device(std::string_view name, uint32_t vendor_id, uint32_t part_id) noexcept
