@@ -42,12 +42,6 @@ class device
     // Allocates and registers provider memory (receive and bounce buffers).
     // The sim places it where peers can copy into it without a system call.
     virtual result<std::unique_ptr<memory_region>> alloc_buffer(size_t length) = 0;
-    // The port's state now (not as at open): what health checks use.
-    virtual result<port_state> query_port_state(uint8_t port) noexcept
-    {
-        if (port == 0 || port > attr_.ports.size()) return err_inval;
-        return attr_.ports[port - 1].state;
-    }
     // A UD destination reachable from local port.
     virtual result<std::unique_ptr<address_handle>> create_ah(uint8_t port,
                                                               const port_address &dest) = 0;
