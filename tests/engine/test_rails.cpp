@@ -329,7 +329,9 @@ class failover_test : public rails_test
     // Sends a stream of messages of mixed sizes (striped rendezvous, plain
     // rendezvous, eager) a -> b with receives posted first, and checks that
     // each arrives complete and in matching order. Returns the errors seen.
-    int stream(int count, uint8_t seed)
+    // With all_arrive false (no rail left), receives that matched nothing
+    // stay posted, as they should: only operations towards the peer fail.
+    int stream(int count, uint8_t seed, bool all_arrive = true)
     {
         const size_t sizes[] = {size_t(4) << 20, 100, size_t(1) << 20, 5000, 1, size_t(3) << 20};
         std::vector<std::vector<uint8_t>> msgs, got;
@@ -342,7 +344,8 @@ class failover_test : public rails_test
             EXPECT_TRUE(trecv(b, got[i].data(), got[i].size(), 500, &ctx[i]).is_ok());
         int errors = 0, recvd = 0, sent = 0, posted = 0;
         auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-        while ((recvd < count || sent < count) && std::chrono::steady_clock::now() < deadline) {
+        while ((sent < count || (all_arrive && recvd < count)) &&
+               std::chrono::steady_clock::now() < deadline) {
             if (posted < count) {
                 if (tsend(a, msgs[posted].data(), msgs[posted].size(), 500, &ctx[posted]).is_ok())
                     ++posted;
@@ -361,7 +364,9 @@ class failover_test : public rails_test
                     }
                 }
         }
-        EXPECT_EQ(recvd, count) << "every receive completes";
+        if (all_arrive) {
+            EXPECT_EQ(recvd, count) << "every receive completes";
+        }
         EXPECT_EQ(sent, count) << "every send completes";
         if (!errors) {
             for (int i = 0; i < count; ++i)
@@ -397,7 +402,7 @@ TEST_F(failover_test, all_rails_down_fails_operations_in_bounded_time)
 {
     start("mlx4_0:1:2M;mlx4_1:1:2M");
     auto t0 = std::chrono::steady_clock::now();
-    int errors = stream(12, 3);
+    int errors = stream(12, 3, false);
     auto secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     EXPECT_GT(errors, 0) << "with no rail left, operations complete with errors";
     EXPECT_LT(secs, 15.0);
@@ -428,7 +433,8 @@ TEST_F(failover_test, a_rail_that_comes_back_rejoins)
     }
     ASSERT_TRUE(back);
     bool used = false;
-    for (int round = 0; round < 20 && !used; ++round) {
+    deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (int round = 0; !used && std::chrono::steady_clock::now() < deadline; ++round) {
         EXPECT_EQ(stream(1, uint8_t(round)), 0);
         used = rx(b, 1) > before;
     }
