@@ -95,9 +95,10 @@ device_list discover(const util::config &cfg) noexcept;
 // alone on a gen3 x8 device is held to min(54.5, 52) Gb/s x scale. The data
 // is still copied when the work request executes; what is shaped is when its
 // completions become visible: the requester's, and the receiver's for SEND and
-// RDMA WRITE with immediate, carry the due time end. A CQ hands out its
-// completions in order, so a completion that is not due yet holds back the
-// ones behind it, as completions fed through one link would be. A QP's send
+// RDMA WRITE with immediate, carry the due time end. A CQ hands out a
+// completion once it is due, as hardware writes one when its transfer ends:
+// one that is not due yet is set aside (it does not hold back another QP's),
+// and each QP's completions keep their order. A QP's send
 // completions never become due before an earlier one of the same QP, and a
 // send-queue slot is free only once its completion is polled, so a QP that
 // outruns its link sees err_again from post_send as on hardware. UD

@@ -49,7 +49,9 @@ result<std::unique_ptr<sim_cq>> sim_cq::create(std::shared_ptr<context> ctx,
     }
     ring->mask = n - 1;
     try {
-        return std::unique_ptr<sim_cq>(new sim_cq(std::move(ctx), off.value()));
+        std::unique_ptr<sim_cq> cq(new sim_cq(std::move(ctx), off.value()));
+        cq->held_.reserve(n);
+        return cq;
     } catch (...) {
         return err_nomem;
     }
@@ -97,6 +99,9 @@ void sim_cq::detach(sim_qp *qp, uint32_t qpn) noexcept
         ++w;
     }
     ring_->tail.store(w, std::memory_order_release);
+    held_.erase(std::remove_if(held_.begin(), held_.end(),
+                               [qpn](const seg_cqe &e) { return e.qp_num == qpn; }),
+                held_.end());
 }
 
 namespace
@@ -134,20 +139,49 @@ int sim_cq::poll(work_completion *wc, int n) noexcept
         for (sim_qp *qp : send_qps_)
             if (qp->has_pending()) qp->progress();
 
-    uint32_t h = head_;
-    uint32_t t = ring_->tail.load(std::memory_order_acquire);
     int k = 0;
     uint64_t now = 0; // read once, and only for a shaped completion
-    while (k < n && h != t) {
-        const seg_cqe &e = slots_[h & ring_->mask];
-        // Shaping: in ring order, so one not due yet holds back the rest.
-        if (e.due_ns) {
-            if (!now) now = now_ns();
-            if (e.due_ns > now) break;
-        }
+    auto due = [&](const seg_cqe &e) {
+        if (!e.due_ns) return true;
+        if (!now) now = now_ns();
+        return e.due_ns <= now;
+    };
+    auto emit = [&](const seg_cqe &e) {
         to_wc(e, wc[k++]);
         if (e.sq_retire)
             if (sim_qp *qp = ctx_->local_qp(e.qp_index)) qp->retire(e.sq_retire);
+    };
+    // True when a completion of this QP is held (among the first count):
+    // later ones of the same QP wait behind it.
+    auto qp_held = [&](uint32_t qpn, size_t count) {
+        for (size_t i = 0; i < count; ++i)
+            if (held_[i].qp_num == qpn) return true;
+        return false;
+    };
+    if (!held_.empty()) {
+        size_t w = 0;
+        for (size_t r = 0; r < held_.size(); ++r) {
+            const seg_cqe e = held_[r];
+            if (k < n && due(e) && !qp_held(e.qp_num, w))
+                emit(e);
+            else
+                held_[w++] = e;
+        }
+        held_.resize(w);
+    }
+    uint32_t h = head_;
+    uint32_t t = ring_->tail.load(std::memory_order_acquire);
+    while (k < n && h != t) {
+        const seg_cqe &e = slots_[h & ring_->mask];
+        if (!due(e) || qp_held(e.qp_num, held_.size())) {
+            // Shaping: not due yet (or behind one of its QP's that is not):
+            // set aside while there is room, else it holds back the rest.
+            if (held_.size() == held_.capacity()) break;
+            held_.push_back(e);
+            ++h;
+            continue;
+        }
+        emit(e);
         ++h;
     }
     if (h != head_) {

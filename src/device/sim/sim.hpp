@@ -314,12 +314,16 @@ class context
     // Reserves port's and PCIe's clocks for bytes this process moves (out of
     // the port, or into it for inbound = RDMA READ): the due time of the
     // transfer's completions, 0 when shaping is off.
-    uint64_t charge(uint8_t port, bool inbound, uint64_t bytes) noexcept
+    // start is when the transfer began (before the copy that stands in for
+    // its DMA, which the link time covers); 0: now.
+    uint64_t charge(uint8_t port, bool inbound, uint64_t bytes, uint64_t start = 0) noexcept
     {
         if (!shaped_) return 0;
         link_clocks &c = inbound ? rx_ : tx_;
-        return reserve_path(c.port[port - 1], c.pcie, now_ns(), bytes);
+        return reserve_path(c.port[port - 1], c.pcie, start ? start : now_ns(), bytes);
     }
+    // The time a shaped transfer starts, read before its copy; 0 when unshaped.
+    uint64_t transfer_start() const noexcept { return shaped_ ? now_ns() : 0; }
     // True while port has a fault that has not fired.
     bool fault_armed(uint8_t port) const noexcept
     {
@@ -451,6 +455,11 @@ class sim_cq final : public completion_queue
     std::mutex lock_;                // poll; guards the vectors below
     std::vector<sim_qp *> attached_; // every QP using this CQ (send or recv)
     std::vector<sim_qp *> send_qps_; // those using it as their send CQ
+    // Shaped completions taken out of the ring before they were due, so that
+    // others behind them (another QP's) are not held up: a completion shows
+    // once its link time has passed, as on hardware, and each QP's stay in
+    // order. Capacity reserved at creation (the ring's size).
+    std::vector<seg_cqe> held_;
 };
 
 class sim_srq final : public shared_receive_queue

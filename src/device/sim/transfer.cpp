@@ -251,6 +251,7 @@ uint64_t sim_qp::payload_bytes(sq_wqe &w) noexcept
 
 sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept
 {
+    const uint64_t start = c_->transfer_start(); // the link time covers the copy
     iovec iov[max_sges];
     uint32_t n = 0;
     uint64_t len = 0;
@@ -292,7 +293,7 @@ sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept
         e.with_imm = 1;
         e.imm_data = w.imm_data;
     }
-    e.due_ns = c_->charge(port_, false, len);
+    e.due_ns = c_->charge(port_, false, len, start);
     remote_complete(p, t, e);
     complete(w, wc_status::success, len, e.due_ns);
     return outcome::done;
@@ -300,6 +301,7 @@ sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept
 
 sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept
 {
+    const uint64_t start = c_->transfer_start(); // the link time covers the copy
     iovec iov[max_sges];
     uint32_t n = 0;
     uint64_t len = 0;
@@ -321,7 +323,7 @@ sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept
         remote_error(p, t);
         return fail(w, wc_status::rem_access_err);
     }
-    const uint64_t due = c_->charge(port_, false, len);
+    const uint64_t due = c_->charge(port_, false, len, start);
     if (imm) {
         seg_cqe e{};
         e.wr_id = r.wr_id;
@@ -341,6 +343,7 @@ sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept
 
 sim_qp::outcome sim_qp::rc_read(sq_wqe &w, peer &p, seg_qp *t) noexcept
 {
+    const uint64_t start = c_->transfer_start(); // the link time covers the copy
     iovec iov[max_sges];
     uint32_t n = 0;
     uint64_t len = 0;
@@ -355,7 +358,7 @@ sim_qp::outcome sim_qp::rc_read(sq_wqe &w, peer &p, seg_qp *t) noexcept
         remote_error(p, t);
         return fail(w, wc_status::rem_access_err);
     }
-    complete(w, wc_status::success, len, c_->charge(port_, true, len));
+    complete(w, wc_status::success, len, c_->charge(port_, true, len, start));
     return outcome::done;
 }
 
