@@ -4,6 +4,7 @@
 #include "mlx4fi/device/sim.hpp"
 #include "mlx4fi/proto/engine.hpp"
 #include "mlx4fi/rail/planner.hpp"
+#include "mlx4fi/rail/topology.hpp"
 
 #include <gtest/gtest.h>
 
@@ -439,4 +440,104 @@ TEST_F(failover_test, a_rail_that_comes_back_rejoins)
         used = rx(b, 1) > before;
     }
     EXPECT_TRUE(used) << "striping uses the rail again";
+}
+
+// Two FDR ports on one ConnectX-3 (one PCIe Gen3 x8 link) and an FDR port on
+// a second HCA, weighted by the topology: the first device's ports share its
+// PCIe link, so the second HCA's rail carries the traffic they cannot. Three
+// rails also exercise the handshake that teaches each side the rail a name
+// has no room for.
+TEST(rails_three, second_hca_gets_what_the_first_cannot_carry)
+{
+    util::config uc;
+    uc.sim_spec = "mlx4_0:ib/fdr,ib/fdr;mlx4_1:ib/fdr";
+    device::device_list devs = device::sim::discover(uc);
+    ASSERT_EQ(devs.size(), 2u);
+    std::vector<device::device_attr> attrs;
+    for (auto &d : devs)
+        attrs.push_back(d->attr());
+    auto fabrics = mlx4fi::rail::build_topology(attrs, util::link_filter::any);
+    ASSERT_EQ(fabrics.size(), 1u);
+    const mlx4fi::rail::domain_desc &dom = fabrics[0].domains.at(0);
+    ASSERT_EQ(dom.name, "mlx4_0+mlx4_1");
+    ASSERT_EQ(dom.rails.size(), 3u);
+    EXPECT_LE(dom.rails[0].effective_gbps + dom.rails[1].effective_gbps, 52.0 + 0.01)
+        << "two ports of one Gen3 x8 HCA never count beyond its PCIe share";
+    EXPECT_GT(dom.rails[2].weight, dom.rails[0].weight + dom.rails[1].weight - 0.01);
+
+    struct end {
+        collector sink;
+        proto::av_table av;
+        std::vector<std::unique_ptr<proto::rail_counters>> counters;
+        std::unique_ptr<proto::engine> eng;
+        fi_addr_t peer = FI_ADDR_NOTAVAIL;
+    } a, b;
+    for (end *e : {&a, &b}) {
+        std::vector<proto::rail> rails;
+        for (const auto &rd : dom.rails) {
+            e->counters.push_back(std::make_unique<proto::rail_counters>());
+            proto::rail r;
+            r.dev = devs[rd.device_index].get();
+            r.port = rd.port;
+            r.attr = r.dev->attr().ports[rd.port - 1];
+            r.weight = rd.weight;
+            r.counters = e->counters.back().get();
+            rails.push_back(r);
+        }
+        proto::engine_config ec;
+        ec.eager_limit = 1024;
+        auto eng = proto::engine::open(rails, ec, e->sink);
+        ASSERT_TRUE(eng.ok());
+        e->eng = std::move(eng).value();
+        e->eng->bind_av(&e->av);
+    }
+    a.peer = a.av.insert(b.eng->name());
+    b.peer = b.av.insert(a.eng->name());
+    auto run = [&](collector &c) {
+        auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (c.events.empty() && std::chrono::steady_clock::now() < deadline) {
+            a.eng->progress();
+            b.eng->progress();
+        }
+        ASSERT_FALSE(c.events.empty());
+        EXPECT_EQ(c.events.front().err, 0);
+        c.events.pop_front();
+    };
+    const size_t len = size_t(8) << 20;
+    auto msg = pattern(len, 4);
+    std::vector<uint8_t> got(len);
+    int ctx;
+    for (int round = 0; round < 2; ++round) { // the first may find the third rail still connecting
+        std::fill(got.begin(), got.end(), 0);
+        iovec riov{got.data(), len}, siov{msg.data(), len};
+        ASSERT_TRUE(b.eng->recv({&riov, 1, FI_ADDR_UNSPEC, 3, 0, FI_COMPLETION, &ctx, true}).is_ok());
+        ASSERT_TRUE(a.eng->send({&siov, 1, a.peer, 3, 0, FI_COMPLETION, &ctx, true}).is_ok());
+        run(b.sink);
+        run(a.sink);
+        EXPECT_TRUE(got == msg);
+        for (int i = 0; i < 2000; ++i) { // let every rail's handshake finish
+            a.eng->progress();
+            b.eng->progress();
+        }
+        for (auto &c : b.counters)
+            c->rx_bytes = 0;
+    }
+    // The second round's split, measured afresh.
+    std::fill(got.begin(), got.end(), 0);
+    iovec riov{got.data(), len}, siov{msg.data(), len};
+    ASSERT_TRUE(b.eng->recv({&riov, 1, FI_ADDR_UNSPEC, 3, 0, FI_COMPLETION, &ctx, true}).is_ok());
+    ASSERT_TRUE(a.eng->send({&siov, 1, a.peer, 3, 0, FI_COMPLETION, &ctx, true}).is_ok());
+    run(b.sink);
+    run(a.sink);
+    EXPECT_TRUE(got == msg);
+    uint64_t r0 = b.counters[0]->rx_bytes, r1 = b.counters[1]->rx_bytes,
+             r2 = b.counters[2]->rx_bytes;
+    EXPECT_EQ(r0 + r1 + r2, len);
+    EXPECT_GT(r0, 0u);
+    EXPECT_GT(r1, 0u);
+    EXPECT_GT(r2, 0u) << "the third rail, learnt in the handshake, carries its share";
+    EXPECT_NEAR(double(r2) / double(len), dom.rails[2].weight, 0.01);
+    EXPECT_GT(r2, r0 + r1 - len / 100) << "the second HCA carries what the first cannot";
+    a.eng->shutdown();
+    b.eng->shutdown();
 }
