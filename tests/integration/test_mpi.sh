@@ -8,7 +8,7 @@
 #   TRANSPORT   vader  Open MPI's shared memory: --mca pml ob1 --mca btl self,vader
 #               tcp    libfabric tcp;ofi_rxm through mtl ofi, on loopback
 #               mlx4   this provider through mtl ofi, on the software HCA
-#                      (FI_MLX4_SIM, default "1": one FDR port); needs PLUGIN_DIR,
+#                      (FI_MLX4_SIM, default "1": one FDR port; mlx4-env: FDR + QDR HCAs); needs PLUGIN_DIR,
 #                      the folder holding libmlx4-fi.so (build/plugin)
 #   SEMANTICS   path of the mpi_semantics program
 #   PINGPONG    path of the mpi_pingpong program
@@ -57,9 +57,10 @@ mlx4)
          -x FI_PROVIDER_PATH="$plugin_dir" -x FI_MLX4_SIM="${FI_MLX4_SIM:-1}"
          -x FI_LOG_LEVEL="${FI_LOG_LEVEL:-warn}") ;; # its warnings explain failures
 mlx4-env)
-    # Open MPI's own choice: no include list, libfabric restricted by FI_PROVIDER.
+    # Open MPI's own choice: no include list, libfabric restricted by FI_PROVIDER;
+    # on two HCAs (FDR + QDR), so messages of 256 KiB and up are striped.
     mca=(--mca pml cm --mca mtl ofi -x FI_PROVIDER=mlx4
-         -x FI_PROVIDER_PATH="$plugin_dir" -x FI_MLX4_SIM="${FI_MLX4_SIM:-1}"
+         -x FI_PROVIDER_PATH="$plugin_dir" -x FI_MLX4_SIM="${FI_MLX4_SIM:-mlx4_0:ib/fdr;mlx4_1:ib/qdr}"
          -x FI_LOG_LEVEL="${FI_LOG_LEVEL:-warn}") ;;
 *)
     echo "Bail out! unknown transport '$transport' (vader, tcp, mlx4 or mlx4-env)"; exit 2 ;;
