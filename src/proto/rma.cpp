@@ -61,30 +61,30 @@ status engine_impl::rma(const rma_args &a) noexcept
             finish_tx(tx);
             return status::ok();
         }
-        if (p.st != peer::state::connected) {
-            // Not connected yet: one chunk, planned when the rail is up.
-            tx_entry *c = alloc_tx(tx_kind::chunk, pi);
-            if (!c) {
-                release_tx(tx);
-                return err_again;
-            }
-            c->parent = tx;
-            c->report = false;
-            c->off = 0;
-            c->len = len;
-            tx->children = 1;
-            if (!build_chunk(c)) {
-                release_tx(c);
-                release_tx(tx);
-                return err_nomem;
-            }
-            submit(c);
+        if (p.st == peer::state::connected && issue_chunks(tx, 0, len, nullptr))
             return status::ok();
+        if (p.st == peer::state::connected && usable_rails(p, key_mask)) {
+            release_tx(tx); // out of entries for the chunks
+            return err_again;
         }
-        if (!issue_chunks(tx, 0, len, nullptr)) {
+        // Not connected yet (or failed): one chunk, planned when it is posted
+        // (or failed by submit, for a peer that is gone).
+        tx_entry *c = alloc_tx(tx_kind::chunk, pi);
+        if (!c) {
             release_tx(tx);
             return err_again;
         }
+        c->parent = tx;
+        c->report = false;
+        c->off = 0;
+        c->len = len;
+        tx->children = 1;
+        if (!build_chunk(c)) {
+            release_tx(c);
+            release_tx(tx);
+            return err_nomem;
+        }
+        submit(c);
         return status::ok();
     }
 
