@@ -5,6 +5,8 @@
 #include <rdma/fabric.h>
 #include <rdma/providers/fi_prov.h>
 
+#include "mlx4fi/util/text.hpp" // parse_size for byte-count parameters
+
 #include <cstdint>
 #include <span>
 #include <string>
@@ -113,9 +115,5 @@ bool parse_positive(std::string_view text, double &out) noexcept;
 
 // FI_MLX4_STRIPE_MIN_RATIO: a decimal number in (0, 1].
 bool parse_ratio(std::string_view text, double &out) noexcept;
-
-// A byte count: decimal digits with an optional K, M or G suffix (powers of
-// 1024, either case). No sign; overflow is malformed.
-bool parse_size(std::string_view text, size_t &out) noexcept;
 
 } // namespace mlx4fi::util

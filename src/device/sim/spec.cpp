@@ -4,6 +4,7 @@
 #include "mlx4fi/device/sim.hpp"
 
 #include "mlx4fi/util/log.hpp"
+#include "mlx4fi/util/text.hpp"
 
 #include <algorithm>
 #include <cctype>
@@ -12,31 +13,15 @@
 
 namespace mlx4fi::device::sim
 {
+
+using util::split;
+using util::trim;
 namespace
 {
 
 constexpr size_t max_devices = 16;
 constexpr size_t max_ports = 2; // ConnectX-3 has one or two ports
 
-std::string_view trim(std::string_view s)
-{
-    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front())))
-        s.remove_prefix(1);
-    while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back())))
-        s.remove_suffix(1);
-    return s;
-}
-
-std::vector<std::string_view> split(std::string_view s, char sep)
-{
-    std::vector<std::string_view> out;
-    for (;;) {
-        size_t pos = s.find(sep);
-        out.push_back(trim(s.substr(0, pos)));
-        if (pos == std::string_view::npos) return out;
-        s.remove_prefix(pos + 1);
-    }
-}
 
 bool iequals(std::string_view a, std::string_view b)
 {
@@ -232,33 +217,6 @@ bool parse_u64(std::string_view t, uint64_t &out)
     return ec == std::errc() && end == t.data() + t.size();
 }
 
-bool parse_bytes(std::string_view t, uint64_t &out)
-{
-    unsigned shift = 0;
-    if (!t.empty()) {
-        switch (t.back()) {
-        case 'k':
-        case 'K':
-            shift = 10;
-            break;
-        case 'm':
-        case 'M':
-            shift = 20;
-            break;
-        case 'g':
-        case 'G':
-            shift = 30;
-            break;
-        default:
-            break;
-        }
-        if (shift) t.remove_suffix(1);
-    }
-    uint64_t v = 0;
-    if (!parse_u64(t, v) || v > (UINT64_MAX >> shift)) return false;
-    out = v << shift;
-    return true;
-}
 
 // Why entry is not a fault, or empty when f holds it.
 std::string parse_fault(std::string_view entry, fault_spec &f)
@@ -270,8 +228,10 @@ std::string parse_fault(std::string_view entry, fault_spec &f)
     if (!parse_u64(p[1], v) || v < 1 || v > max_ports) return "port must be 1 or 2";
     f.device = p[0];
     f.port = static_cast<uint8_t>(v);
-    if (!parse_bytes(p[2], f.bytes))
+    size_t bytes = 0;
+    if (!util::parse_size(p[2], bytes))
         return "bad byte count (want digits and an optional K, M or G)";
+    f.bytes = bytes;
     if (p.size() == 4) {
         constexpr uint64_t max_up_ms = 86'400'000; // a day
         if (!parse_u64(p[3], v) || v > max_up_ms) return "bad UP_MS (milliseconds, up to a day)";
