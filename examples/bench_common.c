@@ -57,7 +57,7 @@ static void stop_child(void)
     }
 }
 
-void die(const char *fmt, ...)
+_Noreturn void die(const char *fmt, ...)
 {
     va_list ap;
 

@@ -145,7 +145,7 @@ void arm_timeout(void); /* after opt.timeout seconds: kill the child, exit 3 */
 /* ---- failing loudly ----------------------------------------------------- */
 
 /* Prints "bench_rails (parent|child): ..." to stderr, kills the child, exits 1. */
-void die(const char *fmt, ...);
+_Noreturn void die(const char *fmt, ...);
 void check(long ret, const char *call); /* die()s if a libfabric call failed */
 void check_peer(void);                  /* die()s if the other process is gone */
 
