@@ -1,7 +1,7 @@
 // Grouping ports into fabrics, domains and weighted rails; see topology.hpp.
 #include "mlx4fi/rail/topology.hpp"
 
-#include "mlx4fi/rail/rate.hpp"
+#include "mlx4fi/device/rate.hpp"
 #include "mlx4fi/util/log.hpp"
 
 #include <sched.h>
@@ -15,6 +15,10 @@ namespace mlx4fi::rail
 {
 
 using device::link_layer;
+using device::apply_cap;
+using device::pcie_data_gbps;
+using device::port_data_gbps;
+using device::width_lanes;
 
 bool link_allowed(link_layer link, util::link_filter filter) noexcept
 {

@@ -6,7 +6,7 @@
 #include "mlx4fi/device/gid.hpp"
 #include "mlx4fi/device/sim.hpp"
 #include "mlx4fi/device/verbs.hpp"
-#include "mlx4fi/rail/rate.hpp"
+#include "mlx4fi/device/rate.hpp"
 
 #include <gtest/gtest.h>
 
@@ -105,7 +105,7 @@ TYPED_TEST(device_contract, active_ports_report_rate_mtu_and_address)
             SCOPED_TRACE(dev->attr().name + " port " + std::to_string(p.num));
             EXPECT_TRUE(one_bit(p.active_speed)) << int(p.active_speed);
             EXPECT_TRUE(one_bit(p.active_width)) << int(p.active_width);
-            EXPECT_GT(rail::port_data_gbps(p.link, p.active_speed, p.active_width), 0.0);
+            EXPECT_GT(device::port_data_gbps(p.link, p.active_speed, p.active_width), 0.0);
             EXPECT_TRUE(p.mtu == 256 || p.mtu == 512 || p.mtu == 1024 || p.mtu == 2048 ||
                         p.mtu == 4096)
                 << p.mtu;

@@ -1,6 +1,6 @@
 // Effective data rates: encoding per speed, Ethernet through mlx4's IB enums,
 // PCIe caps.
-#include "mlx4fi/rail/rate.hpp"
+#include "mlx4fi/device/rate.hpp"
 
 #include <gtest/gtest.h>
 
@@ -15,11 +15,11 @@ namespace
 {
 double ib(ib_speed s, ib_width w)
 {
-    return rail::port_data_gbps(link_layer::ib, static_cast<uint8_t>(s), static_cast<uint8_t>(w));
+    return device::port_data_gbps(link_layer::ib, static_cast<uint8_t>(s), static_cast<uint8_t>(w));
 }
 double eth(ib_speed s, ib_width w)
 {
-    return rail::port_data_gbps(link_layer::ethernet, static_cast<uint8_t>(s),
+    return device::port_data_gbps(link_layer::ethernet, static_cast<uint8_t>(s),
                                 static_cast<uint8_t>(w));
 }
 } // namespace
@@ -55,42 +55,42 @@ TEST(rate, ethernet_ports_use_nominal_rates)
 
 TEST(rate, unknown_speed_or_width_is_zero)
 {
-    EXPECT_EQ(rail::port_data_gbps(link_layer::ib, 0, 2), 0.0);
-    EXPECT_EQ(rail::port_data_gbps(link_layer::ib, 16, 3), 0.0);
-    EXPECT_EQ(rail::port_data_gbps(link_layer::ethernet, 200, 2), 0.0);
-    EXPECT_EQ(rail::width_lanes(0), 0u);
-    EXPECT_EQ(rail::width_lanes(16), 2u);
+    EXPECT_EQ(device::port_data_gbps(link_layer::ib, 0, 2), 0.0);
+    EXPECT_EQ(device::port_data_gbps(link_layer::ib, 16, 3), 0.0);
+    EXPECT_EQ(device::port_data_gbps(link_layer::ethernet, 200, 2), 0.0);
+    EXPECT_EQ(device::width_lanes(0), 0u);
+    EXPECT_EQ(device::width_lanes(16), 2u);
 }
 
 TEST(rate, pcie_caps)
 {
-    EXPECT_NEAR(rail::pcie_data_gbps({3, 8}), 52.0, 0.1);
-    EXPECT_NEAR(rail::pcie_data_gbps({2, 8}), 26.4, 0.1);
-    EXPECT_NEAR(rail::pcie_data_gbps({3, 16}), 104.0, 0.2);
-    EXPECT_NEAR(rail::pcie_data_gbps({3, 4}), 26.0, 0.1);
-    EXPECT_NEAR(rail::pcie_data_gbps({1, 8}), 13.2, 0.1);
-    EXPECT_EQ(rail::pcie_data_gbps({0, 8}), 0.0);
-    EXPECT_EQ(rail::pcie_data_gbps({6, 8}), 0.0);
+    EXPECT_NEAR(device::pcie_data_gbps({3, 8}), 52.0, 0.1);
+    EXPECT_NEAR(device::pcie_data_gbps({2, 8}), 26.4, 0.1);
+    EXPECT_NEAR(device::pcie_data_gbps({3, 16}), 104.0, 0.2);
+    EXPECT_NEAR(device::pcie_data_gbps({3, 4}), 26.0, 0.1);
+    EXPECT_NEAR(device::pcie_data_gbps({1, 8}), 13.2, 0.1);
+    EXPECT_EQ(device::pcie_data_gbps({0, 8}), 0.0);
+    EXPECT_EQ(device::pcie_data_gbps({6, 8}), 0.0);
 }
 
 TEST(rate, cap_scales_ports_of_one_device_proportionally)
 {
     double fdr = ib(ib_speed::fdr, ib_width::x4);
     std::vector<double> two_fdr{fdr, fdr};
-    rail::apply_cap(two_fdr, rail::pcie_data_gbps({3, 8}));
+    device::apply_cap(two_fdr, device::pcie_data_gbps({3, 8}));
     EXPECT_NEAR(two_fdr[0] + two_fdr[1], 52.0, 0.1); // not 109
     EXPECT_NEAR(two_fdr[0], two_fdr[1], 1e-9);
 
     std::vector<double> fdr_qdr{fdr, 32.0};
-    rail::apply_cap(fdr_qdr, 52.0);
+    device::apply_cap(fdr_qdr, 52.0);
     EXPECT_NEAR(fdr_qdr[0] + fdr_qdr[1], 52.0, 1e-9);
     EXPECT_NEAR(fdr_qdr[0] / fdr_qdr[1], fdr / 32.0, 1e-9);
 
     std::vector<double> under{32.0};
-    rail::apply_cap(under, 52.0);
+    device::apply_cap(under, 52.0);
     EXPECT_EQ(under[0], 32.0);
 
     std::vector<double> uncapped{fdr, fdr};
-    rail::apply_cap(uncapped, 0.0); // unknown PCIe link: no cap
+    device::apply_cap(uncapped, 0.0); // unknown PCIe link: no cap
     EXPECT_EQ(uncapped[0], fdr);
 }

@@ -7,7 +7,7 @@
 #include "sim_test_util.hpp"
 
 #include "mlx4fi/device/sim.hpp"
-#include "mlx4fi/rail/rate.hpp"
+#include "mlx4fi/device/rate.hpp"
 
 #include <gtest/gtest.h>
 
@@ -103,9 +103,9 @@ TEST(link_clock, fdr_beats_qdr_but_is_held_to_pcie_gen3_x8)
 {
     const auto ib = link_layer::ib;
     const uint8_t x4 = static_cast<uint8_t>(ib_width::x4);
-    const double fdr = rail::port_data_gbps(ib, static_cast<uint8_t>(ib_speed::fdr), x4);
-    const double qdr = rail::port_data_gbps(ib, static_cast<uint8_t>(ib_speed::qdr), x4);
-    const double gen3x8 = rail::pcie_data_gbps({3, 8});
+    const double fdr = device::port_data_gbps(ib, static_cast<uint8_t>(ib_speed::fdr), x4);
+    const double qdr = device::port_data_gbps(ib, static_cast<uint8_t>(ib_speed::qdr), x4);
+    const double gen3x8 = device::pcie_data_gbps({3, 8});
     EXPECT_EQ(link_clock::ps_per_byte_of(qdr), 250u);    // 32 Gb/s
     EXPECT_EQ(link_clock::ps_per_byte_of(fdr), 147u);    // 54.55 Gb/s: 146.7, rounded up
     EXPECT_EQ(link_clock::ps_per_byte_of(gen3x8), 154u); // 51.99 Gb/s: 153.9
@@ -196,8 +196,8 @@ constexpr uint32_t mib = 1 << 20;
 std::chrono::nanoseconds link_time(const hca &d, uint8_t port, uint64_t bytes, double scale)
 {
     const port_attr &p = d.attr().ports[port - 1];
-    double rate = std::min(rail::port_data_gbps(p.link, p.active_speed, p.active_width),
-                           rail::pcie_data_gbps(d.attr().pcie));
+    double rate = std::min(device::port_data_gbps(p.link, p.active_speed, p.active_width),
+                           device::pcie_data_gbps(d.attr().pcie));
     return std::chrono::nanoseconds(static_cast<int64_t>(bytes * 8.0 / (rate * scale)));
 }
 
@@ -319,7 +319,7 @@ TEST(sim_shaping, two_ports_together_are_held_to_the_pcie_rate)
     EXPECT_EQ(wc.status, wc_status::success);
     ASSERT_TRUE(poll_one(*c.cq, wc, t2));
     EXPECT_EQ(wc.status, wc_status::success);
-    const double pcie = rail::pcie_data_gbps(d.attr().pcie) * 0.05;
+    const double pcie = device::pcie_data_gbps(d.attr().pcie) * 0.05;
     EXPECT_GE(std::max(t1, t2) - t0, std::chrono::nanoseconds(int64_t(2.0 * mib * 8 / pcie)));
 }
 

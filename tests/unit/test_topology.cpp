@@ -1,6 +1,6 @@
 // From simulated devices to fabrics, domains and weighted rails.
 #include "mlx4fi/device/sim.hpp"
-#include "mlx4fi/rail/rate.hpp"
+#include "mlx4fi/device/rate.hpp"
 #include "mlx4fi/rail/topology.hpp"
 
 #include <gtest/gtest.h>
@@ -316,7 +316,7 @@ TEST(topology_rails, two_ports_of_one_hca_and_a_second_hca)
     const auto fabs = rail::build_topology(devs, util::config{}, -1);
     const auto &all = combined(fabs);
     ASSERT_EQ(all.rails.size(), 3u);
-    double pcie = rail::pcie_data_gbps({3, 8});
+    double pcie = device::pcie_data_gbps({3, 8});
     EXPECT_LE(all.rails[0].effective_gbps + all.rails[1].effective_gbps, pcie + 1e-9);
     EXPECT_NEAR(all.rails[2].effective_gbps, pcie, 1e-9);
     EXPECT_GT(all.rails[2].weight, all.rails[0].weight);

@@ -89,8 +89,8 @@ device_list discover(const util::config &cfg) noexcept;
 // of len bytes that this process executes on port P charges P.tx and PCIe tx
 // (SEND, RDMA WRITE with or without immediate) or P.rx and PCIe rx (RDMA READ):
 //   end = max(max(now, P.clk) + len*8/rate_port, max(now, pcie.clk) + len*8/rate_pcie)
-// with rate_port = rail::port_data_gbps(port) * scale and rate_pcie =
-// rail::pcie_data_gbps(device) * scale; each clock moves to its own end. So the
+// with rate_port = device::port_data_gbps(port) * scale and rate_pcie =
+// device::pcie_data_gbps(device) * scale; each clock moves to its own end. So the
 // two ports of one device together never exceed the PCIe rate, and an FDR port
 // alone on a gen3 x8 device is held to min(54.5, 52) Gb/s x scale. The data
 // is still copied when the work request executes; what is shaped is when its

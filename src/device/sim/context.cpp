@@ -5,7 +5,7 @@
 // its last object goes, or when the process exits.
 #include "sim.hpp"
 
-#include "mlx4fi/rail/rate.hpp"
+#include "mlx4fi/device/rate.hpp"
 #include "mlx4fi/util/log.hpp"
 
 #include <sys/mman.h>
@@ -417,13 +417,13 @@ void context::setup_links(const knobs &k) noexcept
     const size_t nports = std::min<size_t>(a.ports.size(), 2);
     if (k.rate_scale > 0) {
         const uint64_t epoch = now_ns();
-        const double pcie = rail::pcie_data_gbps(a.pcie) * k.rate_scale;
+        const double pcie = pcie_data_gbps(a.pcie) * k.rate_scale;
         tx_.pcie.set(pcie, epoch);
         rx_.pcie.set(pcie, epoch);
         for (size_t i = 0; i < nports; ++i) {
             const port_attr &p = a.ports[i];
             const double rate =
-                rail::port_data_gbps(p.link, p.active_speed, p.active_width) * k.rate_scale;
+                port_data_gbps(p.link, p.active_speed, p.active_width) * k.rate_scale;
             tx_.port[i].set(rate, epoch);
             rx_.port[i].set(rate, epoch);
             MLX4_INFO(FI_LOG_CORE, "software HCA %s port %zu: shaped to %.3f Gb/s (PCIe %.3f)\n",

@@ -8,7 +8,7 @@
 
 #include <span>
 
-namespace mlx4fi::rail
+namespace mlx4fi::device
 {
 
 // Lanes of an ibv active_width value (1x=1, 2x=2, 4x=4, 8x=8, 12x=12); 0 if unknown.
@@ -24,13 +24,13 @@ namespace mlx4fi::rail
 // = 54.55, QDR 4x = 32). Ethernet: mlx4 reports 10/40/56GbE through the IB
 // enums (1X QDR, 4X QDR, 4X FDR); the Ethernet data rate is the nominal one
 // (40GbE carries 40 Gb/s). 0 when the speed or width is unknown.
-[[nodiscard]] double port_data_gbps(device::link_layer link, uint8_t active_speed,
+[[nodiscard]] double port_data_gbps(link_layer link, uint8_t active_speed,
                                     uint8_t active_width) noexcept;
 
 // What a PCIe link moves for an HCA: lanes x transfer rate x encoding
 // (8b/10b through gen2, 128b/130b from gen3) x packet efficiency (TLP and DLLP
 // overhead at a 256-byte payload, ~0.825). Gen3 x8 = 52 Gb/s. 0 if unknown.
-[[nodiscard]] double pcie_data_gbps(device::pcie_link link) noexcept;
+[[nodiscard]] double pcie_data_gbps(pcie_link link) noexcept;
 
 inline constexpr double pcie_packet_efficiency = 0.825;
 
@@ -38,4 +38,4 @@ inline constexpr double pcie_packet_efficiency = 0.825;
 // that their sum does not exceed cap; cap <= 0 means no cap.
 void apply_cap(std::span<double> rates, double cap) noexcept;
 
-} // namespace mlx4fi::rail
+} // namespace mlx4fi::device

@@ -1,11 +1,9 @@
 // Effective data rates; see rate.hpp.
-#include "mlx4fi/rail/rate.hpp"
+#include "mlx4fi/device/rate.hpp"
 
-namespace mlx4fi::rail
+namespace mlx4fi::device
 {
 
-using device::ib_speed;
-using device::ib_width;
 
 unsigned width_lanes(uint8_t w) noexcept
 {
@@ -62,10 +60,10 @@ double encoding_efficiency(uint8_t s) noexcept
     return 0.0;
 }
 
-double port_data_gbps(device::link_layer link, uint8_t speed, uint8_t width) noexcept
+double port_data_gbps(link_layer link, uint8_t speed, uint8_t width) noexcept
 {
     unsigned lanes = width_lanes(width);
-    if (link == device::link_layer::ethernet) {
+    if (link == link_layer::ethernet) {
         double lane = 0.0;
         switch (static_cast<ib_speed>(speed)) {
         case ib_speed::sdr:
@@ -93,7 +91,7 @@ double port_data_gbps(device::link_layer link, uint8_t speed, uint8_t width) noe
     return lanes * lane_signal_gbaud(speed) * encoding_efficiency(speed);
 }
 
-double pcie_data_gbps(device::pcie_link link) noexcept
+double pcie_data_gbps(pcie_link link) noexcept
 {
     double per_lane = 0.0; // Gb/s after line encoding
     switch (link.gen) {
@@ -130,4 +128,4 @@ void apply_cap(std::span<double> rates, double cap) noexcept
         r *= scale;
 }
 
-} // namespace mlx4fi::rail
+} // namespace mlx4fi::device
