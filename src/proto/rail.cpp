@@ -316,6 +316,13 @@ void engine_impl::rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) 
         tx->posted = false;
         resend.push_back(tx);
     }
+    if (p.st == peer::state::failed) { // re-planning found no rail left after all
+        while (tx_entry *tx = resend.head) {
+            resend.remove(tx);
+            fail_tx(tx, p.fail_err ? p.fail_err : err, p.fail_prov);
+        }
+        return;
+    }
     while (tx_entry *tx = resend.tail) {
         resend.remove(tx);
         p.pending.push_front(tx);
