@@ -397,11 +397,13 @@ void engine_impl::progress() noexcept
         }
     }
     if (!deferred_reads_.empty()) retry_deferred();
-    if (++purge_tick_ == 4096) { // let go of registrations of freed memory
-        purge_tick_ = 0;
-        for (auto &rr : rails_)
-            rr->cache->purge();
-        check_rails(now_ns()); // port states (rate-limited inside)
+    if ((++purge_tick_ & 63) == 0) {
+        check_rails(now_ns()); // port states and reconnections (rate-limited inside)
+        if (purge_tick_ == 4096) { // let go of registrations of freed memory
+            purge_tick_ = 0;
+            for (auto &rr : rails_)
+                rr->cache->purge();
+        }
     }
     if (connecting_) check_timers();
     if (rts_outstanding_) keepalive();
