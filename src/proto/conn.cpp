@@ -50,11 +50,20 @@ uint32_t engine_impl::peer_for(const ep_name &n) noexcept
         peer &p = peers_.back();
         p.name = n;
         // Both sides pick the same primary rail from the two nonces, among the
-        // rails both names describe, so each pair of endpoints sends its
-        // headers over one rail and peers spread over rails.
+        // rails both names describe that are not far slower than the fastest
+        // (the ones striping uses), so each pair of endpoints sends its
+        // headers over one rail and peers spread over rails. (Were the two
+        // sides configured differently, each would send on its own choice:
+        // headers are accepted on any rail.)
         unsigned mine = std::min<unsigned>(name_.rail_count, name_rails);
         unsigned shared = std::min<unsigned>(mine, n.rail_count);
-        p.primary = shared ? unsigned((name_.nonce ^ n.nonce) % shared) : 0;
+        double fastest = 0.0;
+        for (unsigned r = 0; r < shared; ++r)
+            fastest = std::max(fastest, rails_[r]->r.weight);
+        unsigned eligible[name_rails], count = 0;
+        for (unsigned r = 0; r < shared; ++r)
+            if (rails_[r]->r.weight >= cfg_.stripe.min_weight_ratio * fastest) eligible[count++] = r;
+        p.primary = count ? eligible[(name_.nonce ^ n.nonce) % count] : 0;
         p.nrails = std::min<unsigned>(name_.rail_count, n.rail_count);
         p.known_rails = (1u << std::min<unsigned>(n.rail_count, name_rails)) - 1;
         peer_by_nonce_.emplace(n.nonce, pi);

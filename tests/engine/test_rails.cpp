@@ -54,7 +54,7 @@ class rails_test : public ::testing::Test
     void SetUp() override
     {
         util::config uc;
-        uc.sim_spec = "mlx4_0:ib/fdr;mlx4_1:ib/qdr";
+        uc.sim_spec = spec;
         devices = device::sim::discover(uc);
         ASSERT_EQ(devices.size(), 2u);
         open_pair(a, b);
@@ -67,7 +67,7 @@ class rails_test : public ::testing::Test
     std::vector<proto::rail> make_rails(node &n)
     {
         std::vector<proto::rail> rails;
-        const double w[] = {w_fdr, w_qdr};
+        const double *w = weights;
         for (size_t d = 0; d < 2; ++d) {
             n.counters.push_back(std::make_unique<proto::rail_counters>());
             proto::rail r;
@@ -149,6 +149,8 @@ class rails_test : public ::testing::Test
     }
 
     mlx4fi::rail::planner_config cfg{};
+    const char *spec = "mlx4_0:ib/fdr;mlx4_1:ib/qdr";
+    double weights[2] = {w_fdr, w_qdr};
     device::device_list devices;
     node a, b;
     std::vector<node *> nodes{&a, &b};
@@ -229,6 +231,54 @@ TEST_F(rails_test, peers_are_spread_over_rails_by_their_nonces)
     nodes.resize(2);
     if (used[0] == 0 || used[1] == 0)
         GTEST_SKIP() << "all eight nonces chose one rail (p = 1/128)";
+}
+
+// FDR beside an SDR 1x port (2 Gb/s, under a quarter of FDR): the slow rail
+// is neither striped onto nor anybody's primary rail.
+class slow_rail_test : public rails_test
+{
+  protected:
+    void SetUp() override
+    {
+        spec = "mlx4_0:ib/fdr;mlx4_1:ib/sdr/1x";
+        weights[1] = 2.0;
+        rails_test::SetUp();
+    }
+};
+
+TEST_F(slow_rail_test, headers_and_data_keep_off_a_rail_far_slower_than_the_fastest)
+{
+    std::vector<std::unique_ptr<node>> extra;
+    for (int i = 0; i < 6; ++i) { // whatever the nonces say
+        extra.push_back(std::make_unique<node>());
+        node &x = *extra.back();
+        open_node(x);
+        nodes.push_back(&x);
+        x.peer = x.av.insert(a.eng->name());
+        fi_addr_t ax = a.av.insert(x.eng->name());
+        auto msg = pattern(size_t(1) << 20, uint8_t(i));
+        std::vector<uint8_t> got(msg.size());
+        uint8_t byte = uint8_t(i), one = 0;
+        int ctx;
+        ASSERT_TRUE(trecv(a, &one, 1, 10 + i, &ctx).is_ok());
+        ASSERT_TRUE(tsend(x, &byte, 1, 10 + i, &ctx).is_ok());
+        ASSERT_TRUE(trecv(x, got.data(), got.size(), 20 + i, &ctx).is_ok());
+        {
+            iovec iov{msg.data(), msg.size()};
+            proto::send_args sa{&iov, 1, ax, uint64_t(20 + i), 0, FI_COMPLETION, &ctx, true};
+            ASSERT_TRUE(a.eng->send(sa).is_ok());
+        }
+        for (int k = 0; k < 4; ++k) {
+            node &n = (k % 2) ? x : a;
+            EXPECT_EQ(next(n).err, 0);
+        }
+        EXPECT_TRUE(got == msg);
+        EXPECT_EQ(tx(x, 1) + rx(x, 1), 0u) << "endpoint " << i << " used the slow rail";
+    }
+    EXPECT_EQ(tx(a, 1) + rx(a, 1), 0u);
+    for (auto &x : extra)
+        x->eng->shutdown();
+    nodes.resize(2);
 }
 
 TEST_F(rails_test, order_is_kept_with_striped_and_small_messages_interleaved)
