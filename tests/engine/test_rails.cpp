@@ -591,3 +591,69 @@ TEST(rails_three, second_hca_gets_what_the_first_cannot_carry)
     a.eng->shutdown();
     b.eng->shutdown();
 }
+
+// A header message that did arrive but whose send completion had not been
+// seen when its rail was found down (the health check reads port states) is
+// sent again on the other rail: the receiver must drop the copy. Links are
+// shaped very slowly (1e-6 of their rate: a 1 KiB eager message takes about
+// 150 ms on FDR) so that the port is found down long before the first
+// completions are due.
+TEST_F(failover_test, a_resent_header_that_had_arrived_is_not_delivered_twice)
+{
+    // The environment is read when a device's context opens, which happens
+    // again when a pair is reopened: keep it set until the pair is final.
+    setenv("FI_MLX4_SIM_RATE_SCALE", "0.000001", 1);
+    setenv("FI_MLX4_SIM_FAULT", "mlx4_0:1:3200", 1); // the fourth 1 KiB message on mlx4_0
+    rails_test::SetUp();
+    // The fault is on rail 0: make it the pair's primary (nonces are random).
+    for (int i = 0; i < 40 && primary_of(a, b) != 0; ++i) {
+        for (node *n : {&a, &b})
+            n->eng->shutdown();
+        a = node{};
+        b = node{};
+        open_pair(a, b);
+    }
+    unsetenv("FI_MLX4_SIM_RATE_SCALE");
+    unsetenv("FI_MLX4_SIM_FAULT");
+    ASSERT_EQ(primary_of(a, b), 0u);
+
+    const int count = 5;
+    std::vector<std::vector<uint8_t>> msgs, got;
+    int ctx[count];
+    for (int i = 0; i < count; ++i) {
+        msgs.push_back(pattern(1000, uint8_t(i)));
+        got.emplace_back(1000);
+        ASSERT_TRUE(trecv(b, got[i].data(), 1000, 100 + i, &ctx[i]).is_ok());
+    }
+    for (int i = 0; i < count; ++i)
+        ASSERT_TRUE(tsend(a, msgs[i].data(), 1000, 100 + i, &ctx[i]).is_ok());
+    int recvd = 0, sent = 0, errors = 0;
+    ASSERT_TRUE(run_until(
+        [&] {
+            for (node *n : {&a, &b})
+                while (!n->sink.events.empty()) {
+                    event ev = n->sink.events.front();
+                    n->sink.events.pop_front();
+                    errors += ev.err != 0;
+                    (ev.kind == event_kind::recv ? recvd : sent)++;
+                }
+            return recvd == count && sent == count;
+        },
+        20));
+    EXPECT_EQ(errors, 0);
+    EXPECT_GT(a.counters[0]->failovers.load(), 0u) << "rail 0 failed under the stream";
+    for (int i = 0; i < count; ++i)
+        EXPECT_TRUE(got[i] == msgs[i]) << i;
+    // Nothing else arrived: no copy of any message waits unexpected.
+    for (int i = 0; i < 200; ++i) {
+        a.eng->progress();
+        b.eng->progress();
+    }
+    uint8_t spare[1000];
+    iovec iov{spare, sizeof spare};
+    int pctx;
+    proto::recv_args peek{&iov, 1, FI_ADDR_UNSPEC, 0, ~0ull, FI_PEEK | FI_COMPLETION, &pctx, true};
+    ASSERT_TRUE(b.eng->recv(peek).is_ok());
+    event ev = next(b);
+    EXPECT_EQ(ev.err, FI_ENOMSG) << "a duplicate was delivered (tag " << ev.tag << ")";
+}
