@@ -41,5 +41,11 @@ run "fi_pingpong -S all tagged, data checked" -S all -c -m tagged
 run "fi_pingpong -S 4194304 (rendezvous), data checked" -S 4194304 -I 20 -c
 run "fi_pingpong -I 20000 small messages" -S 64 -I 20000
 run "fi_pingpong on the RoCE fabric's domain" -S all -I 5 -c -d mlx4_1
+# Two IB HCAs (FDR + QDR) in one domain: messages of 256 KiB and up are
+# striped over both; one with a fault takes a rail down halfway and fails over.
+FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' \
+    run "fi_pingpong striped over FDR + QDR, data checked" -S 4194304 -I 20 -c -d mlx4_0+mlx4_1
+FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' FI_MLX4_SIM_FAULT='mlx4_1:1:24M' \
+    run "fi_pingpong striped, QDR port fails mid-run, data checked" -S 4194304 -I 20 -c -d mlx4_0+mlx4_1
 echo "1..$n"
 [ $failed -eq 0 ]
