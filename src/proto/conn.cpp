@@ -33,11 +33,6 @@ namespace
 
 constexpr uint32_t rail_connect_retries = 5; // a secondary rail or a reconnect
 
-unsigned long long nonce_of(const peer &p) noexcept
-{
-    return static_cast<unsigned long long>(p.name.nonce);
-}
-
 } // namespace
 
 uint32_t engine_impl::peer_for(const ep_name &n) noexcept
@@ -62,7 +57,8 @@ uint32_t engine_impl::peer_for(const ep_name &n) noexcept
             fastest = std::max(fastest, rails_[r]->r.weight);
         unsigned eligible[name_rails], count = 0;
         for (unsigned r = 0; r < shared; ++r)
-            if (rails_[r]->r.weight >= cfg_.stripe.min_weight_ratio * fastest) eligible[count++] = r;
+            if (rails_[r]->r.weight >= cfg_.stripe.min_weight_ratio * fastest)
+                eligible[count++] = r;
         p.primary = count ? eligible[(name_.nonce ^ n.nonce) % count] : 0;
         p.nrails = std::min<unsigned>(name_.rail_count, n.rail_count);
         p.known_rails = (1u << std::min<unsigned>(n.rail_count, name_rails)) - 1;
@@ -139,8 +135,8 @@ status engine_impl::start_connect(uint32_t pi) noexcept
     // first large transfer is planned (a chunk planned earlier is planned
     // again when it is posted).
     for (unsigned r = 0; r < p.nrails; ++r)
-        if (r != p.primary && p.rails[r].st == peer_rail::state::idle &&
-            (p.known_rails >> r & 1) && !rails_[r]->down && !connect_rail(pi, r).is_ok())
+        if (r != p.primary && p.rails[r].st == peer_rail::state::idle && (p.known_rails >> r & 1) &&
+            !rails_[r]->down && !connect_rail(pi, r).is_ok())
             MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: cannot set up rail %u\n", nonce_of(p), r);
     return status::ok();
 }
@@ -306,8 +302,7 @@ void engine_impl::rail_connected(uint32_t pi, unsigned r) noexcept
         for (unsigned i = 0; i < p.nrails; ++i)
             if (p.rails[i].st == peer_rail::state::idle && (p.known_rails >> i & 1) &&
                 !rails_[i]->down && !connect_rail(pi, i).is_ok())
-                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: cannot set up rail %u\n", nonce_of(p),
-                          i);
+                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: cannot set up rail %u\n", nonce_of(p), i);
     }
     while (tx_entry *tx = p.pending.head) {
         p.pending.remove(tx);
@@ -360,8 +355,8 @@ void engine_impl::check_timers() noexcept
             if (++pr.attempts > limit) {
                 // This rail does not answer: it is down for now (the health
                 // check tries again later).
-                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: rail %u does not answer\n",
-                          nonce_of(p), r);
+                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: rail %u does not answer\n", nonce_of(p),
+                          r);
                 --connecting_;
                 pr.st = peer_rail::state::down;
                 ++rails_down_;

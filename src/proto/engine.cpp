@@ -159,7 +159,7 @@ tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
     // were released with the entry, the stripe description is written whole
     // by whoever makes a parent, and later work requests by their builders.
     tx->next = tx->prev = nullptr;
-    tx->posted = tx->report = tx->waiting_fin = tx->fin_seen = tx->planned = false;
+    tx->posted = tx->waiting_fin = tx->fin_seen = tx->planned = false;
     tx->report = true;
     tx->rail = 0;
     tx->epoch = 0;
@@ -182,12 +182,16 @@ tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
     return tx;
 }
 
+void engine_impl::free_buf(tx_entry *tx) noexcept
+{
+    if (tx->buf < 0) return;
+    rails_[tx->rail]->tx_free.push_back(static_cast<uint32_t>(tx->buf));
+    tx->buf = -1;
+}
+
 void engine_impl::release_tx(tx_entry *tx) noexcept
 {
-    if (tx->buf >= 0) {
-        rails_[tx->rail]->tx_free.push_back(static_cast<uint32_t>(tx->buf));
-        tx->buf = -1;
-    }
+    free_buf(tx);
     for (auto &m : tx->mr)
         m.release();
     if (tx->kind == tx_kind::rts) --rts_outstanding_;
@@ -224,6 +228,23 @@ tx_entry *engine_impl::alloc_header_tx(tx_kind kind, uint32_t pi) noexcept
     return tx;
 }
 
+void engine_impl::submit_header(tx_entry *tx, uint32_t body_len) noexcept
+{
+    auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
+    const uint32_t len = static_cast<uint32_t>(sizeof *h) + body_len;
+    tx_entry::wr_desc &d = tx->wrs[0];
+    d = tx_entry::wr_desc{};
+    d.opcode = device::wr_opcode::send;
+    d.num_sge = 1;
+    d.sge[0] = {reinterpret_cast<uint64_t>(h), len, rails_[tx->rail]->tx_bufs->lkey()};
+    d.inline_data = len <= cfg_.inline_size;
+    tx->nwr = 1;
+    tx->next_wr = 0;
+    tx->outstanding = 0;
+    h->seq = peers_[tx->peer].tx_seq++;
+    submit(tx);
+}
+
 void engine_impl::submit(tx_entry *tx) noexcept
 {
     peer &p = peers_[tx->peer];
@@ -247,22 +268,14 @@ void engine_impl::submit(tx_entry *tx) noexcept
 bool engine_impl::post_tx(tx_entry *tx) noexcept
 {
     peer &p = peers_[tx->peer];
-    if (tx->kind == tx_kind::chunk && !tx->planned) {
-        // Prepared before the peer was connected: plan it over the rails up now.
-        if (!issue_chunks(tx->parent, tx->off, tx->len, tx)) chunk_failed(tx, FI_EIO, 0);
+    const bool rail_up = p.rails[tx->rail].st == peer_rail::state::connected;
+    if (tx->kind == tx_kind::chunk && (!tx->planned || !rail_up)) {
+        // Prepared before the peer was connected, or its rail failed since:
+        // planned over the rails up now.
+        replan(tx, FI_EIO, 0);
         return true;
     }
-    if (p.rails[tx->rail].st != peer_rail::state::connected) {
-        // Its rail failed since it was prepared: headers follow the primary,
-        // a chunk is planned again.
-        if (tx->kind == tx_kind::chunk) {
-            tx_entry *parent = tx->parent;
-            uint64_t off = tx->off, len = tx->len;
-            if (!issue_chunks(parent, off, len, tx)) chunk_failed(tx, FI_EIO, 0);
-            return true;
-        }
-        if (!rehome(tx, p.primary)) return false;
-    }
+    if (!rail_up && !rehome(tx, p.primary)) return false; // headers follow the primary
     device::queue_pair &qp = *p.rails[tx->rail].qp;
     while (tx->next_wr < tx->nwr) {
         const tx_entry::wr_desc &d = tx->wrs[tx->next_wr];
@@ -280,8 +293,8 @@ bool engine_impl::post_tx(tx_entry *tx) noexcept
         status s = qp.post_send(wr);
         if (s == err_again) return false;
         if (!s.is_ok()) {
-            MLX4_WARN(FI_LOG_EP_DATA, "post to peer %016llx on rail %u failed: %d\n",
-                      static_cast<unsigned long long>(p.name.nonce), tx->rail, s.code());
+            MLX4_WARN(FI_LOG_EP_DATA, "post to peer %016llx on rail %u failed: %d\n", nonce_of(p),
+                      tx->rail, s.code());
             if (!tx->posted) {
                 tx->posted = true;
                 p.inflight.push_back(tx);
@@ -398,7 +411,7 @@ void engine_impl::progress() noexcept
     }
     if (!deferred_reads_.empty()) retry_deferred();
     if ((++purge_tick_ & 63) == 0) {
-        check_rails(now_ns()); // port states and reconnections (rate-limited inside)
+        check_rails(now_ns());     // port states and reconnections (rate-limited inside)
         if (purge_tick_ == 4096) { // let go of registrations of freed memory
             purge_tick_ = 0;
             for (auto &rr : rails_)
@@ -428,16 +441,8 @@ void engine_impl::keepalive() noexcept
         tx_entry *tx = alloc_header_tx(tx_kind::fin, pi);
         if (!tx) return;
         tx->report = false;
-        auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
-        h->op = static_cast<uint8_t>(wire::op::nop);
-        tx_entry::wr_desc &d = tx->wrs[0];
-        d.opcode = device::wr_opcode::send;
-        d.num_sge = 1;
-        d.sge[0] = {reinterpret_cast<uint64_t>(h), sizeof *h, rails_[tx->rail]->tx_bufs->lkey()};
-        d.inline_data = sizeof *h <= cfg_.inline_size;
-        tx->nwr = 1;
-        h->seq = p.tx_seq++;
-        submit(tx);
+        reinterpret_cast<wire::msg_hdr *>(tx_buf(tx))->op = static_cast<uint8_t>(wire::op::nop);
+        submit_header(tx, 0);
     }
 }
 
@@ -506,16 +511,13 @@ void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
         uint32_t pi = tx->peer;
         if (wc.status != device::wc_status::wr_flush_err)
             MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: work request on rail %u failed, status %d\n",
-                      static_cast<unsigned long long>(peers_[pi].name.nonce), tx->rail, prov);
+                      nonce_of(peers_[pi]), tx->rail, prov);
         if (wc.status == device::wc_status::rem_access_err &&
             (tx->kind == tx_kind::chunk || tx->kind == tx_kind::rma)) {
             // A bad key is the operation's fault, not the rail's: it fails
             // with FI_EACCES; the connection (now in error) is rebuilt.
             unsigned r = tx->rail;
-            if (tx->kind == tx_kind::chunk)
-                chunk_failed(tx, FI_EACCES, prov);
-            else
-                fail_tx(tx, FI_EACCES, prov);
+            fail_tx(tx, FI_EACCES, prov);
             rail_failed(pi, r, FI_EIO, prov);
             return;
         }
@@ -529,11 +531,7 @@ void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
     if (tx->outstanding || tx->next_wr < tx->nwr) return;
     switch (tx->kind) {
     case tx_kind::rts:
-        // The buffer is free now; the transfer completes on FIN.
-        if (tx->buf >= 0) {
-            rails_[tx->rail]->tx_free.push_back(static_cast<uint32_t>(tx->buf));
-            tx->buf = -1;
-        }
+        free_buf(tx); // the transfer completes on FIN
         if (tx->fin_seen)
             finish_tx(tx);
         else

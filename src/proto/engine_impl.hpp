@@ -196,8 +196,8 @@ struct peer {
     enum class state : uint8_t { idle, connecting, connected, failed };
     ep_name name; // rails beyond name_rails are learnt from connection messages
     fi_addr_t addr = FI_ADDR_NOTAVAIL;
-    unsigned nrails = 1;  // rails both sides have: min of the two counts
-    unsigned primary = 0; // where header messages go
+    unsigned nrails = 1;      // rails both sides have: min of the two counts
+    unsigned primary = 0;     // where header messages go
     uint32_t known_rails = 0; // rails whose address is known (bit mask)
     std::array<peer_rail, max_rails> rails;
     state st = state::idle;
@@ -250,10 +250,14 @@ class engine_impl final : public engine
     fi_addr_t peer_addr(peer &p) noexcept;
     uint8_t *tx_buf(const tx_entry *tx) noexcept;
     // A header tx entry for peer pi with a bounce buffer on its primary rail
-    // and a zeroed, versioned header; nullptr when out of either. The caller
-    // stamps the sequence number (peer.tx_seq++) just before submit, once
-    // nothing can fail, so the numbers on the wire have no gaps.
+    // and a zeroed, versioned header; nullptr when out of either.
     tx_entry *alloc_header_tx(tx_kind kind, uint32_t pi) noexcept;
+    // Sends the header in tx's buffer followed by body_len bytes as one SEND
+    // (inline when small enough), stamped with the peer's next sequence
+    // number: called once nothing can fail, so the numbers have no gaps.
+    void submit_header(tx_entry *tx, uint32_t body_len) noexcept;
+    // Gives tx's bounce buffer back to its rail.
+    void free_buf(tx_entry *tx) noexcept;
 
     // rail.cpp: striping, health and failover
     // Rails of peer p a striped transfer may use now (connected, up, keyed).
@@ -265,6 +269,9 @@ class engine_impl final : public engine
     // Fills a chunk's work requests for its rail; false if the rail has no
     // key or a registration fails.
     bool build_chunk(tx_entry *c) noexcept;
+    // A chunk whose rail is no longer usable: planned again over the rails
+    // left, or failed (err) when there is none.
+    void replan(tx_entry *c, int err, int prov_errno) noexcept;
     void chunk_done(tx_entry *c) noexcept;
     void chunk_failed(tx_entry *c, int err, int prov_errno) noexcept;
     void parent_done(tx_entry *parent) noexcept;
@@ -350,6 +357,12 @@ class engine_impl final : public engine
 };
 
 uint64_t now_ns() noexcept;
+
+// For log lines naming a peer.
+inline unsigned long long nonce_of(const peer &p) noexcept
+{
+    return static_cast<unsigned long long>(p.name.nonce);
+}
 
 } // namespace mlx4fi::proto
 

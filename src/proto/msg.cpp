@@ -88,7 +88,6 @@ status engine_impl::send(const send_args &a) noexcept
     size_t len = total_len(a.iov, a.count);
     tx_entry *tx = alloc_header_tx(len <= cfg_.eager_limit ? tx_kind::eager : tx_kind::rts, pi);
     if (!tx) return err_again;
-    peer &p = peers_[pi];
     event &ev = tx->ev;
     ev.kind = event_kind::send;
     ev.context = a.context;
@@ -110,15 +109,7 @@ status engine_impl::send(const send_args &a) noexcept
 
     h->op = static_cast<uint8_t>(wire::op::eager);
     gather(reinterpret_cast<uint8_t *>(h + 1), a.iov, a.count);
-    tx_entry::wr_desc &d = tx->wrs[0];
-    d.opcode = device::wr_opcode::send;
-    d.num_sge = 1;
-    d.sge[0] = {reinterpret_cast<uint64_t>(h), static_cast<uint32_t>(sizeof *h + len),
-                rails_[tx->rail]->tx_bufs->lkey()};
-    d.inline_data = sizeof *h + len <= cfg_.inline_size;
-    tx->nwr = 1;
-    h->seq = p.tx_seq++;
-    submit(tx);
+    submit_header(tx, static_cast<uint32_t>(len));
     return status::ok();
 }
 
@@ -206,8 +197,7 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
     std::memcpy(&h, buf, sizeof h);
     if (h.version != wire::version) {
         MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx speaks protocol %u, not %u; dropped\n",
-                  static_cast<unsigned long long>(peers_[pi].name.nonce), h.version,
-                  wire::version);
+                  nonce_of(peers_[pi]), h.version, wire::version);
         return;
     }
     // Header messages are numbered per peer. After a failover a message may
@@ -216,13 +206,13 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
     peer &p = peers_[pi];
     if (h.seq != p.rx_seq) {
         if (static_cast<int32_t>(h.seq - p.rx_seq) < 0) {
-            MLX4_DBG(FI_LOG_EP_DATA, "peer %016llx: duplicate message %u dropped\n",
-                     static_cast<unsigned long long>(p.name.nonce), h.seq);
+            MLX4_DBG(FI_LOG_EP_DATA, "peer %016llx: duplicate message %u dropped\n", nonce_of(p),
+                     h.seq);
             return;
         }
         if (p.early.size() >= max_early_msgs) {
             MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: message %u far ahead of %u dropped\n",
-                      static_cast<unsigned long long>(p.name.nonce), h.seq, p.rx_seq);
+                      nonce_of(p), h.seq, p.rx_seq);
             return;
         }
         try {
@@ -309,8 +299,7 @@ void engine_impl::dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_
         for (uint32_t i = 0; ok && i < rts.nseg; ++i)
             covered += rts.seg[i].len;
         if (!ok || covered != h.size) {
-            MLX4_WARN(FI_LOG_EP_DATA, "malformed RTS from peer %016llx dropped\n",
-                      static_cast<unsigned long long>(p.name.nonce));
+            MLX4_WARN(FI_LOG_EP_DATA, "malformed RTS from peer %016llx dropped\n", nonce_of(p));
             return;
         }
         if (rx_entry *rx = mq_.take_posted(tagged, h.tag, src)) {
@@ -328,7 +317,7 @@ void engine_impl::dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_
         return;
     }
     MLX4_WARN(FI_LOG_EP_DATA, "unknown operation %u from peer %016llx dropped\n", h.op,
-              static_cast<unsigned long long>(p.name.nonce));
+              nonce_of(p));
 }
 
 status engine_impl::recv(const recv_args &a) noexcept

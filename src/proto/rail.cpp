@@ -26,11 +26,6 @@ namespace
 constexpr uint64_t health_interval_ns = 100'000'000;   // port states, at most this often
 constexpr uint64_t reconnect_backoff_ns = 500'000'000; // a peer's failed rail, retried after
 
-unsigned long long nonce_of(const peer &p) noexcept
-{
-    return static_cast<unsigned long long>(p.name.nonce);
-}
-
 } // namespace
 
 void engine_impl::count(unsigned r, const tx_entry::wr_desc &d) noexcept
@@ -184,6 +179,11 @@ bool engine_impl::issue_chunks(tx_entry *parent, uint64_t off, uint64_t len,
     return true;
 }
 
+void engine_impl::replan(tx_entry *c, int err, int prov_errno) noexcept
+{
+    if (!issue_chunks(c->parent, c->off, c->len, c)) chunk_failed(c, err, prov_errno);
+}
+
 void engine_impl::chunk_done(tx_entry *c) noexcept
 {
     peer &p = peers_[c->peer];
@@ -234,7 +234,7 @@ bool engine_impl::rehome(tx_entry *tx, unsigned r) noexcept
         old_base = tx_buf(tx);
         new_base = rails_[r]->tx_base() + size_t(nb) * buf_size_;
         std::memcpy(new_base, old_base, buf_size_);
-        rails_[tx->rail]->tx_free.push_back(static_cast<uint32_t>(tx->buf));
+        free_buf(tx);
         tx->buf = nb;
     }
     uint64_t lo = reinterpret_cast<uint64_t>(old_base);
@@ -277,7 +277,8 @@ void engine_impl::rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) 
     ++rails_down_;
     pr.next_try_ns = now_ns() + reconnect_backoff_ns;
     if (pr.qp) pr.qp->set_error(); // what is still queued on it flushes (and is ignored)
-    if (rail_counters *c = rails_[r]->r.counters) c->failovers.fetch_add(1, std::memory_order_relaxed);
+    if (rail_counters *c = rails_[r]->r.counters)
+        c->failovers.fetch_add(1, std::memory_order_relaxed);
 
     unsigned next = max_rails;
     if (p.rails[p.primary].st == peer_rail::state::connected) next = p.primary;
@@ -286,13 +287,14 @@ void engine_impl::rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) 
     for (unsigned i = 0; i < p.nrails && next == max_rails; ++i)
         if (p.rails[i].st == peer_rail::state::connected) next = i;
     if (next == max_rails) {
-        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: rail %u failed and no rail is left\n",
-                  nonce_of(p), r);
+        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: rail %u failed and no rail is left\n", nonce_of(p),
+                  r);
         fail_peer(pi, err, prov_errno);
         return;
     }
-    MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: rail %u (%s port %u) failed; traffic moves to rail %u\n",
-              nonce_of(p), r, rails_[r]->r.dev->attr().name.c_str(), rails_[r]->r.port, next);
+    MLX4_WARN(FI_LOG_EP_DATA,
+              "peer %016llx: rail %u (%s port %u) failed; traffic moves to rail %u\n", nonce_of(p),
+              r, rails_[r]->r.dev->attr().name.c_str(), rails_[r]->r.port, next);
     p.primary = next;
 
     // Chunks are planned again over the rails left; header messages that may
@@ -304,7 +306,7 @@ void engine_impl::rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) 
         if (tx->kind == tx_kind::chunk) {
             p.inflight.remove(tx);
             tx->posted = false;
-            if (!issue_chunks(tx->parent, tx->off, tx->len, tx)) chunk_failed(tx, err, prov_errno);
+            replan(tx, err, prov_errno);
             nx = p.inflight.head; // the list changed under us: start over (moved ones are skipped)
             continue;
         }

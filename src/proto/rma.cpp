@@ -90,9 +90,9 @@ status engine_impl::rma(const rma_args &a) noexcept
 
     rail_res &rr = *rails_[tx->rail];
     tx_entry::wr_desc &d = tx->wrs[0];
-    d.opcode = a.read ? device::wr_opcode::rdma_read
-                      : (imm ? device::wr_opcode::rdma_write_with_imm
-                             : device::wr_opcode::rdma_write);
+    d.opcode = a.read
+                   ? device::wr_opcode::rdma_read
+                   : (imm ? device::wr_opcode::rdma_write_with_imm : device::wr_opcode::rdma_write);
     d.remote_addr = a.addr;
     d.rkey = static_cast<uint32_t>(a.key >> (32 * tx->rail));
     d.imm = static_cast<uint32_t>(a.data);

@@ -62,16 +62,8 @@ status engine_impl::send_rts(tx_entry *tx, const send_args &a) noexcept
     }
     body->nseg = nseg;
     body->rail_mask = mask;
-    tx_entry::wr_desc &d = tx->wrs[0];
-    d.opcode = device::wr_opcode::send;
-    d.num_sge = 1;
-    d.sge[0] = {reinterpret_cast<uint64_t>(h),
-                static_cast<uint32_t>(sizeof *h + offsetof(wire::rts_body, seg) +
-                                      nseg * sizeof(wire::segment)),
-                rails_[tx->rail]->tx_bufs->lkey()};
-    tx->nwr = 1;
-    h->seq = p.tx_seq++;
-    submit(tx);
+    submit_header(
+        tx, static_cast<uint32_t>(offsetof(wire::rts_body, seg) + nseg * sizeof(wire::segment)));
     return status::ok();
 }
 
@@ -114,7 +106,7 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
         unexp_msg *m = alloc_unexp();
         if (!m) {
             MLX4_WARN(FI_LOG_EP_DATA, "out of memory: rendezvous from %016llx failed\n",
-                      static_cast<unsigned long long>(p.name.nonce));
+                      nonce_of(p));
             event ev;
             ev.err = FI_ENOMEM;
             ev.src = src;
@@ -196,7 +188,7 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
             return false;
         }
         MLX4_WARN(FI_LOG_EP_DATA, "rendezvous from %016llx: no rail to read over\n",
-                  static_cast<unsigned long long>(peers_[pi].name.nonce));
+                  nonce_of(peers_[pi]));
         tx->err = FI_EIO;
         read_done(tx);
     }
@@ -232,18 +224,7 @@ void engine_impl::read_done(tx_entry *tx) noexcept
     tx->kind = tx_kind::fin;
     tx->report = false;
     tx->err = 0;
-    tx->nwr = 1;
-    tx->next_wr = 0;
-    tx->outstanding = 0;
-    tx_entry::wr_desc &d = tx->wrs[0];
-    d = tx_entry::wr_desc{};
-    d.opcode = device::wr_opcode::send;
-    d.num_sge = 1;
-    d.sge[0] = {reinterpret_cast<uint64_t>(h), sizeof *h + sizeof fin,
-                rails_[tx->rail]->tx_bufs->lkey()};
-    d.inline_data = sizeof *h + sizeof fin <= cfg_.inline_size;
-    h->seq = p.tx_seq++;
-    submit(tx);
+    submit_header(tx, sizeof fin);
 }
 
 void engine_impl::handle_fin(uint32_t pi, const wire::fin_body &fin) noexcept
