@@ -172,9 +172,8 @@ fi_mlx4_rail_attr to_rail_attr(const rail::rail_desc &r, const device::device_at
         a.active_width = p.active_width;
         a.lid = p.lid;
         a.gid_index = static_cast<int16_t>(p.gid_index);
-        for (const device::gid_entry &g : p.gids)
-            if (static_cast<int>(g.index) == p.gid_index)
-                std::memcpy(a.gid, g.value.data(), sizeof a.gid);
+        const device::gid g = device::chosen_gid(p);
+        std::memcpy(a.gid, g.data(), sizeof a.gid);
         a.mtu = p.mtu;
     }
     a.pcie_gen = dev.pcie.gen;

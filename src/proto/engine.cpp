@@ -79,8 +79,7 @@ status engine_impl::init(const std::vector<rail> &rails)
         rr->index = static_cast<unsigned>(i);
         const device::port_attr &pa = rr->r.attr;
         rr->gid_index = pa.gid_index < 0 ? 0 : pa.gid_index;
-        for (const auto &g : pa.gids)
-            if (static_cast<int>(g.index) == rr->gid_index) rr->local_gid = g.value;
+        rr->local_gid = device::gid_at(pa, rr->gid_index);
         device::device &dev = *rr->r.dev;
 
         auto cq = dev.create_cq(cfg_.cq_depth);

@@ -40,8 +40,7 @@ inline port_address address_of(const port_attr &p)
     a.link = p.link;
     a.lid = p.lid;
     a.gid_index = static_cast<uint8_t>(p.gid_index);
-    for (const gid_entry &g : p.gids)
-        if (static_cast<int>(g.index) == p.gid_index) a.gid_value = g.value;
+    a.gid_value = chosen_gid(p);
     return a;
 }
 

@@ -62,6 +62,19 @@ struct port_attr {
     std::string network;         // RoCE: the IP network of the chosen GID ("198.18.0.0/16")
 };
 
+// The value of the GID table entry at index (the port's chosen gid_index by
+// default); all zeros when there is none.
+inline gid gid_at(const port_attr &p, int index) noexcept
+{
+    for (const gid_entry &g : p.gids)
+        if (static_cast<int>(g.index) == index) return g.value;
+    return gid{};
+}
+inline gid chosen_gid(const port_attr &p) noexcept
+{
+    return gid_at(p, p.gid_index);
+}
+
 struct device_attr {
     std::string name;            // "mlx4_0"
     uint32_t vendor_id = 0;      // 0x02c9 for Mellanox

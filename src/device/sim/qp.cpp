@@ -52,8 +52,7 @@ sim_qp::sim_qp(std::shared_ptr<context> ctx, qp_type type, uint8_t port, sim_cq 
     const port_attr &p = c_->attr().ports[port - 1];
     port_lid_ = p.lid;
     port_mtu_ = p.mtu;
-    for (const gid_entry &g : p.gids)
-        if (static_cast<int>(g.index) == p.gid_index) port_gid_ = g.value;
+    port_gid_ = chosen_gid(p);
     knobs k = read_knobs();
     rnr_timeout_ms_.store(k.rnr_timeout_ms);
     retry_timeout_ms_ = k.retry_timeout_ms;
