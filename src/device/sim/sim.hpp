@@ -524,9 +524,9 @@ class sim_qp final : public queue_pair
     outcome execute(sq_wqe &w) noexcept;
     outcome execute_rc(sq_wqe &w) noexcept;
     outcome execute_ud(sq_wqe &w) noexcept;
-    outcome rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept;
-    outcome rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept;
-    outcome rc_read(sq_wqe &w, peer &p, seg_qp *t) noexcept;
+    outcome rc_send(sq_wqe &w, peer &p, seg_qp *t, uint64_t start) noexcept;
+    outcome rc_write(sq_wqe &w, peer &p, seg_qp *t, uint64_t start) noexcept;
+    outcome rc_read(sq_wqe &w, peer &p, seg_qp *t, uint64_t start) noexcept;
     // The payload as local iovecs; false when an sge fails the lkey check.
     bool gather(sq_wqe &w, uint32_t access, iovec *iov, uint32_t &n, uint64_t &len) noexcept;
     // Completes w on the send CQ (errors always, success when signaled), due

@@ -218,18 +218,19 @@ sim_qp::outcome sim_qp::execute_rc(sq_wqe &w) noexcept
         counted = payload_bytes(w);
         if (c_->fault_take(port_, counted)) return fail(w, wc_status::retry_exc_err);
     }
+    const uint64_t start = c_->transfer_start(); // the link time covers the copy
     outcome o = outcome::failed;
     switch (w.opcode) {
     case wr_opcode::send:
     case wr_opcode::send_with_imm:
-        o = rc_send(w, p, t);
+        o = rc_send(w, p, t, start);
         break;
     case wr_opcode::rdma_write:
     case wr_opcode::rdma_write_with_imm:
-        o = rc_write(w, p, t);
+        o = rc_write(w, p, t, start);
         break;
     case wr_opcode::rdma_read:
-        o = rc_read(w, p, t);
+        o = rc_read(w, p, t, start);
         break;
     default:
         o = fail(w, wc_status::loc_qp_op_err);
@@ -249,9 +250,8 @@ uint64_t sim_qp::payload_bytes(sq_wqe &w) noexcept
     return len;
 }
 
-sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept
+sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t, uint64_t start) noexcept
 {
-    const uint64_t start = c_->transfer_start(); // the link time covers the copy
     iovec iov[max_sges];
     uint32_t n = 0;
     uint64_t len = 0;
@@ -299,9 +299,8 @@ sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t) noexcept
     return outcome::done;
 }
 
-sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept
+sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t, uint64_t start) noexcept
 {
-    const uint64_t start = c_->transfer_start(); // the link time covers the copy
     iovec iov[max_sges];
     uint32_t n = 0;
     uint64_t len = 0;
@@ -341,9 +340,8 @@ sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t) noexcept
     return outcome::done;
 }
 
-sim_qp::outcome sim_qp::rc_read(sq_wqe &w, peer &p, seg_qp *t) noexcept
+sim_qp::outcome sim_qp::rc_read(sq_wqe &w, peer &p, seg_qp *t, uint64_t start) noexcept
 {
-    const uint64_t start = c_->transfer_start(); // the link time covers the copy
     iovec iov[max_sges];
     uint32_t n = 0;
     uint64_t len = 0;
