@@ -54,16 +54,21 @@ std::string fabric_name(const device::port_attr &port)
 namespace
 {
 
+bool names(const util::rail_ref &ref, const std::string &device, uint8_t port) noexcept
+{
+    return ref.port == port && ref.device == device;
+}
+
 bool same_rail(const rail_desc &r, const util::rail_ref &ref) noexcept
 {
-    return r.port == ref.port && r.device_name == ref.device;
+    return names(ref, r.device_name, r.port);
 }
 
 bool selected(const util::rail_selection &sel, const std::string &device, uint8_t port) noexcept
 {
     if (!sel.restricted) return true;
     for (const util::rail_ref &r : sel.rails)
-        if (r.port == port && r.device == device) return true;
+        if (names(r, device, port)) return true;
     return false;
 }
 
