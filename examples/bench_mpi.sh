@@ -19,6 +19,8 @@
 # "-m 1M -n 2000"), FI_MLX4_SIM (default 1: one FDR port), MPIRUN (default
 # mpirun), BENCH_TIMEOUT (seconds per run, default 300).
 set -u
+# shellcheck source=examples/bench_lib.sh
+source "$(dirname "$0")/bench_lib.sh"
 build=${1:-./build}
 reps=${REPS:-3}
 mpirun=${MPIRUN:-mpirun}
@@ -67,27 +69,16 @@ root=()
 [ "$(id -u)" -eq 0 ] && root=(--allow-run-as-root)
 declare -A failed_why=()
 
+run_one() { # run_one TRANSPORT: one mpi_pingpong job
+    # shellcheck disable=SC2046,SC2086 # word splitting of the argument lists is meant
+    timeout -k 10 "$limit" "$mpirun" "${root[@]}" --oversubscribe -np 2 $(mca_for "$1") \
+        "$pingpong" -q ${PINGPONG_ARGS:-}
+}
+run_ok() { grep -q '^size,' "$1"; }
+keep() { grep '^[0-9]' "$3" | sed "s/^/$1,/"; } # CSV rows, the transport first
+
 echo "# bench_mpi: $reps interleaved runs per transport of mpi_pingpong -q ${PINGPONG_ARGS:-}" >&2
-for ((r = 1; r <= reps; r++)); do
-    for t in "${transports[@]}"; do
-        [ -n "${failed_why[$t]:-}" ] && continue # a transport that failed once is not retried
-        log=$work/$t.$r.log
-        printf '#   run %d/%d: %-5s ... ' "$r" "$reps" "$t" >&2
-        # shellcheck disable=SC2046,SC2086 # word splitting of the argument lists is meant
-        timeout -k 10 "$limit" "$mpirun" "${root[@]}" --oversubscribe -np 2 $(mca_for "$t") \
-            "$pingpong" -q ${PINGPONG_ARGS:-} >"$log" 2>&1
-        rc=$?
-        if [ $rc -eq 0 ] && grep -q '^size,' "$log"; then
-            grep '^[0-9]' "$log" | sed "s/^/$t,/" >>"$work/all.csv"
-            echo "ok" >&2
-        else
-            failed_why[$t]=$(reason_of $rc "$log")
-            cp "$log" "/tmp/bench_mpi.$t.log"
-            echo "failed (log: /tmp/bench_mpi.$t.log)" >&2
-        fi
-    done
-done
-touch "$work/all.csv"
+bench_runs bench_mpi "$reps" "$work/all.csv" "${transports[@]}"
 
 load=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null)
 echo
@@ -99,15 +90,7 @@ echo "  tcp   = pml cm, mtl ofi, provider tcp;ofi_rxm over lo"
 echo "  vader = pml ob1, btl self,vader (shared memory)"
 echo
 # CSV rows are: transport,size,lat_iters,lat_us,bw_iters,window,bw_MBps
-awk -F, -v names="${transports[*]}" '
-function median(key,    n, i, j, v, a) {
-    n = cnt[key]
-    if (n == 0) return ""
-    for (i = 1; i <= n; i++) a[i] = val[key, i]
-    for (i = 2; i <= n; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
-function put(key, v) { val[key, ++cnt[key]] = v }
+awk -F, -v names="${transports[*]}" "$bench_awk_median"'
 function num(v, fmt) { return v == "" ? "n/a" : sprintf(fmt, v) }
 function bw(v) { return num(v, v + 0 >= 100 ? "%.0f" : "%.2f") }
 function ratio(a, b) { return (a == "" || b == "" || b + 0 == 0) ? "n/a" : sprintf("%.2f", a / b) }

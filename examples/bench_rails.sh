@@ -24,6 +24,8 @@
 # run, default 300), FI_MLX4_SIM (default 'mlx4_0:ib/fdr;mlx4_1:ib/qdr'; keep
 # the device names mlx4_0 and mlx4_1, the domains are chosen by them).
 set -u
+# shellcheck source=examples/bench_lib.sh
+source "$(dirname "$0")/bench_lib.sh"
 build=${1:-./build}
 reps=${REPS:-3}
 sizes=${SIZES:-4M,16M,64M}
@@ -67,25 +69,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 declare -A failed_why=()
 
+run_one() { run_config "$1"; }
+run_ok() { grep -q '^result ' "$1"; }
+keep() { sed "s/^/$1 $2 /" "$3"; } # lines "CONFIG REP <bench_rails output line>"
+
 echo "# bench_rails.sh: $reps interleaved runs per configuration of bench_rails -s $sizes" >&2
-for ((r = 1; r <= reps; r++)); do
-    for c in "${configs[@]}"; do
-        [ -n "${failed_why[$c]:-}" ] && continue # a configuration that failed once is not retried
-        log=$work/$c.$r.log
-        printf '#   run %d/%d: %-8s ... ' "$r" "$reps" "$c" >&2
-        run_config "$c" >"$log" 2>&1
-        rc=$?
-        if [ $rc -eq 0 ] && grep -q '^result ' "$log"; then
-            sed "s/^/$c $r /" "$log" >>"$work/all.txt"
-            echo "ok" >&2
-        else
-            failed_why[$c]=$(reason_of $rc "$log")
-            cp "$log" "/tmp/bench_rails.$c.log"
-            echo "failed (log: /tmp/bench_rails.$c.log)" >&2
-        fi
-    done
-done
-touch "$work/all.txt"
+bench_runs bench_rails "$reps" "$work/all.txt" "${configs[@]}"
 
 # Does this provider build shape links and take weight overrides at all?
 params=$(FI_PROVIDER_PATH=$plugin_dir fi_info -e 2>/dev/null | grep -a -o 'FI_MLX4_[A-Z_]*' | sort -u)
@@ -111,15 +100,7 @@ echo "  targets: eff w >= 0.95 from 4 MiB up, eff eq ~ 1.00 (2 x QDR), eff FDR a
 for n in "${notes[@]}"; do echo "  NOTE: $n"; done
 echo
 # Lines are "CONFIG REP <bench_rails output line>".
-awk -v scale="$scale" -v order="${configs[*]}" '
-function median(key,    n, i, j, v, a) {
-    n = cnt[key]
-    if (n == 0) return ""
-    for (i = 1; i <= n; i++) a[i] = val[key, i]
-    for (i = 2; i <= n; i++) { v = a[i]; for (j = i - 1; j >= 1 && a[j] > v; j--) a[j + 1] = a[j]; a[j + 1] = v }
-    return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
-}
-function put(key, v) { val[key, ++cnt[key]] = v }
+awk -v scale="$scale" -v order="${configs[*]}" "$bench_awk_median"'
 function mbps(v) { return v == "" ? "n/a" : sprintf(v + 0 >= 100 ? "%.0f" : "%.2f", v) }
 function rate(v) { return v == "" ? "n/a" : sprintf("%.0f", v) }
 function eff(v, d) { return (v == "" || d == "" || d + 0 == 0) ? "n/a" : sprintf("%.2f", v / d) }
