@@ -297,38 +297,29 @@ void engine_impl::rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) 
               r, rails_[r]->r.dev->attr().name.c_str(), rails_[r]->r.port, next);
     p.primary = next;
 
-    // Chunks are planned again over the rails left; header messages that may
-    // not have arrived are sent again, ahead of everything still pending.
-    ilist<tx_entry> resend;
+    // Header messages that may not have arrived are sent again, ahead of
+    // everything still pending; chunks are planned again over the rails left
+    // (should that fail the peer, what was queued fails with it).
+    ilist<tx_entry> resend, chunks;
     for (tx_entry *tx = p.inflight.head, *nx = nullptr; tx; tx = nx) {
         nx = tx->next;
         if (tx->rail != r) continue;
-        if (tx->kind == tx_kind::chunk) {
-            p.inflight.remove(tx);
-            tx->posted = false;
-            replan(tx, err, prov_errno);
-            nx = p.inflight.head; // the list changed under us: start over (moved ones are skipped)
-            continue;
-        }
-        if (!tx->outstanding && tx->next_wr == tx->nwr) { // delivered (an RTS waiting for FIN)
-            tx->rail = static_cast<uint8_t>(next);
+        if (tx->kind != tx_kind::chunk && !tx->outstanding && tx->next_wr == tx->nwr) {
+            tx->rail = static_cast<uint8_t>(next); // delivered: an RTS waiting for FIN
             continue;
         }
         p.inflight.remove(tx);
         tx->posted = false;
-        resend.push_back(tx);
-    }
-    if (p.st == peer::state::failed) { // re-planning found no rail left after all
-        while (tx_entry *tx = resend.head) {
-            resend.remove(tx);
-            fail_tx(tx, p.fail_err ? p.fail_err : err, p.fail_prov);
-        }
-        return;
+        (tx->kind == tx_kind::chunk ? chunks : resend).push_back(tx);
     }
     while (tx_entry *tx = resend.tail) {
         resend.remove(tx);
         p.pending.push_front(tx);
         ++pending_total_;
+    }
+    while (tx_entry *tx = chunks.head) {
+        chunks.remove(tx);
+        replan(tx, err, prov_errno);
     }
 }
 
