@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Runs inside the guest (scripts/guest.sh boots it): sets up Soft-RoCE, then
+# every verbs suite against the build tree, one line per suite into
+# RESULTS/summary ("ok|FAIL|skip NAME passed=N failed=N skipped=N seconds=N")
+# and each suite's output into RESULTS/NAME.log.
+#
+#   guest-suites.sh BUILD_DIR RESULTS [SUITE...]   (default: every suite)
+#
+# The guest's CPU is 4-8x slower than the host's and Soft-RoCE has
+# millisecond latency: iteration counts are cut through the suites' own
+# environment variables, never the set of cases.
+set -u
+build=$1
+results=$2
+shift 2
+want=" $* "
+root=$(cd "$(dirname "$0")/../.." && pwd)
+summary=$results/summary
+: >"$summary"
+
+source "$root/scripts/vm/rxe-setup.sh" >"$results/rxe-setup.log" 2>&1 || {
+    echo "FAIL rxe-setup passed=0 failed=1 skipped=0 seconds=0" >>"$summary"
+    cat "$results/rxe-setup.log"
+    exit 1
+}
+
+export FI_PROVIDER_PATH=$build/plugin
+export FI_MLX4_ANY_DEVICE=1
+export FI_LOG_LEVEL=${FI_LOG_LEVEL:-warn}
+export MLX4_TEST_BACKEND=verbs # test binaries: the verbs variants only
+export OMPI_MCA_plm_rsh_agent= # no ssh in the guest
+unset FI_MLX4_SIM
+# Open MPI as root in a chroot, on two vCPUs.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+ulimit -c 0
+
+selected() { [ "$want" = "  " ] || [[ $want == *" $1 "* ]]; }
+
+# run_gtest NAME TIMEOUT BINARY [ARGS...]: a GoogleTest binary; counts from
+# its closing lines. All skipped counts as a failure here: the guest has the
+# devices, so a skip means the suite did not find them.
+run_gtest() {
+    local name=$1 limit=$2
+    shift 2
+    selected "$name" || return 0
+    local log=$results/$name.log start=$SECONDS rc=0
+    echo "guest: $name" >&2
+    timeout -k 5 "$limit" "$@" >"$log" 2>&1 || rc=$?
+    local pass fail skip
+    pass=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
+    fail=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
+    skip=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
+    pass=${pass:-0} fail=${fail:-0} skip=${skip:-0}
+    local verdict=ok
+    if [ $rc -ne 0 ] || [ "$fail" -ne 0 ] || [ "$pass" -eq 0 ]; then verdict=FAIL; fi
+    [ $rc -eq 124 ] && echo "(timed out after ${limit}s)" >>"$log"
+    [ $verdict = FAIL ] && [ "$fail" -eq 0 ] && fail=1
+    echo "$verdict $name passed=$pass failed=$fail skipped=$skip seconds=$((SECONDS - start))" \
+        >>"$summary"
+    if [ $verdict = FAIL ]; then
+        grep -E '^\[  FAILED  \]|Failure|error:|timed out' "$log" | head -30 | sed "s/^/  $name: /" >&2
+    fi
+}
+
+# run_tap NAME TIMEOUT COMMAND...: a script that prints TAP.
+run_tap() {
+    local name=$1 limit=$2
+    shift 2
+    selected "$name" || return 0
+    local log=$results/$name.log start=$SECONDS rc=0
+    echo "guest: $name" >&2
+    timeout -k 5 "$limit" "$@" >"$log" 2>&1 || rc=$?
+    local pass fail skip
+    pass=$(grep -c '^ok ' "$log")
+    fail=$(grep -c '^not ok ' "$log")
+    skip=$(grep -c '^ok .*# SKIP' "$log")
+    pass=$((pass - skip))
+    local verdict=ok
+    if [ $rc -ne 0 ] || [ "$fail" -ne 0 ] || [ "$pass" -eq 0 ]; then verdict=FAIL; fi
+    [ $rc -eq 124 ] && echo "(timed out after ${limit}s)" >>"$log"
+    [ $verdict = FAIL ] && [ "$fail" -eq 0 ] && fail=1
+    echo "$verdict $name passed=$pass failed=$fail skipped=$skip seconds=$((SECONDS - start))" \
+        >>"$summary"
+    if [ $verdict = FAIL ]; then
+        grep -E '^not ok|^#' "$log" | head -40 | sed "s/^/  $name: /" >&2
+    fi
+}
+
+{
+    echo "# $(uname -r), $(nproc) vCPUs"
+    rdma link show
+    ibv_devinfo | grep -E 'hca_id|state|link_layer|active_mtu'
+} >"$results/devices.log" 2>&1
+
+run_gtest device-contract 120 "$build/tests/contract_tests" --gtest_filter='*/verbs.*'
+run_gtest data-contract 300 "$build/tests/data_contract_tests" --gtest_filter='*/verbs.*'
+MLX4_PINGPONG_ITERS=2 run_tap verbs-programs 600 bash "$root/tests/integration/test_verbs_guest.sh" "$build"
+MPI_NP=2 MPI_TEST_TIMEOUT=240 MPI_PINGPONG_ARGS="-n 5 -w 2 -m 1M" \
+    run_tap mpi 600 bash "$root/tests/integration/test_mpi.sh" mlx4-verbs \
+    "$build/tests/mpi_semantics" "$build/examples/mpi_pingpong" "$build/plugin"
+
+grep -q '^FAIL' "$summary" && exit 1
+exit 0

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The provider on a real verbs stack, as users run it: fi_info, fi_pingpong
+# (msg and tagged, data checked) and the examples (the MPI job is
+# test_mpi.sh mlx4-verbs). Meant for the Soft-RoCE guest (scripts/guest.sh) or a
+# host with ConnectX-3 HCAs (docs/verbs-backends.md); TAP.
+#
+#   tests/integration/test_verbs_guest.sh BUILD_DIR
+#
+# Environment: FI_MLX4_ANY_DEVICE (set to 1 for rxe), MLX4_VERBS_DOMAIN (the
+# domain fi_pingpong uses; default: the first fi_info lists),
+# MLX4_VERBS_RAILS_DOMAIN (a domain of several rails; default: the first
+# fi_info lists with a '+'), MLX4_PINGPONG_ITERS (default 10).
+set -u
+build=$1
+export FI_PROVIDER_PATH=$build/plugin
+unset FI_MLX4_SIM
+n=0
+failed=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() {
+    n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; shift
+    [ $# -gt 0 ] && printf '%s\n' "$@" | tail -30 | sed 's/^/#   /'
+}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# A process that dies by a signal (a crash at exit included) is a failure
+# even when it printed everything.
+died() { [ "$1" -ge 128 ] && [ "$1" -ne 124 ]; }
+
+# fi_info finds the devices and exits cleanly (libfabric's clean-up at exit
+# calls the provider's; a crash there is this test's failure).
+rc=0
+fi_info -p mlx4 >"$tmp/info" 2>&1 || rc=$?
+if [ $rc -eq 0 ] && grep -q 'provider: mlx4' "$tmp/info"; then
+    ok "fi_info -p mlx4 lists $(grep -c 'provider: mlx4' "$tmp/info") entries and exits 0"
+else
+    not_ok "fi_info -p mlx4 (exit $rc)" "$(cat "$tmp/info")"
+fi
+grep -E '^ *(fabric|domain):' "$tmp/info" | sort -u | sed 's/^/#   /'
+domain=${MLX4_VERBS_DOMAIN:-$(sed -n 's/^ *domain: //p' "$tmp/info" | head -1)}
+rc=0
+fi_info -p mlx4 -v >"$tmp/info-v" 2>&1 || rc=$?
+if [ $rc -eq 0 ]; then ok "fi_info -p mlx4 -v exits 0"; else
+    not_ok "fi_info -p mlx4 -v (exit $rc)" "$(tail -20 "$tmp/info-v")"; fi
+rc=0
+fi_info -e >"$tmp/info-e" 2>&1 || rc=$?
+if [ $rc -eq 0 ] && grep -q FI_MLX4_ANY_DEVICE "$tmp/info-e"; then
+    ok "fi_info -e lists the provider's parameters and exits 0"
+else
+    not_ok "fi_info -e (exit $rc)" "$(tail -20 "$tmp/info-e")"
+fi
+if [ -x "$build/examples/mlx4_rails" ]; then
+    rc=0
+    "$build/examples/mlx4_rails" >"$tmp/rails" 2>&1 || rc=$?
+    if [ $rc -eq 0 ]; then ok "mlx4_rails exits 0"; else
+        not_ok "mlx4_rails (exit $rc)" "$(tail -20 "$tmp/rails")"; fi
+    sed 's/^/#   /' "$tmp/rails" | head -20
+fi
+
+port=$((47600 + RANDOM % 2000))
+iters=${MLX4_PINGPONG_ITERS:-10}
+rails=${MLX4_VERBS_RAILS_DOMAIN:-$(sed -n 's/^ *domain: \(.*+.*\)/\1/p' "$tmp/info" | head -1)}
+# pingpong NAME ARGS...: server and client with the same arguments.
+pingpong() {
+    local name=$1; shift
+    local src=0 crc=0
+    timeout 240 fi_pingpong -p mlx4 -e rdm -B "$port" "$@" >"$tmp/srv" 2>&1 &
+    local srv=$!
+    sleep 0.5
+    timeout 240 fi_pingpong -p mlx4 -e rdm -P "$port" "$@" 127.0.0.1 >"$tmp/cli" 2>&1 || crc=$?
+    wait $srv || src=$?
+    if [ $crc -eq 0 ] && [ $src -eq 0 ]; then
+        ok "$name"
+        grep -E '^ *[0-9]' "$tmp/cli" | tail -2 | sed 's/^/#   /'
+    else
+        not_ok "$name (client exit $crc, server exit $src)" \
+            "$(sed 's/^/client: /' "$tmp/cli" | tail -15)" "$(sed 's/^/server: /' "$tmp/srv" | tail -15)"
+    fi
+    port=$((port + 1))
+}
+pingpong "fi_pingpong -S all (msg) on $domain, data checked" -d "$domain" -S all -I "$iters" -c
+pingpong "fi_pingpong -S all tagged on $domain, data checked" -d "$domain" -S all -I "$iters" -c -m tagged
+# Two rails in one domain: 256 KiB and up striped over both.
+if [ -n "$rails" ]; then
+    pingpong "fi_pingpong -S 4194304 striped over $rails, data checked" -d "$rails" -S 4194304 -I "$iters" -c
+fi
+
+echo "1..$n"
+[ $failed -eq 0 ]
