@@ -153,7 +153,8 @@ main() {
         GUEST_INTERACTIVE=1 guest_boot "$ver" "$results" 86400
         return 0
     fi
-    printf '%s\n' "exec bash '$mlx4_root/scripts/vm/guest-suites.sh' '$build' '$results' $suites" \
+    printf '%s\n' "export MLX4_SETUP_RXE=1" \
+        "exec bash '$mlx4_root/scripts/verbs-suites.sh' '$build' '$results' $suites" \
         >"$results/run.sh"
     mlx4_log "guest: booting $ver (results in $results)"
     local start=$SECONDS rc=0
