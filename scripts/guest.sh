@@ -8,6 +8,7 @@
 #
 #   scripts/guest.sh [BUILD_DIR] [SUITE...]   run the guest suites (default: all)
 #   scripts/guest.sh --shell [BUILD_DIR]      boot and run an interactive shell
+#   scripts/guest.sh --run 'COMMAND' [BUILD_DIR]  run one command (rxe set up), print its output
 #
 # Environment: MLX4_GUEST_CACHE (default ~/.cache/ofi-mlx4-guest),
 # MLX4_GUEST_TIMEOUT (seconds for the whole boot, default 900),
@@ -124,8 +125,9 @@ guest_boot() {
 }
 
 main() {
-    local shell=0
+    local shell=0 run=""
     if [ "${1:-}" = --shell ]; then shell=1; shift; fi
+    if [ "${1:-}" = --run ]; then run=$2; shift 2; fi
     local build=${1:-build}
     [ $# -gt 0 ] && shift
     case $build in /*) ;; *) build=$mlx4_root/$build ;; esac
@@ -147,6 +149,15 @@ main() {
         rm -f "$results"/{exit,summary,console.log} "$results"/*.log
     fi
     local suites="$*"
+    if [ -n "$run" ]; then
+        printf '%s\n' "source '$mlx4_root/scripts/vm/rxe-setup.sh'" \
+            "cd '$mlx4_root'; export MLX4_BUILD='$build'" \
+            "( $run ) >'$results/run.log' 2>&1" >"$results/run.sh"
+        guest_boot "$ver" "$results" "${MLX4_GUEST_TIMEOUT:-900}" || true
+        cat "$results/run.log"
+        [ "$(cat "$results/exit" 2>/dev/null)" = 0 ]
+        return
+    fi
     if [ $shell = 1 ]; then
         printf '%s\n' "source '$mlx4_root/scripts/vm/rxe-setup.sh'" \
             "cd '$mlx4_root'; export MLX4_BUILD='$build'; exec bash -i" >"$results/run.sh"

@@ -37,7 +37,6 @@ fi
 
 export FI_PROVIDER_PATH=$build/plugin
 export FI_LOG_LEVEL=${FI_LOG_LEVEL:-warn}
-export MLX4_TEST_BACKEND=verbs # test binaries: the verbs variants only
 unset FI_MLX4_SIM
 # Open MPI as root in a chroot, on two vCPUs.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -103,6 +102,8 @@ run_tap() {
 
 run_gtest device-contract 120 "$build/tests/contract_tests" --gtest_filter='*/verbs.*'
 run_gtest data-contract 300 "$build/tests/data_contract_tests" --gtest_filter='*/verbs.*'
+run_gtest engine 600 "$build/tests/engine_tests" --gtest_filter='*/verbs'
+run_gtest engine-rails 600 "$build/tests/verbs_rails_tests"
 MLX4_PINGPONG_ITERS=2 run_tap verbs-programs 600 bash "$root/tests/integration/test_verbs_guest.sh" "$build"
 FI_MLX4_ANY_DEVICE=${FI_MLX4_ANY_DEVICE:-0} MPI_NP=2 MPI_TEST_TIMEOUT=240 MPI_PINGPONG_ARGS="-n 5 -w 2 -m 1M" \
     run_tap mpi 600 bash "$root/tests/integration/test_mpi.sh" mlx4-verbs \
