@@ -8,7 +8,7 @@
 #
 #   scripts/verbs-suites.sh BUILD_DIR RESULTS [SUITE...]   (default: every suite)
 #
-# Suites: device-contract data-contract engine engine-rails abi verbs-programs
+# Suites: device-contract data-contract async-events engine engine-rails abi verbs-programs
 # mpi. Environment: MLX4_TEST_RAIL_DOWN / MLX4_TEST_RAIL_UP, commands that take
 # the second rail's port down and up again (the guest: ip link set dummy1
 # down/up); without them the failover test over verbs skips.
@@ -33,6 +33,7 @@ if [ "${MLX4_SETUP_RXE:-0}" = 1 ]; then
     }
     export FI_MLX4_ANY_DEVICE=1
     export MLX4_TEST_RAIL_DOWN="ip link set dummy1 down" MLX4_TEST_RAIL_UP="ip link set dummy1 up"
+    export MLX4_TEST_RAIL_PORT=rxe1:1
 fi
 
 export FI_PROVIDER_PATH=$build/plugin
@@ -102,6 +103,7 @@ run_tap() {
 
 run_gtest device-contract 120 "$build/tests/contract_tests" --gtest_filter='*/verbs.*'
 run_gtest data-contract 300 "$build/tests/data_contract_tests" --gtest_filter='*/verbs.*'
+run_gtest async-events 120 "$build/tests/async_event_tests" --gtest_filter='*/verbs.*'
 run_gtest engine 600 "$build/tests/engine_tests" --gtest_filter='*/verbs'
 run_gtest engine-rails 600 "$build/tests/verbs_rails_tests"
 MLX4_PINGPONG_ITERS=2 run_tap verbs-programs 600 bash "$root/tests/integration/test_verbs_guest.sh" "$build"

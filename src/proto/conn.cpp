@@ -104,7 +104,7 @@ void engine_impl::drop_qp(peer &p, unsigned r) noexcept
 {
     peer_rail &pr = p.rails[r];
     if (pr.qp) peer_by_qpn_.erase((uint64_t(r) << 32) | pr.qp->qp_num());
-    pr.qp.reset();
+    retire_qp(std::move(pr.qp), r); // destroyed once its last SRQ receive is done
     pr.ah.reset();
     pr.remote_qpn = 0;
 }

@@ -126,6 +126,12 @@ status engine_impl::init(const std::vector<rail> &rails)
         for (uint32_t b = 0; b < ud_depth; ++b)
             repost_ud(ref, b);
     }
+    for (const auto &rr : rails_) {
+        device::device *dev = rr->r.dev;
+        if (std::none_of(event_sources_.begin(), event_sources_.end(),
+                         [&](const event_source &e) { return e.dev == dev; }))
+            event_sources_.push_back({dev, dev->event_cursor()});
+    }
     MLX4_INFO(FI_LOG_EP_CTRL, "endpoint %016llx: %zu rail(s), eager limit %zu\n",
               static_cast<unsigned long long>(name_.nonce), rails_.size(), cfg_.eager_limit);
     return status::ok();
@@ -410,7 +416,9 @@ void engine_impl::progress() noexcept
     }
     if (!deferred_reads_.empty()) retry_deferred();
     if ((++purge_tick_ & 63) == 0) {
-        check_rails(now_ns());     // port states and reconnections (rate-limited inside)
+        const uint64_t now = now_ns();
+        poll_device_events(now);   // a port error fails its rail over at once
+        check_rails(now);          // port states and reconnections (rate-limited inside)
         if (purge_tick_ == 4096) { // let go of registrations of freed memory
             purge_tick_ = 0;
             for (auto &rr : rails_)
@@ -619,6 +627,7 @@ void engine_impl::shutdown() noexcept
         }
     }
     peers_.clear(); // QPs before the CQs and SRQs they use
+    retired_.clear();
     for (auto &rr : rails_) {
         rr->cache.reset(); // every lease went with its transfer
         rr->ud.reset();

@@ -102,6 +102,7 @@ struct rail_res {
     std::unique_ptr<rail_registrar> registrar;      // used by cache
     std::unique_ptr<util::mr_cache> cache;          // user buffers (rendezvous, RMA)
     bool down = false;                              // the local port is down (health check)
+    bool broken = false; // its CQ or device failed (async event): out of service for good
     uint8_t *rx_base() const noexcept { return static_cast<uint8_t *>(rx_bufs->addr()); }
     uint8_t *ud_base() const noexcept { return static_cast<uint8_t *>(ud_bufs->addr()); }
     uint8_t *tx_base() const noexcept { return static_cast<uint8_t *>(tx_bufs->addr()); }
@@ -282,6 +283,23 @@ class engine_impl final : public engine
     // none is left.
     void rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) noexcept;
     void check_rails(uint64_t now) noexcept;
+
+    // events.cpp: the devices' async events
+    // Reads every rail device's pending events and acts on them: a port error
+    // fails its rail over at once, a port that comes up rejoins, QP and CQ
+    // errors fail what they touch, LAST_WQE_REACHED frees a retired QP.
+    void poll_device_events(uint64_t now) noexcept;
+    void handle_device_event(device::device *dev, const device::async_event &e) noexcept;
+    // The local port of rr went down / came up (async event or health check).
+    void local_rail_down(rail_res &rr) noexcept;
+    void local_rail_up(rail_res &rr) noexcept;
+    // A GID or LID change: the port's address is read again for new peers.
+    void refresh_rail_address(rail_res &rr) noexcept;
+    // An RC QP taken out of use: in the error state until the device says its
+    // last SRQ receive is done (LAST_WQE_REACHED) or a bound passes, then
+    // destroyed (destroying it earlier may lose an SRQ receive in use).
+    void retire_qp(std::unique_ptr<device::queue_pair> qp, unsigned rail) noexcept;
+    void reap_retired(uint64_t now) noexcept;
     void count(unsigned r, const tx_entry::wr_desc &d) noexcept;
 
     // conn.cpp
@@ -352,6 +370,18 @@ class engine_impl final : public engine
     uint32_t connecting_ = 0;         // peer rails with a connection attempt under way
     uint32_t rails_down_ = 0;         // peer rails (and local rails) down, to reconnect
     uint64_t next_health_ns_ = 0;
+    // Async events: each rail device once, with this engine's cursor.
+    struct event_source {
+        device::device *dev = nullptr; // not owned
+        uint64_t cursor = 0;
+    };
+    std::vector<event_source> event_sources_;
+    struct retired_qp {
+        std::unique_ptr<device::queue_pair> qp;
+        unsigned rail = 0;
+        uint64_t deadline_ns = 0;
+    };
+    std::vector<retired_qp> retired_; // destroyed before the rails' CQs and SRQs
     bool shut_ = false;
     uint32_t purge_tick_ = 0; // progress calls since the caches were last purged
 };

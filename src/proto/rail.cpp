@@ -329,23 +329,15 @@ void engine_impl::check_rails(uint64_t now) noexcept
     next_health_ns_ = now + health_interval_ns;
     for (auto &rp : rails_) {
         rail_res &rr = *rp;
+        if (rr.broken) continue;
+        // A safety net under the async events (events.cpp), which usually
+        // said so already: a device that raises none is still followed.
         auto st = rr.r.dev->query_port_state(rr.r.port);
         bool active = st.ok() && st.value() == device::port_state::active;
-        if (!active && !rr.down) {
-            rr.down = true;
-            if (rr.r.counters) rr.r.counters->up.store(0, std::memory_order_relaxed);
-            MLX4_WARN(FI_LOG_EP_CTRL, "rail %u (%s port %u) is down\n", rr.index,
-                      rr.r.dev->attr().name.c_str(), rr.r.port);
-            for (uint32_t pi = 0; pi < peers_.size(); ++pi)
-                if (rr.index < peers_[pi].nrails &&
-                    peers_[pi].rails[rr.index].st == peer_rail::state::connected)
-                    rail_failed(pi, rr.index, FI_EIO, 0);
-        } else if (active && rr.down) {
-            rr.down = false;
-            if (rr.r.counters) rr.r.counters->up.store(1, std::memory_order_relaxed);
-            MLX4_WARN(FI_LOG_EP_CTRL, "rail %u (%s port %u) is up again; it rejoins\n", rr.index,
-                      rr.r.dev->attr().name.c_str(), rr.r.port);
-        }
+        if (!active && !rr.down)
+            local_rail_down(rr);
+        else if (active && rr.down)
+            local_rail_up(rr);
     }
     if (!rails_down_) return;
     // Reconnect the rails peers lost, where the local port is up.

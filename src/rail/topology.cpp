@@ -14,8 +14,8 @@
 namespace mlx4fi::rail
 {
 
-using device::link_layer;
 using device::apply_cap;
+using device::link_layer;
 using device::pcie_data_gbps;
 using device::port_data_gbps;
 using device::width_lanes;
@@ -179,7 +179,7 @@ void report_unused(const std::vector<fabric_desc> &fabrics, const util::weight_o
     }
 }
 
-const char *speed_text(uint8_t speed) noexcept
+const char *speed_text(uint16_t speed) noexcept
 {
     switch (static_cast<device::ib_speed>(speed)) {
     case device::ib_speed::sdr:
@@ -196,6 +196,10 @@ const char *speed_text(uint8_t speed) noexcept
         return "EDR";
     case device::ib_speed::hdr:
         return "HDR";
+    case device::ib_speed::ndr:
+        return "NDR";
+    case device::ib_speed::xdr:
+        return "XDR";
     }
     return "?";
 }
