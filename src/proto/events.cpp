@@ -106,7 +106,7 @@ void engine_impl::local_rail_down(rail_res &rr) noexcept
               rr.r.dev->attr().name.c_str(), rr.r.port);
     for (uint32_t pi = 0; pi < peers_.size(); ++pi)
         if (rr.index < peers_[pi].nrails &&
-            peers_[pi].rails[rr.index].st == peer_rail::state::connected)
+            peers_[pi].rails[rr.index].ready())
             rail_failed(pi, rr.index, FI_EIO, 0);
 }
 
