@@ -53,9 +53,10 @@ inline uint32_t wr_id_index(uint64_t id) noexcept
 }
 
 inline constexpr uint32_t ud_depth = 64;
+inline constexpr uint32_t ud_send_depth = 256; // connection datagrams in flight per rail
 inline constexpr uint32_t ud_buf_size = 256;
-// Bounce buffers per rail: up to 1024, fewer for large eager limits so a
-// rail's bounce memory stays within tx_bytes (at least 64 of them).
+// Bounce buffers per rail: FI_MLX4_TX_BUFFERS (up to 1024), fewer for large
+// eager limits so a rail's bounce memory stays within tx_bytes (at least 64).
 inline constexpr uint32_t max_tx_slots = 1024;
 inline constexpr size_t tx_bytes = size_t(16) << 20;
 inline constexpr uint32_t max_tx = 4096;   // tx entries per engine
@@ -64,15 +65,20 @@ inline constexpr size_t max_early_msgs = 4096; // per peer, held for a resend to
 
 // Registers ranges on one rail's device for the registration cache. The
 // handle is the device::memory_region (owned by the cache's entry).
+// Each registration asks for what its use needs, no more: the kernel pins a
+// registration with local (or remote) write for writing, which fails for
+// read-only memory (const data, a PROT_READ mapping) and breaks
+// copy-on-write sharing. Receive buffers and RDMA READ destinations get local
+// write; rendezvous and RMA-write sources only remote read (the sender's
+// buffer is what the peer reads; an RMA source's key is never published).
+// Never remote write: peers only read these.
 class rail_registrar final : public util::mr_registrar
 {
   public:
-    explicit rail_registrar(device::device *dev) : dev_(dev) {}
+    rail_registrar(device::device *dev, uint32_t access) : dev_(dev), access_(access) {}
     result<void *> reg(void *addr, size_t len) noexcept override
     {
-        // Local write for receive buffers and read destinations, remote read
-        // for rendezvous sources; never remote write (peers only read these).
-        auto mr = dev_->reg_mr(addr, len, device::access_local_write | device::access_remote_read);
+        auto mr = dev_->reg_mr(addr, len, access_);
         if (!mr.ok()) return mr.error();
         return static_cast<void *>(std::move(mr).value().release());
     }
@@ -83,6 +89,7 @@ class rail_registrar final : public util::mr_registrar
 
   private:
     device::device *dev_; // not owned
+    uint32_t access_;     // device::access bits
 };
 
 inline const device::memory_region &region_of(const util::mr_cache::lease &l) noexcept
@@ -104,9 +111,14 @@ struct rail_res {
     std::unique_ptr<device::memory_region> tx_bufs; // tx_slots_ x buf_size
     std::vector<uint32_t> tx_free;                  // free tx_bufs slots
     std::unique_ptr<rail_registrar> registrar;      // used by cache
-    std::unique_ptr<util::mr_cache> cache;          // user buffers (rendezvous, RMA)
+    std::unique_ptr<util::mr_cache> cache;          // user buffers written: read destinations
+    std::unique_ptr<rail_registrar> src_registrar;  // used by src_cache
+    std::unique_ptr<util::mr_cache> src_cache;      // user buffers only read: send/write sources
+    // The cache for a local buffer the HCA writes (true) or only reads.
+    util::mr_cache &cache_for(bool written) noexcept { return written ? *cache : *src_cache; }
     bool down = false;                              // the local port is down (health check)
     bool broken = false; // its CQ or device failed (async event): out of service for good
+    uint32_t cq_credits = 0; // RC sends that may still be posted without overrunning cq
     uint8_t *rx_base() const noexcept { return static_cast<uint8_t *>(rx_bufs->addr()); }
     uint8_t *ud_base() const noexcept { return static_cast<uint8_t *>(ud_bufs->addr()); }
     uint8_t *tx_base() const noexcept { return static_cast<uint8_t *>(tx_bufs->addr()); }
@@ -236,6 +248,8 @@ class engine_impl final : public engine
     engine_impl(const engine_config &cfg, event_sink &sink);
     ~engine_impl() override;
     status init(const std::vector<rail> &rails);
+    // Receive, bounce and connection buffers one rail registers (pinned).
+    size_t pinned_bytes_per_rail() const noexcept;
 
     void bind_av(const av_table *av) noexcept override { av_ = av; }
     const ep_name &name() const noexcept override { return name_; }
@@ -251,6 +265,9 @@ class engine_impl final : public engine
 
   private:
     // engine.cpp
+    // Logs why creating what on dev failed (with the memlock limit when out
+    // of memory) and returns s.
+    status setup_failed(const device::device &dev, const char *what, status s) noexcept;
     void handle_wc(rail_res &rr, const device::work_completion &wc) noexcept;
     void handle_tx_wc(const device::work_completion &wc) noexcept;
     void repost_srq(rail_res &rr, uint32_t idx) noexcept;

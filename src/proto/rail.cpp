@@ -63,7 +63,8 @@ bool engine_impl::build_chunk(tx_entry *c) noexcept
     for (uint32_t i = 0; i < xd.nlocal; ++i) {
         uint64_t len = xd.local[i].iov_len;
         if (len && pos < c->off + c->len && pos + len > c->off) {
-            auto mr = rr.cache->acquire(xd.local[i].iov_base, len);
+            auto mr = rr.cache_for(xd.opcode == device::wr_opcode::rdma_read)
+                          .acquire(xd.local[i].iov_base, len);
             if (!mr.ok()) {
                 MLX4_WARN(FI_LOG_EP_DATA, "rail %u: cannot register a %llu-byte buffer: %d\n", r,
                           static_cast<unsigned long long>(len), mr.error().code());
@@ -254,7 +255,9 @@ bool engine_impl::rehome(tx_entry *tx, unsigned r) noexcept
                 continue;
             }
             if (tx->kind != tx_kind::rma || !rdma || i >= std::size(tx->mr)) continue;
-            auto mr = rails_[r]->cache->acquire(reinterpret_cast<void *>(s.addr), s.length);
+            auto mr = rails_[r]
+                          ->cache_for(d.opcode == device::wr_opcode::rdma_read)
+                          .acquire(reinterpret_cast<void *>(s.addr), s.length);
             if (!mr.ok()) return false;
             s.lkey = region_of(mr.value()).lkey();
             tx->mr[i] = std::move(mr).value();

@@ -11,6 +11,7 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -674,6 +675,25 @@ TYPED_TEST(data_contract, bad_lkey_is_a_local_error)
     EXPECT_EQ(a.qp->state(), qp_state::error);
     EXPECT_TRUE(this->p.quiet(*b.cq, 20));
     EXPECT_EQ(dst[0], 0);
+}
+
+// Engine relies on: read-only memory registers for remote read (rendezvous
+// and RMA-write sources), and a registration asking to write it is refused
+// (the kernel pins writable registrations for writing: EFAULT).
+TYPED_TEST(data_contract, read_only_memory_registers_for_reading_only)
+{
+    const size_t len = 65536;
+    void *m = mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(m, MAP_FAILED);
+    auto ro = this->dev().reg_mr(m, len, access_remote_read);
+    EXPECT_TRUE(ro.ok());
+    auto rw = this->dev().reg_mr(m, len, access_local_write);
+    EXPECT_FALSE(rw.ok());
+    if (!rw.ok()) {
+        EXPECT_EQ(rw.error(), err_inval);
+    }
+    ro = err_inval; // deregistered before the unmap
+    munmap(m, len);
 }
 
 TYPED_TEST(data_contract, read_into_memory_without_local_write_is_local_protection_error)

@@ -628,3 +628,40 @@ TEST_P(engine_test, malformed_connection_datagrams_are_dropped)
     EXPECT_EQ(got, msg);
     qp.value().reset();
 }
+
+// Sending from read-only memory (const data, a PROT_READ mapping), above the
+// eager limit and as an RMA write source: such buffers are registered for
+// remote read only, never for writing, which the kernel (and the sim) refuse
+// for memory that cannot be written.
+TEST_P(engine_test, rendezvous_and_rma_write_from_read_only_memory)
+{
+    const size_t len = size_t(256) << 10;
+    void *m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(m, MAP_FAILED);
+    auto msg = pattern(len, 21);
+    std::memcpy(m, msg.data(), len);
+    ASSERT_EQ(mprotect(m, len, PROT_READ), 0);
+
+    std::vector<uint8_t> got(len);
+    int rctx, sctx;
+    ASSERT_TRUE(trecv(b, got.data(), got.size(), 13, &rctx).is_ok());
+    ASSERT_TRUE(tsend(a, m, len, 13, &sctx).is_ok());
+    event r = next(b);
+    EXPECT_EQ(r.err, 0);
+    EXPECT_TRUE(got == msg);
+    EXPECT_EQ(next(a).err, 0);
+
+    std::vector<uint8_t> target(len, 0);
+    auto reg = register_memory(rails, target.data(), target.size(),
+                               device::access_remote_write | device::access_local_write);
+    ASSERT_TRUE(reg.ok());
+    iovec iov{m, len};
+    int ctx;
+    rma_args w{&iov, 1, a.peer, reinterpret_cast<uint64_t>(target.data()), reg.value().key, 0,
+               FI_COMPLETION, &ctx, false};
+    ASSERT_TRUE(a.eng->rma(w).is_ok());
+    event e = next(a);
+    EXPECT_EQ(e.err, 0);
+    EXPECT_TRUE(target == msg);
+    munmap(m, len);
+}

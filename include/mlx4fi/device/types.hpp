@@ -61,6 +61,7 @@ struct port_attr {
     uint64_t subnet_prefix = 0;  // IB: from GID 0, host byte order
     std::vector<gid_entry> gids; // valid entries of the GID table
     int gid_index = -1;          // the entry this provider uses; -1 when none fits
+    int ud_gid_index = -1;       // the entry UD datagrams go from (ud_gid_index()); -1: gid_index
     std::string network;         // RoCE: the IP network of the chosen GID ("198.18.0.0/16")
 };
 

@@ -23,6 +23,15 @@ struct rd_atomic_limits {
     uint32_t responder = 16;
 };
 
+// The priority of this provider's traffic: the service level (IB SL; on mlx4
+// RoCE the VLAN priority, PCP, is derived from it: the lossless PFC class
+// needs it), the GRH traffic class (RoCE DSCP/ECN bits) and the P_Key index.
+struct path_qos {
+    uint8_t sl = 0;
+    uint8_t traffic_class = 0;
+    uint16_t pkey_index = 0;
+};
+
 // A verbs HCA. It keeps the context it was queried through open for its whole
 // life: discovery has to open it anyway, and the data-path objects (PD, QPs,
 // CQs, MRs) that come later are created on it, so reopening would only cost a
@@ -56,6 +65,8 @@ class verbs_device final : public device
     result<port_state> query_port_state(uint8_t port) noexcept override;
     // ibv_query_port and the GID table again, the GID chosen as at discovery.
     result<port_attr> query_port_attr(uint8_t port) noexcept override;
+    // FI_MLX4_SL, FI_MLX4_TRAFFIC_CLASS, FI_MLX4_PKEY_INDEX.
+    void set_qos(const path_qos &q) noexcept { qos_ = q; }
     // FI_MLX4_GID_INDEX, for query_port_attr's GID choice.
     void set_gid_override(int index) noexcept { gid_override_ = index; }
 
@@ -76,7 +87,7 @@ class verbs_device final : public device
     std::mutex pd_lock_;
     ibv_pd *pd_ = nullptr; // owned: ibv_dealloc_pd before the context closes
     rd_atomic_limits rd_;
-    uint8_t traffic_class_ = 0; // RoCE/GRH traffic class; a parameter may set it later
+    path_qos qos_; // SL, traffic class, P_Key index of every QP and AH
 };
 
 // Opens and queries the host's verbs devices that cfg admits; ports that are

@@ -281,7 +281,7 @@ bool query_port(ibv_context *ctx, uint8_t num, port_work &p)
 
 // Sorts a queried port's GIDs, picks the one to use (gid_override: the
 // FI_MLX4_GID_INDEX value, -1 to choose) and, on RoCE, its IP network.
-void finish_port(const char *name, port_work &p, int gid_override, host_addrs &addrs)
+void finish_port(const char *name, port_work &p, int gid_override, bool mlx4, host_addrs &addrs)
 {
     port_attr &pa = p.attr;
     std::sort(pa.gids.begin(), pa.gids.end(),
@@ -295,6 +295,20 @@ void finish_port(const char *name, port_work &p, int gid_override, host_addrs &a
         });
         if (g != pa.gids.end()) pa.network = roce_network(name, p, g->value, addrs);
     }
+    pa.ud_gid_index = ud_gid_index(pa.gids, pa.gid_index, mlx4);
+    if (pa.ud_gid_index != pa.gid_index)
+        MLX4_INFO(FI_LOG_CORE,
+                  "%s port %u: UD datagrams go from GID index %d (RoCE v1, the same address as "
+                  "RoCE v2 index %d): mlx4 keeps user UD QPs in RoCE v1 mode\n",
+                  name, unsigned(pa.num), pa.ud_gid_index, pa.gid_index);
+    else if (mlx4 && pa.link == link_layer::ethernet && pa.gid_index >= 0 &&
+             std::any_of(pa.gids.begin(), pa.gids.end(), [&](const gid_entry &e) {
+                 return int(e.index) == pa.gid_index && e.type == gid_type::roce_v2;
+             }))
+        MLX4_WARN(FI_LOG_CORE,
+                  "%s port %u: RoCE v2 GID index %d has no RoCE v1 twin; UD datagrams from it "
+                  "may be dropped by mlx4 (set FI_MLX4_GID_INDEX to a RoCE v1 entry)\n",
+                  name, unsigned(pa.num), pa.gid_index);
 }
 
 std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, host_addrs &addrs)
@@ -371,7 +385,7 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
 
     for (port_work &p : ports) {
         port_attr &pa = p.attr;
-        finish_port(name, p, cfg.gid_index, addrs);
+        finish_port(name, p, cfg.gid_index, mlx4, addrs);
         if (!p.link_known) {
             MLX4_INFO(FI_LOG_CORE, "%s port %u: link layer unspecified and not IB; skipped\n", name,
                       unsigned(pa.num));
@@ -397,6 +411,7 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
     rd.responder = uint32_t(std::max(da.max_qp_rd_atom, 0));
     auto vd = std::make_unique<verbs_device>(std::move(a), ctx.release(), rd);
     vd->set_gid_override(cfg.gid_index);
+    vd->set_qos({cfg.sl, cfg.traffic_class, cfg.pkey_index});
     return vd;
 }
 
@@ -521,7 +536,7 @@ result<port_attr> verbs_device::query_port_attr(uint8_t num) noexcept
         if (!query_port(ctx_, num, one[0])) return err_io;
         if (!fill_gids_from_table(ctx_, one)) fill_gids_one_by_one(ctx_, one[0]);
         host_addrs addrs;
-        finish_port(attr_.name.c_str(), one[0], gid_override_, addrs);
+        finish_port(attr_.name.c_str(), one[0], gid_override_, attr_.driver == "mlx4", addrs);
         return std::move(one[0].attr);
     } catch (...) {
         return err_nomem;
