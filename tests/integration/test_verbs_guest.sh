@@ -50,6 +50,21 @@ if [ $rc -eq 0 ] && grep -q FI_MLX4_ANY_DEVICE "$tmp/info-e"; then
 else
     not_ok "fi_info -e (exit $rc)" "$(tail -20 "$tmp/info-e")"
 fi
+# Every provider's listing and the plain provider list load and unload this
+# one as well; with and without FI_MLX4_ANY_DEVICE (no device accepted).
+for args in "" "-l" "-p mlx4 -t FI_EP_RDM"; do
+    for any in 1 0; do
+        rc=0
+        # shellcheck disable=SC2086 # the arguments are words
+        FI_MLX4_ANY_DEVICE=$any fi_info $args >"$tmp/all" 2>&1 || rc=$?
+        if died $rc; then
+            not_ok "fi_info $args (FI_MLX4_ANY_DEVICE=$any) died with signal $((rc - 128))" \
+                "$(tail -20 "$tmp/all")"
+        else
+            ok "fi_info $args (FI_MLX4_ANY_DEVICE=$any) exits without a crash (exit $rc)"
+        fi
+    done
+done
 if [ -x "$build/examples/mlx4_rails" ]; then
     rc=0
     "$build/examples/mlx4_rails" >"$tmp/rails" 2>&1 || rc=$?
