@@ -106,6 +106,7 @@ run_gtest data-contract 300 "$build/tests/data_contract_tests" --gtest_filter='*
 run_gtest async-events 120 "$build/tests/async_event_tests" --gtest_filter='*/verbs.*'
 run_gtest engine 600 "$build/tests/engine_tests" --gtest_filter='*/verbs'
 run_gtest engine-rails 600 "$build/tests/verbs_rails_tests"
+FI_PROVIDER=mlx4 run_gtest abi 600 "$build/tests/abi_objects"
 MLX4_PINGPONG_ITERS=2 run_tap verbs-programs 600 bash "$root/tests/integration/test_verbs_guest.sh" "$build"
 FI_MLX4_ANY_DEVICE=${FI_MLX4_ANY_DEVICE:-0} MPI_NP=2 MPI_TEST_TIMEOUT=240 MPI_PINGPONG_ARGS="-n 5 -w 2 -m 1M" \
     run_tap mpi 600 bash "$root/tests/integration/test_mpi.sh" mlx4-verbs \

@@ -59,7 +59,7 @@ inline constexpr uint32_t ud_buf_size = 256;
 // eager limits so a rail's bounce memory stays within tx_bytes (at least 64).
 inline constexpr uint32_t max_tx_slots = 1024;
 inline constexpr size_t tx_bytes = size_t(16) << 20;
-inline constexpr uint32_t max_tx = 4096;   // tx entries per engine
+inline constexpr uint32_t max_tx = 4096; // tx entries per engine
 inline constexpr uint32_t max_wr_sge = 4;
 inline constexpr size_t max_early_msgs = 4096; // per peer, held for a resend to fill a gap
 
@@ -116,8 +116,8 @@ struct rail_res {
     std::unique_ptr<util::mr_cache> src_cache;      // user buffers only read: send/write sources
     // The cache for a local buffer the HCA writes (true) or only reads.
     util::mr_cache &cache_for(bool written) noexcept { return written ? *cache : *src_cache; }
-    bool down = false;                              // the local port is down (health check)
-    bool broken = false; // its CQ or device failed (async event): out of service for good
+    bool down = false;       // the local port is down (health check)
+    bool broken = false;     // its CQ or device failed (async event): out of service for good
     uint32_t cq_credits = 0; // RC sends that may still be posted without overrunning cq
     uint8_t *rx_base() const noexcept { return static_cast<uint8_t *>(rx_bufs->addr()); }
     uint8_t *ud_base() const noexcept { return static_cast<uint8_t *>(ud_bufs->addr()); }
@@ -204,8 +204,8 @@ struct peer_rail {
     wireup::handshake hs;
     std::unique_ptr<device::queue_pair> qp;
     std::unique_ptr<device::address_handle> ah;
-    uint8_t gid_index = 0;   // RoCE: the local GID entry this peer is reached from
-    uint64_t retry_ns = 0;   // down: when the health check may connect it again
+    uint8_t gid_index = 0; // RoCE: the local GID entry this peer is reached from
+    uint64_t retry_ns = 0; // down: when the health check may connect it again
     bool ready() const noexcept { return hs.st() == wireup::state::ready; }
 };
 
@@ -229,12 +229,12 @@ struct peer {
     // session from the peer means it gave up on us, and sequence numbers
     // start again on both sides.
     uint32_t session = 1, remote_session = 0;
-    bool live = false; // the sequence window belongs to a session the peer may still have
+    bool live = false;       // the sequence window belongs to a session the peer may still have
     uint64_t retry_ns = 0;   // failed: operations fail fast until then
     uint64_t backoff_ns = 0; // the next failure's wait
     // What both sides agreed in the handshake: the smaller of the two.
     uint32_t eager_limit = 0, inline_size = 0;
-    bool agreed = false; // the peer's limits are known
+    bool agreed = false;      // the peer's limits are known
     ilist<tx_entry> pending;  // prepared, waiting for the connection
     ilist<tx_entry> inflight; // posted, waiting for completions (or FIN)
     // Header messages that arrived ahead of their turn after a failover
@@ -419,7 +419,7 @@ class engine_impl final : public engine
     ep_name name_;
     size_t buf_size_ = 0;
     uint32_t tx_slots_ = max_tx_slots; // bounce buffers per rail
-    size_t min_multi_recv_ = 64; // FI_OPT_MIN_MULTI_RECV default
+    size_t min_multi_recv_ = 64;       // FI_OPT_MIN_MULTI_RECV default
     std::vector<std::unique_ptr<rail_res>> rails_;
     std::vector<tx_entry> txs_;
     std::vector<uint32_t> tx_free_;

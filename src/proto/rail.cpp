@@ -44,8 +44,7 @@ uint32_t engine_impl::usable_rails(const peer &p, uint32_t key_mask) const noexc
 {
     uint32_t m = 0;
     for (unsigned r = 0; r < p.nrails; ++r)
-        if (p.rails[r].ready() && !rails_[r]->down && (key_mask >> r & 1))
-            m |= 1u << r;
+        if (p.rails[r].ready() && !rails_[r]->down && (key_mask >> r & 1)) m |= 1u << r;
     return m;
 }
 

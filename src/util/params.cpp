@@ -64,8 +64,7 @@ constexpr param_def table[] = {
      "priority (PCP), so the lossless (PFC) class needs it (default: 0)"},
     {"TRAFFIC_CLASS", param_type::integer,
      "GRH traffic class (RoCE: DSCP and ECN bits) of every connection, 0..255 (default: 0)"},
-    {"PKEY_INDEX", param_type::integer,
-     "P_Key table index of every QP, 0..65535 (default: 0)"},
+    {"PKEY_INDEX", param_type::integer, "P_Key table index of every QP, 0..65535 (default: 0)"},
     {"RX_QUEUE_SIZE", param_type::integer,
      "Receive buffers (of the eager limit each) per rail and endpoint, 16..65536; pinned "
      "memory, counted against RLIMIT_MEMLOCK (default: 256)"},
@@ -123,7 +122,6 @@ fi_param_type to_fi(param_type t) noexcept
     }
     return FI_PARAM_STRING;
 }
-
 
 std::string quoted(std::string_view s)
 {
@@ -276,7 +274,6 @@ bool parse_ratio(std::string_view text, double &out) noexcept
     out = v;
     return true;
 }
-
 
 bool parse_rail_weights(std::string_view text, weight_override &out, std::string *why)
 {

@@ -325,10 +325,8 @@ template <class Backend> class data_contract : public ::testing::Test
     {
         ASSERT_TRUE(make_end(d, qp_type::rc, false, a, caps).is_ok());
         ASSERT_TRUE(make_end(d, qp_type::rc, srq_b, b, caps).is_ok());
-        ASSERT_TRUE(
-            a.qp->connect(remote_of(*b.port, b.qp->qp_num(), b.qp->psn(), timing)).is_ok());
-        ASSERT_TRUE(
-            b.qp->connect(remote_of(*a.port, a.qp->qp_num(), a.qp->psn(), timing)).is_ok());
+        ASSERT_TRUE(a.qp->connect(remote_of(*b.port, b.qp->qp_num(), b.qp->psn(), timing)).is_ok());
+        ASSERT_TRUE(b.qp->connect(remote_of(*a.port, a.qp->qp_num(), a.qp->psn(), timing)).is_ok());
         EXPECT_EQ(a.qp->state(), qp_state::rts);
         EXPECT_EQ(b.qp->state(), qp_state::rts);
         p.add(*a.cq);

@@ -63,7 +63,6 @@ bool open_rail(std::string_view backend, device::device_list &devices, proto::ra
     return false;
 }
 
-
 // RC timing scaled down from the provider's 7 x 1.07 s: a silent peer costs
 // 6 x 16.8 ms (ACK timeout code 12, 5 retries), so a dead peer is reported
 // within a test's patience; it stands for the same case at full scale.
@@ -657,11 +656,72 @@ TEST_P(engine_test, rendezvous_and_rma_write_from_read_only_memory)
     ASSERT_TRUE(reg.ok());
     iovec iov{m, len};
     int ctx;
-    rma_args w{&iov, 1, a.peer, reinterpret_cast<uint64_t>(target.data()), reg.value().key, 0,
-               FI_COMPLETION, &ctx, false};
+    rma_args w{
+        &iov,          1,    a.peer, reinterpret_cast<uint64_t>(target.data()), reg.value().key, 0,
+        FI_COMPLETION, &ctx, false};
     ASSERT_TRUE(a.eng->rma(w).is_ok());
     event e = next(a);
     EXPECT_EQ(e.err, 0);
     EXPECT_TRUE(target == msg);
     munmap(m, len);
+}
+
+// CQ credits: RC sends in flight per rail never exceed the budget the CQ was
+// sized for (engine_config::cq_depth), however many the application posts
+// before the engine is progressed; the rest wait and go out, in order.
+TEST_P(engine_test, sends_in_flight_stay_within_the_cq_budget)
+{
+    proto::rail_counters ca, cb;
+    std::vector<proto::rail> rr = rails;
+    node x, y;
+    engine_config ec = scaled();
+    ec.eager_limit = 1024;
+    ec.cq_depth = 8;
+    for (node *n : {&x, &y}) {
+        rr[0].counters = n == &x ? &ca : &cb;
+        auto e = engine::open(rr, ec, n->sink);
+        ASSERT_TRUE(e.ok());
+        n->eng = std::move(e).value();
+        n->eng->bind_av(&n->av);
+    }
+    x.peer = x.av.insert(y.eng->name());
+    y.peer = y.av.insert(x.eng->name());
+    auto pump = [&](auto pred) {
+        auto end = std::chrono::steady_clock::now() + limit;
+        while (!pred() && std::chrono::steady_clock::now() < end) {
+            x.eng->progress();
+            y.eng->progress();
+        }
+        return pred();
+    };
+    // Connected first: one message each way.
+    uint8_t one = 1, got1 = 0;
+    int c;
+    iovec s1{&one, 1}, r1{&got1, 1};
+    ASSERT_TRUE(y.eng->recv({&r1, 1, FI_ADDR_UNSPEC, 0, 0, FI_COMPLETION, &c, true}).is_ok());
+    ASSERT_TRUE(x.eng->send({&s1, 1, x.peer, 0, 0, FI_COMPLETION, &c, true}).is_ok());
+    ASSERT_TRUE(pump([&] { return x.sink.events.size() == 1 && y.sink.events.size() == 1; }));
+    x.sink.events.clear();
+    y.sink.events.clear();
+
+    const int count = 50;
+    std::vector<uint32_t> in(count), out(count, 0);
+    std::vector<iovec> siov(count), riov(count);
+    for (int i = 0; i < count; ++i) {
+        in[i] = 1000 + i;
+        riov[i] = {&out[i], 4};
+        ASSERT_TRUE(
+            y.eng->recv({&riov[i], 1, FI_ADDR_UNSPEC, 7, 0, FI_COMPLETION, &c, true}).is_ok());
+    }
+    const uint64_t before = ca.ops.load();
+    for (int i = 0; i < count; ++i) {
+        siov[i] = {&in[i], 4};
+        ASSERT_TRUE(x.eng->send({&siov[i], 1, x.peer, 7, 0, FI_COMPLETION, &c, true}).is_ok());
+    }
+    EXPECT_LE(ca.ops.load() - before, uint64_t(ec.cq_depth)) << "posted beyond the CQ budget";
+    ASSERT_TRUE(pump([&] { return int(y.sink.events.size()) == count; }));
+    ASSERT_TRUE(pump([&] { return int(x.sink.events.size()) == count; }));
+    EXPECT_EQ(in, out) << "every message arrived, in order";
+    for (node *n : {&x, &y})
+        n->eng->shutdown();
 }

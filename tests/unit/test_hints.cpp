@@ -298,4 +298,3 @@ TEST(hints, empty_topology_is_nodata)
 {
     EXPECT_EQ(offers(nullptr, api, {}), std::vector<std::string>{nodata});
 }
-

@@ -150,8 +150,7 @@ qp_transition rc_init(uint8_t port, uint16_t pkey_index) noexcept
 }
 
 result<qp_transition> rc_rtr(const port_attr &local, const rc_remote &remote,
-                             uint8_t max_dest_rd_atomic, uint8_t traffic_class,
-                             uint8_t sl) noexcept
+                             uint8_t max_dest_rd_atomic, uint8_t traffic_class, uint8_t sl) noexcept
 {
     if (remote.qpn > psn_mask) return err_inval; // QP numbers are 24 bits too
     auto mtu = path_mtu(local.mtu, remote.mtu);
@@ -289,8 +288,7 @@ status build_send_wr(const send_wr &wr, const send_limits &lim, ibv_ah *ah, ibv_
 
 // ---------------------------------------------------------------- QP
 
-int bring_up_ud(ibv_qp *qp, uint8_t port, uint32_t qkey, uint32_t psn,
-                uint16_t pkey_index) noexcept
+int bring_up_ud(ibv_qp *qp, uint8_t port, uint32_t qkey, uint32_t psn, uint16_t pkey_index) noexcept
 {
     const qp_transition steps[] = {ud_init(port, qkey, pkey_index), ud_rtr(), ud_rts(psn)};
     const char *names[] = {"INIT", "RTR", "RTS"};

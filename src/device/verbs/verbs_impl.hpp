@@ -23,8 +23,8 @@ namespace mlx4fi::device::verbs
 // RC connection parameters. ConnectX-3 allows 16 outstanding RDMA READs per QP
 // in each direction; devices that allow fewer are clamped at device open.
 inline constexpr uint8_t rc_rd_atomic = 16;
-inline constexpr uint8_t grh_hop_limit = 64;    // RoCE, and IB across subnets
-inline constexpr uint32_t psn_mask = 0xffffff;  // PSNs are 24 bits
+inline constexpr uint8_t grh_hop_limit = 64;   // RoCE, and IB across subnets
+inline constexpr uint32_t psn_mask = 0xffffff; // PSNs are 24 bits
 
 // SGEs a post translates in a fixed array on the stack (no allocation); QPs
 // and SRQs asking for more are refused at creation.
