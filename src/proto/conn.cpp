@@ -68,10 +68,10 @@ int roce_gid_for(const device::port_attr &pa, int our_index, const rail_name &pe
         why = "the peer's GID and ours are of different address families (IPv4 and IPv6)";
         return -1;
     }
-    const device::gid_type want = (our_type == device::gid_type::roce_v1 ||
-                                   peer_type == device::gid_type::roce_v1)
-                                      ? device::gid_type::roce_v1
-                                      : device::gid_type::roce_v2;
+    const device::gid_type want =
+        (our_type == device::gid_type::roce_v1 || peer_type == device::gid_type::roce_v1)
+            ? device::gid_type::roce_v1
+            : device::gid_type::roce_v2;
     if (want == our_type) return our_index;
     int other = -1;
     for (const device::gid_entry &e : pa.gids) {
@@ -334,8 +334,7 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
                       "connection request is dropped\n",
                       rr.index, m.version, wire::version);
         else
-            MLX4_DBG(FI_LOG_EP_CTRL, "rail %u: connection message not for us dropped\n",
-                     rr.index);
+            MLX4_DBG(FI_LOG_EP_CTRL, "rail %u: connection message not for us dropped\n", rr.index);
         return;
     }
     ep_name from;
@@ -522,8 +521,7 @@ void engine_impl::fail_peer(uint32_t pi, int err, int prov_errno) noexcept
     if (p.st == peer::state::failed) return;
     MLX4_WARN(FI_LOG_EP_CTRL,
               "peer %016llx unreachable (%s); failing its operations, trying again in %llu ms\n",
-              nonce_of(p), fi_strerror(err),
-              static_cast<unsigned long long>(p.backoff_ns / ms_ns));
+              nonce_of(p), fi_strerror(err), static_cast<unsigned long long>(p.backoff_ns / ms_ns));
     restart_peer(pi, err, prov_errno);
     peer &q = peers_[pi];
     ++q.session; // the peer learns from it that we started over
