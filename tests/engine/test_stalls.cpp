@@ -533,3 +533,42 @@ TEST(transient_fault, a_peer_lost_to_a_port_fault_is_reconnected_after_the_back_
 }
 
 } // namespace
+
+namespace
+{
+
+// A rail of the peer that never answers (here: its address is wrong) must not
+// hold the pair back for the whole wire-up budget once another rail is up.
+TEST(silent_rail, the_rails_that_answer_carry_the_traffic_without_waiting_for_the_others)
+{
+    util::config uc;
+    uc.sim_spec = "mlx4_0:ib/fdr;mlx4_1:ib/qdr";
+    auto devices = device::sim::discover(uc);
+    ASSERT_EQ(devices.size(), 2u);
+    proto::engine_config ec = scaled();
+    ec.eager_limit = 1024;
+    ec.connect_timeout_ms = 600000; // ten minutes: the test would time out long before
+    node a, b;
+    for (node *n : {&a, &b})
+        open_node(*n, rails_of(devices, *n), ec);
+    proto::ep_name bn = b.eng->name(), an = a.eng->name();
+    bn.rails[0].ud_qpn = bn.rails[1].ud_qpn = 0xfffff0;  // nobody there on either rail...
+    unsigned good = unsigned((an.nonce ^ bn.nonce) % 2); // ...but the pair's primary
+    bn.rails[good].ud_qpn = b.eng->name().rails[good].ud_qpn;
+    a.peer = a.av.insert(bn);
+    b.peer = b.av.insert(an);
+    std::vector<uint8_t> msg = pattern(300000, 1), got(300000);
+    int ctx[2];
+    ASSERT_TRUE(recv_from(b, got.data(), got.size(), 1, &ctx[0]).is_ok());
+    ASSERT_TRUE(send_to(a, msg.data(), msg.size(), 1, &ctx[1]).is_ok());
+    ASSERT_TRUE(run_until(
+        {&a, &b}, [&] { return !a.sink.events.empty() && !b.sink.events.empty(); }, 20s))
+        << "the pair waited for a rail that does not answer";
+    EXPECT_EQ(a.sink.events.front().err, 0);
+    EXPECT_EQ(b.sink.events.front().err, 0);
+    EXPECT_TRUE(got == msg);
+    for (node *n : {&a, &b})
+        n->eng->shutdown();
+}
+
+} // namespace
