@@ -184,6 +184,12 @@ main() {
     bad=$(grep -c '^FAIL ' "$results/summary" 2>/dev/null || true)
     skip=$(grep -c '^skip ' "$results/summary" 2>/dev/null || true)
     [ "$(cat "$results/exit")" = 0 ] || bad=$((bad == 0 ? 1 : bad))
+    local name
+    for name in $(sed -n 's/^FAIL \([^ ]*\) .*/\1/p' "$results/summary" 2>/dev/null); do
+        mlx4_log "guest: $name failed; from $results/$name.log:"
+        grep -E '^\[  FAILED  \]|Failure|^not ok|^#   |timed out' "$results/$name.log" 2>/dev/null |
+            head -40 >&2 || true
+    done
     mlx4_log "guest: ${took}s in all (logs in $results)"
     echo "guest suites: ${ok:-0} passed, ${bad:-0} failed, ${skip:-0} skipped"
     [ "${bad:-0}" = 0 ]

@@ -45,9 +45,25 @@ ulimit -c 0
 
 selected() { [ "$want" = "  " ] || [[ $want == *" $1 "* ]]; }
 
+# record NAME LOG RC LIMIT START PASS FAIL SKIP PATTERN: one summary line for a
+# suite; it failed when it exited non-zero, failed a test or passed none (in
+# the guest a suite that skips everything did not find the devices). On a
+# failure the lines of its log matching PATTERN go to stderr.
+record() {
+    local name=$1 log=$2 rc=$3 limit=$4 start=$5 pass=${6:-0} fail=${7:-0} skip=${8:-0} pattern=$9
+    local verdict=ok
+    if [ "$rc" -ne 0 ] || [ "$fail" -ne 0 ] || [ "$pass" -eq 0 ]; then verdict=FAIL; fi
+    [ "$rc" -eq 124 ] && echo "(timed out after ${limit}s)" >>"$log"
+    [ $verdict = FAIL ] && [ "$fail" -eq 0 ] && fail=1
+    echo "$verdict $name passed=$pass failed=$fail skipped=$skip seconds=$((SECONDS - start))" \
+        >>"$summary"
+    if [ $verdict = FAIL ]; then
+        grep -E "$pattern|timed out" "$log" | head -40 | sed "s/^/  $name: /" >&2
+    fi
+}
+
 # run_gtest NAME TIMEOUT BINARY [ARGS...]: a GoogleTest binary; counts from
-# its closing lines. All skipped counts as a failure here: the guest has the
-# devices, so a skip means the suite did not find them.
+# its closing lines.
 run_gtest() {
     local name=$1 limit=$2
     shift 2
@@ -55,20 +71,11 @@ run_gtest() {
     local log=$results/$name.log start=$SECONDS rc=0
     echo "guest: $name" >&2
     timeout -k 5 "$limit" "$@" >"$log" 2>&1 || rc=$?
-    local pass fail skip
-    pass=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
-    fail=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
-    skip=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)
-    pass=${pass:-0} fail=${fail:-0} skip=${skip:-0}
-    local verdict=ok
-    if [ $rc -ne 0 ] || [ "$fail" -ne 0 ] || [ "$pass" -eq 0 ]; then verdict=FAIL; fi
-    [ $rc -eq 124 ] && echo "(timed out after ${limit}s)" >>"$log"
-    [ $verdict = FAIL ] && [ "$fail" -eq 0 ] && fail=1
-    echo "$verdict $name passed=$pass failed=$fail skipped=$skip seconds=$((SECONDS - start))" \
-        >>"$summary"
-    if [ $verdict = FAIL ]; then
-        grep -E '^\[  FAILED  \]|Failure|error:|timed out' "$log" | head -30 | sed "s/^/  $name: /" >&2
-    fi
+    record "$name" "$log" $rc "$limit" $start \
+        "$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)" \
+        "$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)" \
+        "$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$log" | tail -1)" \
+        '^\[  FAILED  \]|Failure|error:'
 }
 
 # run_tap NAME TIMEOUT COMMAND...: a script that prints TAP.
@@ -79,20 +86,10 @@ run_tap() {
     local log=$results/$name.log start=$SECONDS rc=0
     echo "guest: $name" >&2
     timeout -k 5 "$limit" "$@" >"$log" 2>&1 || rc=$?
-    local pass fail skip
-    pass=$(grep -c '^ok ' "$log")
-    fail=$(grep -c '^not ok ' "$log")
+    local skip
     skip=$(grep -c '^ok .*# SKIP' "$log")
-    pass=$((pass - skip))
-    local verdict=ok
-    if [ $rc -ne 0 ] || [ "$fail" -ne 0 ] || [ "$pass" -eq 0 ]; then verdict=FAIL; fi
-    [ $rc -eq 124 ] && echo "(timed out after ${limit}s)" >>"$log"
-    [ $verdict = FAIL ] && [ "$fail" -eq 0 ] && fail=1
-    echo "$verdict $name passed=$pass failed=$fail skipped=$skip seconds=$((SECONDS - start))" \
-        >>"$summary"
-    if [ $verdict = FAIL ]; then
-        grep -E '^not ok|^#' "$log" | head -40 | sed "s/^/  $name: /" >&2
-    fi
+    record "$name" "$log" $rc "$limit" $start "$(($(grep -c '^ok ' "$log") - skip))" \
+        "$(grep -c '^not ok ' "$log")" "$skip" '^not ok|^#'
 }
 
 {
