@@ -24,6 +24,19 @@ not_ok() {
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# wait_listen PORT PID: waits (up to 60 s, while PID lives) until PORT
+# listens on this host: fi_pingpong's server opens its control port only after
+# its endpoint, which on a loaded machine takes longer than a fixed sleep.
+wait_listen() {
+    local i
+    for i in $(seq 1 600); do
+        ss -Hltn "sport = :$1" 2>/dev/null | grep -q . && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
 # A process that dies by a signal (a crash at exit included) is a failure
 # even when it printed everything.
 died() { [ "$1" -ge 128 ] && [ "$1" -ne 124 ]; }
@@ -82,7 +95,7 @@ pingpong() {
     local src=0 crc=0
     timeout 240 fi_pingpong -p mlx4 -e rdm -B "$port" "$@" >"$tmp/srv" 2>&1 &
     local srv=$!
-    sleep 0.5
+    wait_listen "$port" $srv
     timeout 240 fi_pingpong -p mlx4 -e rdm -P "$port" "$@" 127.0.0.1 >"$tmp/cli" 2>&1 || crc=$?
     wait $srv || src=$?
     if [ $crc -eq 0 ] && [ $src -eq 0 ]; then
@@ -121,7 +134,7 @@ if command -v setpriv >/dev/null; then
         (ulimit -l "$kib" && exec "${nocap[@]}" timeout 120 fi_pingpong -p mlx4 -e rdm \
             -B "$port" "$@") >"$tmp/srv" 2>&1 &
         local pid=$!
-        sleep 0.5
+        wait_listen "$port" $pid
         crc=0 src=0
         (ulimit -l "$kib" && exec "${nocap[@]}" timeout 120 fi_pingpong -p mlx4 -e rdm \
             -P "$port" "$@" 127.0.0.1) >"$tmp/cli" 2>&1 || crc=$?
