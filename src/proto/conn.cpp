@@ -99,14 +99,14 @@ wireup::timing engine_impl::wireup_timing() const noexcept
     return t;
 }
 
-uint32_t engine_impl::peer_for(const ep_name &n) noexcept
+peer *engine_impl::peer_for(const ep_name &n) noexcept
 {
     auto it = peer_by_nonce_.find(n.nonce);
     if (it != peer_by_nonce_.end()) return it->second;
     try {
-        peers_.emplace_back();
-        uint32_t pi = static_cast<uint32_t>(peers_.size() - 1);
-        peer &p = peers_.back();
+        peers_.reserve(peers_.size() + 1); // may throw before anything changes
+        auto made = std::make_unique<peer>();
+        peer &p = *made;
         p.name = n;
         // Both sides pick the same primary rail from the two nonces, among the
         // rails both names describe that are not far slower than the fastest
@@ -129,16 +129,16 @@ uint32_t engine_impl::peer_for(const ep_name &n) noexcept
         p.eager_limit = static_cast<uint32_t>(cfg_.eager_limit);
         p.inline_size = cfg_.inline_size;
         p.backoff_ns = uint64_t(cfg_.peer_retry_ms) * ms_ns;
-        peer_by_nonce_.emplace(n.nonce, pi);
-        return pi;
+        peer_by_nonce_.emplace(n.nonce, &p);
+        peers_.push_back(std::move(made));
+        return &p;
     } catch (...) {
-        return UINT32_MAX;
+        return nullptr;
     }
 }
 
-status engine_impl::prepare_qp(uint32_t pi, unsigned r) noexcept
+status engine_impl::prepare_qp(peer &p, unsigned r) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     if (pr.qp) return status::ok();
     rail_res &rr = *rails_[r];
@@ -169,11 +169,7 @@ status engine_impl::prepare_qp(uint32_t pi, unsigned r) noexcept
     auto qp =
         rr.r.dev->create_qp(device::qp_type::rc, rr.r.port, *rr.cq, *rr.cq, rr.srq.get(), caps);
     if (!qp.ok()) return qp.error();
-    try {
-        peer_by_qpn_[(uint64_t(r) << 32) | qp.value()->qp_num()] = pi;
-    } catch (...) {
-        return err_nomem;
-    }
+    if (!peer_by_qpn_[r].insert(qp.value()->qp_num(), &p)) return err_nomem;
     pr.ah = std::move(ah).value();
     pr.qp = std::move(qp).value();
     pr.gid_index = static_cast<uint8_t>(gid_index);
@@ -183,14 +179,13 @@ status engine_impl::prepare_qp(uint32_t pi, unsigned r) noexcept
 void engine_impl::drop_qp(peer &p, unsigned r) noexcept
 {
     peer_rail &pr = p.rails[r];
-    if (pr.qp) peer_by_qpn_.erase((uint64_t(r) << 32) | pr.qp->qp_num());
+    if (pr.qp) peer_by_qpn_[r].erase(pr.qp->qp_num());
     retire_qp(std::move(pr.qp), r); // destroyed once its last SRQ receive is done
     pr.ah.reset();
 }
 
-status engine_impl::connect_qp(uint32_t pi, unsigned r, const wire::conn_msg &m) noexcept
+status engine_impl::connect_qp(peer &p, unsigned r, const wire::conn_msg &m) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     rail_res &rr = *rails_[r];
     const rail_name &rn = p.name.rails[r];
@@ -210,29 +205,27 @@ status engine_impl::connect_qp(uint32_t pi, unsigned r, const wire::conn_msg &m)
     return s;
 }
 
-void engine_impl::connect_rail(uint32_t pi, unsigned r) noexcept
+void engine_impl::connect_rail(peer &p, unsigned r) noexcept
 {
-    peer_rail &pr = peers_[pi].rails[r];
-    drive(pi, r, pr.hs.start(now_ns(), wireup_timing()), nullptr);
+    peer_rail &pr = p.rails[r];
+    drive(p, r, pr.hs.start(now_ns(), wireup_timing()), nullptr);
 }
 
-void engine_impl::start_connect(uint32_t pi) noexcept
+void engine_impl::start_connect(peer &p) noexcept
 {
-    peer &p = peers_[pi];
     p.st = peer::state::connecting;
-    connect_rail(pi, p.primary);
+    connect_rail(p, p.primary);
     if (p.st != peer::state::connecting) return; // failed at once
     // The other rails at the same time, so that they are usually up when the
     // first large transfer is planned (a chunk planned earlier is planned
     // again when it is posted).
     for (unsigned r = 0; r < p.nrails; ++r)
-        if (r != p.primary && (p.known_rails >> r & 1) && !rails_[r]->down) connect_rail(pi, r);
+        if (r != p.primary && (p.known_rails >> r & 1) && !rails_[r]->down) connect_rail(p, r);
 }
 
-void engine_impl::drive(uint32_t pi, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept
+void engine_impl::drive(peer &p, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept
 {
     if (!acts) return;
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     if (pr.hs.waiting()) wiring_ = true;
     if (acts & (wireup::act_rebuilt | wireup::act_new_qp)) p.ready_mask &= ~(1u << r);
@@ -240,36 +233,35 @@ void engine_impl::drive(uint32_t pi, unsigned r, uint16_t acts, const wire::conn
         MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx rebuilt its connection on rail %u\n", nonce_of(p),
                   r);
         if (pr.qp) pr.qp->set_error();
-        evacuate(pi, r, FI_EIO, 0);
+        evacuate(p, r, FI_EIO, 0);
         if (p.st == peer::state::failed) return;
     }
     if (acts & wireup::act_new_qp) {
         drop_qp(p, r);
-        if (!prepare_qp(pi, r).is_ok()) {
+        if (!prepare_qp(p, r).is_ok()) {
             pr.hs.on_broken();
-            link_gave_up(pi, r);
+            link_gave_up(p, r);
             return;
         }
     }
-    if ((acts & wireup::act_connect) && (!m || !connect_qp(pi, r, *m).is_ok())) {
+    if ((acts & wireup::act_connect) && (!m || !connect_qp(p, r, *m).is_ok())) {
         pr.hs.on_broken();
-        link_gave_up(pi, r);
+        link_gave_up(p, r);
         return;
     }
-    if (acts & wireup::act_send_req) send_conn(pi, r, wire::conn_op::req);
-    if (acts & wireup::act_send_rep) send_conn(pi, r, wire::conn_op::rep);
-    if (acts & wireup::act_send_rtu) send_conn(pi, r, wire::conn_op::rtu);
-    if (acts & wireup::act_ready) link_ready(pi, r);
-    if (acts & wireup::act_give_up) link_gave_up(pi, r);
+    if (acts & wireup::act_send_req) send_conn(p, r, wire::conn_op::req);
+    if (acts & wireup::act_send_rep) send_conn(p, r, wire::conn_op::rep);
+    if (acts & wireup::act_send_rtu) send_conn(p, r, wire::conn_op::rtu);
+    if (acts & wireup::act_ready) link_ready(p, r);
+    if (acts & wireup::act_give_up) link_gave_up(p, r);
 }
 
-void engine_impl::send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept
+void engine_impl::send_conn(peer &p, unsigned r, wire::conn_op op) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     rail_res &rr = *rails_[r];
     if (!pr.ah) return;
-    tx_entry *tx = alloc_tx(tx_kind::conn, pi);
+    tx_entry *tx = alloc_tx(tx_kind::conn, p);
     if (!tx) return; // the timer resends
     tx->rail = static_cast<uint8_t>(r);
     tx->buf = alloc_buf(rr);
@@ -348,9 +340,9 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
         MLX4_WARN(FI_LOG_EP_CTRL, "rail %u: malformed connection message dropped\n", rr.index);
         return;
     }
-    uint32_t pi = peer_for(from);
-    if (pi == UINT32_MAX) return;
-    peer &p = peers_[pi];
+    peer *found = peer_for(from);
+    if (!found) return;
+    peer &p = *found;
     const auto op = static_cast<wire::conn_op>(m.op);
 
     // Sessions: an older one's messages are stale; a newer one means the
@@ -371,7 +363,7 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
                       "peer %016llx started a new session (it had given up on us): its "
                       "connections start over\n",
                       nonce_of(p));
-            restart_peer(pi, FI_EIO, 0);
+            restart_peer(p, FI_EIO, 0);
         }
         p.remote_session = m.session;
     }
@@ -406,25 +398,23 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
     in.dst_epoch = m.dst_epoch;
     MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx rail %u: %s received (QP %u, epoch %u) in state %s\n",
              nonce_of(p), r, op_name(op), m.rc_qpn, m.epoch, wireup::to_string(p.rails[r].hs.st()));
-    drive(pi, r, p.rails[r].hs.on_message(in, now_ns(), wireup_timing()), &m);
+    drive(p, r, p.rails[r].hs.on_message(in, now_ns(), wireup_timing()), &m);
 }
 
-void engine_impl::link_ready(uint32_t pi, unsigned r) noexcept
+void engine_impl::link_ready(peer &p, unsigned r) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     p.ready_mask |= 1u << r;
     if (p.st == peer::state::connecting && !p.settle_ns)
         p.settle_ns = now_ns() + uint64_t(cfg_.connect_retry_ms) * ms_ns;
     MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx connected on rail %u (QP %u -> %u)\n", nonce_of(p), r,
              pr.qp->qp_num(), pr.hs.remote_qpn());
-    if (p.st != peer::state::connected) peer_settled(pi);
-    flush_pending(pi);
+    if (p.st != peer::state::connected) peer_settled(p);
+    flush_pending(p);
 }
 
-void engine_impl::flush_pending(uint32_t pi) noexcept
+void engine_impl::flush_pending(peer &p) noexcept
 {
-    peer &p = peers_[pi];
     while (p.st == peer::state::connected && p.pending.head) {
         tx_entry *tx = p.pending.head;
         p.pending.remove(tx);
@@ -437,14 +427,13 @@ void engine_impl::flush_pending(uint32_t pi) noexcept
     }
 }
 
-void engine_impl::peer_settled(uint32_t pi, bool force) noexcept
+void engine_impl::peer_settled(peer &p, bool force) noexcept
 {
     // A peer is connected once no handshake of its rails is under way: its
     // first transfers then see every rail that could be had (the first large
     // message is striped), as UCX completes all lanes of an endpoint first.
     // A rail that does not answer is not waited for long once another is
     // up (one resend interval): it joins later.
-    peer &p = peers_[pi];
     if (p.st != peer::state::connecting) return;
     unsigned up = max_rails;
     for (unsigned k = 0; k < p.nrails; ++k) {
@@ -457,7 +446,7 @@ void engine_impl::peer_settled(uint32_t pi, bool force) noexcept
                   "peer %016llx did not answer the connection request within %u ms "
                   "(FI_MLX4_CONNECT_TIMEOUT_MS) or cannot be reached\n",
                   nonce_of(p), cfg_.connect_timeout_ms);
-        fail_peer(pi, FI_EIO, 0);
+        fail_peer(p, FI_EIO, 0);
         return;
     }
     // Headers go on the primary rail both ends agree on, unless it is not up.
@@ -471,12 +460,11 @@ void engine_impl::peer_settled(uint32_t pi, bool force) noexcept
     for (unsigned i = 0; i < p.nrails; ++i)
         if (p.rails[i].hs.st() == wireup::state::idle && (p.known_rails >> i & 1) &&
             !rails_[i]->down)
-            connect_rail(pi, i);
+            connect_rail(p, i);
 }
 
-void engine_impl::link_gave_up(uint32_t pi, unsigned r) noexcept
+void engine_impl::link_gave_up(peer &p, unsigned r) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     if (pr.qp) pr.qp->set_error();
     p.ready_mask &= ~(1u << r);
@@ -490,13 +478,12 @@ void engine_impl::link_gave_up(uint32_t pi, unsigned r) noexcept
     if (p.st != peer::state::connecting) return;
     // Not connected yet: the rails that are up carry it, or, with none up
     // and none under way, the peer is unreachable.
-    peer_settled(pi);
-    if (p.st == peer::state::connected) flush_pending(pi);
+    peer_settled(p);
+    if (p.st == peer::state::connected) flush_pending(p);
 }
 
-void engine_impl::restart_peer(uint32_t pi, int err, int prov_errno) noexcept
+void engine_impl::restart_peer(peer &p, int err, int prov_errno) noexcept
 {
-    peer &p = peers_[pi];
     for (unsigned r = 0; r < max_rails; ++r) {
         peer_rail &pr = p.rails[r];
         if (pr.qp) pr.qp->set_error();
@@ -522,15 +509,14 @@ void engine_impl::restart_peer(uint32_t pi, int err, int prov_errno) noexcept
         fail_tx(tx, err, prov_errno);
 }
 
-void engine_impl::fail_peer(uint32_t pi, int err, int prov_errno) noexcept
+void engine_impl::fail_peer(peer &p, int err, int prov_errno) noexcept
 {
-    peer &p = peers_[pi];
     if (p.st == peer::state::failed) return;
     MLX4_WARN(FI_LOG_EP_CTRL,
               "peer %016llx unreachable (%s); failing its operations, trying again in %llu ms\n",
               nonce_of(p), fi_strerror(err), static_cast<unsigned long long>(p.backoff_ns / ms_ns));
-    restart_peer(pi, err, prov_errno);
-    peer &q = peers_[pi];
+    restart_peer(p, err, prov_errno);
+    peer &q = p;
     ++q.session; // the peer learns from it that we started over
     q.st = peer::state::failed;
     q.fail_err = err;
@@ -542,12 +528,12 @@ void engine_impl::fail_peer(uint32_t pi, int err, int prov_errno) noexcept
     if (a != FI_ADDR_NOTAVAIL) fail_directed(a, err);
 }
 
-void engine_impl::peer_rails_ready(uint32_t pi, uint32_t ready_rails) noexcept
+void engine_impl::peer_rails_ready(peer &p, uint32_t ready_rails) noexcept
 {
-    for (unsigned r = 0; r < peers_[pi].nrails && r < max_rails; ++r) {
-        peer_rail &pr = peers_[pi].rails[r];
+    for (unsigned r = 0; r < p.nrails && r < max_rails; ++r) {
+        peer_rail &pr = p.rails[r];
         if ((ready_rails >> r & 1) && pr.hs.st() == wireup::state::accepting)
-            drive(pi, r, pr.hs.on_traffic(), nullptr);
+            drive(p, r, pr.hs.on_traffic(), nullptr);
     }
 }
 
@@ -556,20 +542,20 @@ void engine_impl::check_timers() noexcept
     const uint64_t now = now_ns();
     const wireup::timing t = wireup_timing();
     bool any = false;
-    for (uint32_t i = 0; i < peers_.size(); ++i) {
-        peer &p = peers_[i];
+    for (auto &pp : peers_) {
+        peer &p = *pp;
         if (p.st == peer::state::connecting && p.settle_ns && now >= p.settle_ns) {
             MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: connected before all its rails answered\n",
                       nonce_of(p));
-            peer_settled(i, true);
-            flush_pending(i);
+            peer_settled(p, true);
+            flush_pending(p);
         }
-        for (unsigned r = 0; r < peers_[i].nrails && r < max_rails; ++r) {
-            peer_rail &pr = peers_[i].rails[r];
+        for (unsigned r = 0; r < p.nrails && r < max_rails; ++r) {
+            peer_rail &pr = p.rails[r];
             if (!pr.hs.waiting()) continue;
             any = true;
             if (now < pr.hs.due()) continue;
-            drive(i, r, pr.hs.on_timer(now, t), nullptr);
+            drive(p, r, pr.hs.on_timer(now, t), nullptr);
         }
     }
     if (!any) wiring_ = false;

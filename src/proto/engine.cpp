@@ -194,7 +194,7 @@ void engine_impl::repost_ud(rail_res &rr, uint32_t idx) noexcept
         MLX4_WARN(FI_LOG_EP_CTRL, "rail %u: cannot repost UD buffer %u\n", rr.index, idx);
 }
 
-tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
+tx_entry *engine_impl::alloc_tx(tx_kind kind, peer &p) noexcept
 {
     if (tx_free_.empty()) return nullptr;
     tx_entry *tx = &txs_[tx_free_.back()];
@@ -220,8 +220,8 @@ tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
     tx->truncated = false;
     tx->in_use = true;
     tx->kind = kind;
-    tx->peer = pi;
-    if (pi < peers_.size()) tx->rail = static_cast<uint8_t>(peers_[pi].primary);
+    tx->dest = &p;
+    tx->rail = static_cast<uint8_t>(p.primary);
     if (kind == tx_kind::rts) ++rts_outstanding_;
     return tx;
 }
@@ -257,9 +257,9 @@ uint8_t *engine_impl::tx_buf(const tx_entry *tx) noexcept
     return rails_[tx->rail]->tx_base() + size_t(tx->buf) * buf_size_;
 }
 
-tx_entry *engine_impl::alloc_header_tx(tx_kind kind, uint32_t pi) noexcept
+tx_entry *engine_impl::alloc_header_tx(tx_kind kind, peer &p) noexcept
 {
-    tx_entry *tx = alloc_tx(kind, pi);
+    tx_entry *tx = alloc_tx(kind, p);
     if (!tx) return nullptr;
     tx->buf = alloc_buf(*rails_[tx->rail]);
     if (tx->buf < 0) {
@@ -286,13 +286,13 @@ void engine_impl::submit_header(tx_entry *tx, uint32_t body_len) noexcept
     tx->nwr = 1;
     tx->next_wr = 0;
     tx->outstanding = 0;
-    h->seq = peers_[tx->peer].tx_seq++;
+    h->seq = (*tx->dest).tx_seq++;
     submit(tx);
 }
 
 void engine_impl::submit(tx_entry *tx) noexcept
 {
-    peer &p = peers_[tx->peer];
+    peer &p = *tx->dest;
     if (p.st == peer::state::failed) {
         // Fail fast during the back-off; the first operation after it tries again.
         if (now_ns() < p.retry_ns) {
@@ -305,7 +305,7 @@ void engine_impl::submit(tx_entry *tx) noexcept
     if (p.st != peer::state::connected || !p.pending.empty()) {
         p.pending.push_back(tx);
         ++pending_total_;
-        if (p.st == peer::state::idle) start_connect(tx->peer);
+        if (p.st == peer::state::idle) start_connect(*tx->dest);
         return;
     }
     if (!post_tx(tx)) {
@@ -316,7 +316,7 @@ void engine_impl::submit(tx_entry *tx) noexcept
 
 bool engine_impl::post_tx(tx_entry *tx) noexcept
 {
-    peer &p = peers_[tx->peer];
+    peer &p = *tx->dest;
     if (tx->kind == tx_kind::eager && tx->msg_size > p.eager_limit && !convert_to_rts(tx))
         return true; // failed (and reported)
     const bool rail_up = p.rails[tx->rail].ready();
@@ -355,7 +355,7 @@ bool engine_impl::post_tx(tx_entry *tx) noexcept
                 tx->posted = true;
                 p.inflight.push_back(tx);
             }
-            rail_failed(tx->peer, tx->rail, FI_EIO, 0);
+            rail_failed(*tx->dest, tx->rail, FI_EIO, 0);
             return true;
         }
         ++tx->next_wr;
@@ -371,7 +371,7 @@ bool engine_impl::post_tx(tx_entry *tx) noexcept
 
 void engine_impl::finish_tx(tx_entry *tx) noexcept
 {
-    peer &p = peers_[tx->peer];
+    peer &p = *tx->dest;
     if (tx->posted) p.inflight.remove(tx);
     event ev = tx->ev;
     bool rep = tx->report;
@@ -385,7 +385,7 @@ void engine_impl::fail_tx(tx_entry *tx, int err, int prov_errno) noexcept
         chunk_failed(tx, err, prov_errno);
         return;
     }
-    peer &p = peers_[tx->peer];
+    peer &p = *tx->dest;
     if (tx->posted) p.inflight.remove(tx);
     tx->posted = false;
     event ev = tx->ev;
@@ -403,18 +403,18 @@ void engine_impl::fail_tx(tx_entry *tx, int err, int prov_errno) noexcept
     report(ev);
 }
 
-status engine_impl::resolve(fi_addr_t addr, uint32_t &pi) noexcept
+status engine_impl::resolve(fi_addr_t addr, peer *&out) noexcept
 {
     if (!av_) {
         MLX4_WARN(FI_LOG_EP_DATA, "no address vector bound\n");
         return err_inval;
     }
     if (addr_cache_gen_ != av_->generation()) {
-        std::fill(addr_cache_.begin(), addr_cache_.end(), 0u);
+        std::fill(addr_cache_.begin(), addr_cache_.end(), nullptr);
         addr_cache_gen_ = av_->generation();
     }
     if (addr < addr_cache_.size() && addr_cache_[addr]) {
-        pi = addr_cache_[addr] - 1;
+        out = addr_cache_[addr];
         return status::ok();
     }
     const ep_name *n = av_->lookup(addr);
@@ -423,13 +423,17 @@ status engine_impl::resolve(fi_addr_t addr, uint32_t &pi) noexcept
                   static_cast<unsigned long long>(addr));
         return err_inval;
     }
-    pi = peer_for(*n);
-    if (pi == UINT32_MAX) return err_nomem;
-    peers_[pi].addr = addr;
+    peer *p = peer_for(*n);
+    if (!p) return err_nomem;
+    p->addr = addr;
     if (addr < (1u << 20)) {
-        if (addr >= addr_cache_.size()) addr_cache_.resize(addr + 1, 0u);
-        addr_cache_[addr] = pi + 1;
+        try {
+            if (addr >= addr_cache_.size()) addr_cache_.resize(addr + 1, nullptr);
+            addr_cache_[addr] = p;
+        } catch (...) { // not cached: looked up again next time
+        }
     }
+    out = p;
     return status::ok();
 }
 
@@ -451,8 +455,8 @@ void engine_impl::progress() noexcept
         }
     }
     if (pending_total_) {
-        for (uint32_t i = 0; i < peers_.size() && pending_total_; ++i) {
-            peer &p = peers_[i];
+        for (size_t i = 0; i < peers_.size() && pending_total_; ++i) {
+            peer &p = *peers_[i];
             while (p.st == peer::state::connected && !p.pending.empty()) {
                 tx_entry *tx = p.pending.head;
                 p.pending.remove(tx);
@@ -491,14 +495,14 @@ void engine_impl::keepalive() noexcept
         return;
     }
     next_keepalive_ns_ = now + uint64_t(cfg_.keepalive_ms) * 1000000ull;
-    for (uint32_t pi = 0; pi < peers_.size(); ++pi) {
-        peer &p = peers_[pi];
+    for (auto &pp : peers_) {
+        peer &p = *pp;
         if (p.st != peer::state::connected) continue;
         bool waiting = false;
         for (tx_entry *t = p.inflight.head; t && !waiting; t = t->next)
             waiting = t->kind == tx_kind::rts;
         if (!waiting) continue;
-        tx_entry *tx = alloc_header_tx(tx_kind::fin, pi);
+        tx_entry *tx = alloc_header_tx(tx_kind::fin, p);
         if (!tx) return;
         tx->report = false;
         reinterpret_cast<wire::msg_hdr *>(tx_buf(tx))->op = static_cast<uint8_t>(wire::op::nop);
@@ -518,17 +522,17 @@ void engine_impl::handle_wc(rail_res &rr, const device::work_completion &wc) noe
             if (!shut_) repost_srq(rr, idx);
             return;
         }
-        auto it = peer_by_qpn_.find((uint64_t(rr.index) << 32) | wc.qp_num);
-        if (it == peer_by_qpn_.end()) {
+        peer *from = peer_by_qpn_[rr.index].find(wc.qp_num);
+        if (!from) {
             // A QP given up with its peer (late arrivals of an old session).
             MLX4_INFO(FI_LOG_EP_DATA, "rail %u: message on unknown QP %u dropped\n", rr.index,
                       wc.qp_num);
         } else {
-            peer_rail &pr = peers_[it->second].rails[rr.index];
+            peer_rail &pr = from->rails[rr.index];
             // The first message on a QP we accepted: the peer's side is ready.
             if (pr.hs.st() == wireup::state::accepting)
-                drive(it->second, rr.index, pr.hs.on_traffic(), nullptr);
-            handle_msg(rr, it->second, rr.rx_base() + size_t(idx) * buf_size_, wc.byte_len);
+                drive(*from, rr.index, pr.hs.on_traffic(), nullptr);
+            handle_msg(rr, *from, rr.rx_base() + size_t(idx) * buf_size_, wc.byte_len);
         }
         repost_srq(rr, idx);
         return;
@@ -566,24 +570,24 @@ void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
     if (tx->outstanding) --tx->outstanding;
     if (wc.status != device::wc_status::success) {
         int prov = static_cast<int>(wc.status);
-        uint32_t pi = tx->peer;
+        peer &p = *tx->dest;
         if (wc.status != device::wc_status::wr_flush_err)
             MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: work request on rail %u failed, status %d\n",
-                      nonce_of(peers_[pi]), tx->rail, prov);
+                      nonce_of(p), tx->rail, prov);
         if (wc.status == device::wc_status::rem_access_err &&
             (tx->kind == tx_kind::chunk || tx->kind == tx_kind::rma)) {
             // A bad key is the operation's fault, not the rail's: it fails
             // with FI_EACCES; the connection (now in error) is rebuilt.
             unsigned r = tx->rail;
             fail_tx(tx, FI_EACCES, prov);
-            rail_failed(pi, r, FI_EIO, prov);
+            rail_failed(p, r, FI_EIO, prov);
             return;
         }
         // Retries exhausted, flushed, or any other transport error: the
         // connection on this rail is gone. Its traffic moves to other rails,
         // this entry's included (it may not have arrived).
         tx->next_wr = 0;
-        rail_failed(pi, tx->rail, FI_EIO, prov);
+        rail_failed(p, tx->rail, FI_EIO, prov);
         return;
     }
     if (tx->outstanding || tx->next_wr < tx->nwr) return;
@@ -650,8 +654,8 @@ void engine_impl::shutdown() noexcept
 {
     if (shut_) return;
     shut_ = true;
-    for (uint32_t i = 0; i < peers_.size(); ++i) {
-        peer &p = peers_[i];
+    for (auto &pp : peers_) {
+        peer &p = *pp;
         while (tx_entry *tx = p.pending.head) {
             p.pending.remove(tx);
             --pending_total_;

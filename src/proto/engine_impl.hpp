@@ -13,6 +13,7 @@
 #include <array>
 #include <map>
 #include <memory>
+#include <new>
 #include <unordered_map>
 #include <vector>
 
@@ -133,6 +134,8 @@ enum class tx_kind : uint8_t { eager, rts, fin, conn, read, rma, chunk };
 // A transfer that may be split over rails: the remote pieces with a key per
 // rail, the local pieces, and the operation. Kept in the parent so that a
 // chunk whose rail fails can be rebuilt on another rail.
+struct peer;
+
 struct stripe_desc {
     struct remote_seg {
         uint64_t addr = 0, len = 0;
@@ -160,7 +163,7 @@ struct tx_entry {
     bool header = false;      // its buffer starts with a msg_hdr (stamped at post)
     uint8_t rail = 0;         // where its work requests go and its buffer lives
     uint8_t epoch = 0;        // bumped when it moves to another rail
-    uint32_t peer = 0;
+    peer *dest = nullptr;     // the peer it involves (owned by the engine's peer table)
     uint32_t gen = 0;         // bumped on release: a FIN for an old incarnation is dropped
     int32_t buf = -1;         // tx_bufs slot on rail
     uint32_t outstanding = 0; // device completions still expected
@@ -195,6 +198,40 @@ struct tx_entry {
     uint64_t remote_msg_id = 0;
     uint64_t msg_size = 0;
     bool truncated = false;
+};
+
+// QP number -> peer, for one rail's receives: two loads, no hashing. QP
+// numbers are 24 bits; pages of 4096 entries are made on first use (at
+// connection set-up, never on the data path).
+class qp_table
+{
+  public:
+    peer *find(uint32_t qpn) const noexcept
+    {
+        const auto &page = pages_[(qpn >> page_bits) & (pages - 1)];
+        return page ? page[qpn & (page_size - 1)] : nullptr;
+    }
+    // False when out of memory.
+    bool insert(uint32_t qpn, peer *p) noexcept
+    {
+        auto &page = pages_[(qpn >> page_bits) & (pages - 1)];
+        if (!page) {
+            page.reset(new (std::nothrow) peer *[page_size]());
+            if (!page) return false;
+        }
+        page[qpn & (page_size - 1)] = p;
+        return true;
+    }
+    void erase(uint32_t qpn) noexcept
+    {
+        auto &page = pages_[(qpn >> page_bits) & (pages - 1)];
+        if (page) page[qpn & (page_size - 1)] = nullptr;
+    }
+
+  private:
+    static constexpr uint32_t page_bits = 12, page_size = 1u << page_bits;
+    static constexpr uint32_t pages = 1u << (24 - page_bits);
+    std::array<std::unique_ptr<peer *[]>, pages> pages_;
 };
 
 // A peer's RC connection on one rail (local rail i talks to the peer's rail
@@ -273,7 +310,7 @@ class engine_impl final : public engine
     void handle_tx_wc(const device::work_completion &wc) noexcept;
     void repost_srq(rail_res &rr, uint32_t idx) noexcept;
     void repost_ud(rail_res &rr, uint32_t idx) noexcept;
-    tx_entry *alloc_tx(tx_kind kind, uint32_t peer) noexcept;
+    tx_entry *alloc_tx(tx_kind kind, peer &p) noexcept;
     void release_tx(tx_entry *tx) noexcept;
     int32_t alloc_buf(rail_res &rr) noexcept;
     void submit(tx_entry *tx) noexcept;  // pending until connected, then post
@@ -284,12 +321,12 @@ class engine_impl final : public engine
     // The error completion of a receive that will not complete (cancelled,
     // closed, or its rendezvous failed).
     static event failed_recv(const rx_entry *rx, int err) noexcept;
-    status resolve(fi_addr_t addr, uint32_t &peer_index) noexcept;
+    status resolve(fi_addr_t addr, peer *&out) noexcept;
     fi_addr_t peer_addr(peer &p) noexcept;
     uint8_t *tx_buf(const tx_entry *tx) noexcept;
     // A header tx entry for peer pi with a bounce buffer on its primary rail
     // and a zeroed, versioned header; nullptr when out of either.
-    tx_entry *alloc_header_tx(tx_kind kind, uint32_t pi) noexcept;
+    tx_entry *alloc_header_tx(tx_kind kind, peer &p) noexcept;
     // Sends the header in tx's buffer followed by body_len bytes as one SEND
     // (inline when small enough), stamped with the peer's next sequence
     // number: called once nothing can fail, so the numbers have no gaps.
@@ -317,10 +354,10 @@ class engine_impl final : public engine
     bool rehome(tx_entry *tx, unsigned r) noexcept;
     // Peer pi's connection on rail r broke (error completion, port down):
     // the rail is down and its traffic moves (evacuate).
-    void rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) noexcept;
+    void rail_failed(peer &p, unsigned r, int err, int prov_errno) noexcept;
     // Moves what was sent or planned on rail r to the peer's other ready
     // rails; with none, it waits for a handshake under way, or the peer fails.
-    void evacuate(uint32_t pi, unsigned r, int err, int prov_errno) noexcept;
+    void evacuate(peer &p, unsigned r, int err, int prov_errno) noexcept;
     void check_rails(uint64_t now) noexcept;
 
     // events.cpp: the devices' async events
@@ -342,48 +379,48 @@ class engine_impl final : public engine
     void count(unsigned r, const tx_entry::wr_desc &d) noexcept;
 
     // conn.cpp
-    uint32_t peer_for(const ep_name &n) noexcept; // creates on first use; UINT32_MAX if full
-    void start_connect(uint32_t pi) noexcept;
+    peer *peer_for(const ep_name &n) noexcept; // creates on first use; nullptr when out of memory
+    void start_connect(peer &p) noexcept;
     // Starts rail r's handshake (idle or down).
-    void connect_rail(uint32_t pi, unsigned r) noexcept;
+    void connect_rail(peer &p, unsigned r) noexcept;
     // Carries out what rail r's handshake asked for (wireup::action bits);
     // m is the message that caused them, when there is one.
-    void drive(uint32_t pi, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept;
-    status prepare_qp(uint32_t pi, unsigned r) noexcept;
-    status connect_qp(uint32_t pi, unsigned r, const wire::conn_msg &m) noexcept;
+    void drive(peer &p, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept;
+    status prepare_qp(peer &p, unsigned r) noexcept;
+    status connect_qp(peer &p, unsigned r, const wire::conn_msg &m) noexcept;
     void drop_qp(peer &p, unsigned r) noexcept;
-    void send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept;
+    void send_conn(peer &p, unsigned r, wire::conn_op op) noexcept;
     void handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) noexcept;
-    void link_ready(uint32_t pi, unsigned r) noexcept;
-    void link_gave_up(uint32_t pi, unsigned r) noexcept;
+    void link_ready(peer &p, unsigned r) noexcept;
+    void link_gave_up(peer &p, unsigned r) noexcept;
     // A connecting peer whose handshakes are all over (or, with force, that
     // has a rail up and waited long enough for the others): connected over
     // the rails that came up, or unreachable.
-    void peer_settled(uint32_t pi, bool force = false) noexcept;
+    void peer_settled(peer &p, bool force = false) noexcept;
     // Posts what waits for the peer's connection, in order.
-    void flush_pending(uint32_t pi) noexcept;
+    void flush_pending(peer &p) noexcept;
     // The peer's rails in ready_rails are ready on its side: ours that wait
     // for its first message are ready too.
-    void peer_rails_ready(uint32_t pi, uint32_t ready_rails) noexcept;
+    void peer_rails_ready(peer &p, uint32_t ready_rails) noexcept;
     // Gives up on the peer: its operations (and receives directed at it) fail
     // with err, its connections are dropped, and it is tried again after a
     // back-off.
-    void fail_peer(uint32_t pi, int err, int prov_errno) noexcept;
+    void fail_peer(peer &p, int err, int prov_errno) noexcept;
     // Forgets the peer's connections and sequence window; operations in
     // flight or waiting fail with err. (Our session is bumped by fail_peer.)
-    void restart_peer(uint32_t pi, int err, int prov_errno) noexcept;
+    void restart_peer(peer &p, int err, int prov_errno) noexcept;
     void check_timers() noexcept;
     void keepalive() noexcept;
     wireup::timing wireup_timing() const noexcept;
 
     // msg.cpp
-    void handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint32_t len) noexcept;
-    void dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_t *body,
+    void handle_msg(rail_res &rr, peer &p, const uint8_t *buf, uint32_t len) noexcept;
+    void dispatch_msg(peer &p, const wire::msg_hdr &h, const uint8_t *body,
                       uint32_t body_len) noexcept;
     void deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t size, fi_addr_t src,
                        uint64_t tag, uint64_t data, bool has_data) noexcept;
     // Fills m's envelope from the header and appends it to the unexpected queue.
-    void queue_unexpected(unexp_msg *m, uint32_t pi, fi_addr_t src, const wire::msg_hdr &h,
+    void queue_unexpected(unexp_msg *m, peer &p, fi_addr_t src, const wire::msg_hdr &h,
                           bool tagged, bool has_data) noexcept;
     rx_entry *alloc_rx() noexcept;
     void release_rx(rx_entry *rx) noexcept;
@@ -397,12 +434,12 @@ class engine_impl final : public engine
 
     // rndv.cpp
     status send_rts(tx_entry *tx, const send_args &a) noexcept;
-    void start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rts, uint64_t size,
+    void start_read(rx_entry *rx, peer &p, const wire::rts_body &rts, uint64_t size,
                     fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept;
     // Posts the reads of a matched rendezvous into target (a plain receive or
     // a slice of a multi-receive buffer); false when out of entries or
     // buffers (the caller defers it).
-    bool issue_read(rx_entry *target, uint32_t pi, const wire::rts_body &rts, uint64_t size,
+    bool issue_read(rx_entry *target, peer &p, const wire::rts_body &rts, uint64_t size,
                     fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept;
     void retry_deferred() noexcept;
     // Writes the RTS body for the iov into tx's buffer (registering it on
@@ -412,7 +449,7 @@ class engine_impl final : public engine
     // it: sent as a rendezvous from the caller's buffer instead.
     bool convert_to_rts(tx_entry *tx) noexcept;
     void read_done(tx_entry *tx) noexcept;
-    void handle_fin(uint32_t pi, const wire::fin_body &fin) noexcept;
+    void handle_fin(peer &p, const wire::fin_body &fin) noexcept;
 
     engine_config cfg_;
     event_sink &sink_;
@@ -428,10 +465,12 @@ class engine_impl final : public engine
     entry_pool<rx_entry> rx_pool_;
     entry_pool<unexp_msg> unexp_pool_;
     match_queues mq_;
-    std::vector<peer> peers_; // declared after rails_: destroyed first (QPs before CQs)
-    std::unordered_map<uint64_t, uint32_t> peer_by_nonce_;
-    std::unordered_map<uint64_t, uint32_t> peer_by_qpn_; // (rail << 32 | qpn) -> peer
-    std::vector<uint32_t> addr_cache_;                   // fi_addr -> peer + 1
+    // Peers have stable addresses (operations and queues point at them);
+    // declared after rails_: destroyed first (QPs before CQs).
+    std::vector<std::unique_ptr<peer>> peers_;
+    std::unordered_map<uint64_t, peer *> peer_by_nonce_; // connection set-up only
+    std::array<qp_table, max_rails> peer_by_qpn_;         // per rail: a receive's QP -> peer
+    std::vector<peer *> addr_cache_;                      // fi_addr -> peer (nullptr: look up)
     uint64_t addr_cache_gen_ = ~0ull;
     uint32_t rts_outstanding_ = 0; // rendezvous sends waiting for FIN
     uint64_t next_keepalive_ns_ = 0;

@@ -82,16 +82,16 @@ void engine_impl::release_unexp(unexp_msg *m) noexcept
 
 status engine_impl::send(const send_args &a) noexcept
 {
-    uint32_t pi;
-    status s = resolve(a.dest, pi);
+    peer *dest = nullptr;
+    status s = resolve(a.dest, dest);
     if (!s.is_ok()) return s;
+    peer &p = *dest;
     size_t len = total_len(a.iov, a.count);
-    peer &p = peers_[pi];
     // Injected data is copied before the call returns, never read later: an
     // inject is at most inject_size, which every endpoint takes eagerly.
     const bool inject = a.flags & FI_INJECT;
     const bool eager = len <= p.eager_limit || inject;
-    tx_entry *tx = alloc_header_tx(eager ? tx_kind::eager : tx_kind::rts, pi);
+    tx_entry *tx = alloc_header_tx(eager ? tx_kind::eager : tx_kind::rts, p);
     if (!tx) return err_again;
     event &ev = tx->ev;
     ev.kind = event_kind::send;
@@ -201,10 +201,10 @@ void engine_impl::deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t s
     finish_rx(rx, ev, size, n);
 }
 
-void engine_impl::queue_unexpected(unexp_msg *m, uint32_t pi, fi_addr_t src, const wire::msg_hdr &h,
+void engine_impl::queue_unexpected(unexp_msg *m, peer &p, fi_addr_t src, const wire::msg_hdr &h,
                                    bool tagged, bool has_data) noexcept
 {
-    m->peer = pi;
+    m->from = &p;
     m->src = src;
     m->tag = h.tag;
     m->data = h.data;
@@ -214,7 +214,7 @@ void engine_impl::queue_unexpected(unexp_msg *m, uint32_t pi, fi_addr_t src, con
     mq_.add_unexpected(m);
 }
 
-void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint32_t len) noexcept
+void engine_impl::handle_msg(rail_res &rr, peer &p, const uint8_t *buf, uint32_t len) noexcept
 {
     if (len < sizeof(wire::msg_hdr)) {
         MLX4_WARN(FI_LOG_EP_DATA, "rail %u: runt message (%u bytes) dropped\n", rr.index, len);
@@ -224,11 +224,10 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
     std::memcpy(&h, buf, sizeof h);
     if (h.version != wire::version) {
         MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx speaks protocol %u, not %u; dropped\n",
-                  nonce_of(peers_[pi]), h.version, wire::version);
+                  nonce_of(p), h.version, wire::version);
         return;
     }
-    peer &p = peers_[pi];
-    if (h.ready_rails & ~p.ready_mask) peer_rails_ready(pi, h.ready_rails);
+    if (h.ready_rails & ~p.ready_mask) peer_rails_ready(p, h.ready_rails);
     // Header messages are numbered per peer. After a failover a message may
     // arrive twice (sent again on another rail) or ahead of one still
     // to be resent: duplicates are dropped, early ones kept until their turn.
@@ -251,9 +250,9 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
         return;
     }
     ++p.rx_seq;
-    dispatch_msg(pi, h, buf + sizeof h, len - static_cast<uint32_t>(sizeof h));
-    while (!peers_[pi].early.empty()) {
-        peer &q = peers_[pi];
+    dispatch_msg(p, h, buf + sizeof h, len - static_cast<uint32_t>(sizeof h));
+    while (!p.early.empty()) {
+        peer &q = p;
         auto it = q.early.begin();
         if (it->first != q.rx_seq) {
             if (static_cast<int32_t>(it->first - q.rx_seq) > 0) break;
@@ -264,14 +263,13 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
         q.early.erase(it);
         ++q.rx_seq;
         std::memcpy(&h, m.data(), sizeof h);
-        dispatch_msg(pi, h, m.data() + sizeof h, static_cast<uint32_t>(m.size() - sizeof h));
+        dispatch_msg(p, h, m.data() + sizeof h, static_cast<uint32_t>(m.size() - sizeof h));
     }
 }
 
-void engine_impl::dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_t *body,
+void engine_impl::dispatch_msg(peer &p, const wire::msg_hdr &h, const uint8_t *body,
                                uint32_t body_len) noexcept
 {
-    peer &p = peers_[pi];
     auto op = static_cast<wire::op>(h.op);
     if (op == wire::op::fin) {
         if (body_len < sizeof(wire::fin_body)) {
@@ -280,7 +278,7 @@ void engine_impl::dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_
         }
         wire::fin_body fin;
         std::memcpy(&fin, body, sizeof fin);
-        handle_fin(pi, fin);
+        handle_fin(p, fin);
         return;
     }
     if (op == wire::op::nop) return;
@@ -322,7 +320,7 @@ void engine_impl::dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_
             return;
         }
         m->rndv = false;
-        queue_unexpected(m, pi, src, h, tagged, has_data);
+        queue_unexpected(m, p, src, h, tagged, has_data);
         return;
     }
     if (op == wire::op::rts) {
@@ -342,7 +340,7 @@ void engine_impl::dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_
             return;
         }
         if (rx_entry *rx = mq_.take_posted(tagged, h.tag, src)) {
-            start_read(rx, pi, rts, h.size, src, h.tag, h.data, has_data);
+            start_read(rx, p, rts, h.size, src, h.tag, h.data, has_data);
             return;
         }
         unexp_msg *m = alloc_unexp();
@@ -352,7 +350,7 @@ void engine_impl::dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_
         }
         m->rndv = true;
         m->rts = rts;
-        queue_unexpected(m, pi, src, h, tagged, has_data);
+        queue_unexpected(m, p, src, h, tagged, has_data);
         return;
     }
     MLX4_WARN(FI_LOG_EP_DATA, "unknown operation %u from peer %016llx dropped\n", h.op,
@@ -376,7 +374,7 @@ status engine_impl::recv(const recv_args &a) noexcept
     // it would never complete.
     if (a.src != FI_ADDR_UNSPEC && a.src < addr_cache_.size() && addr_cache_[a.src] &&
         addr_cache_gen_ == (av_ ? av_->generation() : 0)) {
-        const peer &p = peers_[addr_cache_[a.src] - 1];
+        const peer &p = *addr_cache_[a.src];
         if (p.st == peer::state::failed && now_ns() < p.retry_ns &&
             !(a.flags & (FI_PEEK | FI_CLAIM))) {
             ev.tag = a.tag;
@@ -442,7 +440,7 @@ status engine_impl::recv(const recv_args &a) noexcept
     while (m) {
         mq_.remove_unexpected(m);
         if (m->rndv) {
-            start_read(rx, m->peer, m->rts, m->size, m->src, m->tag, m->data, m->has_data);
+            start_read(rx, *m->from, m->rts, m->size, m->src, m->tag, m->data, m->has_data);
             release_unexp(m);
             // A multi-receive buffer with room left goes on taking messages.
             if (!(a.flags & FI_MULTI_RECV) || !rx->in_use) return status::ok();

@@ -126,7 +126,7 @@ bool engine_impl::build_chunk(tx_entry *c) noexcept
 bool engine_impl::issue_chunks(tx_entry *parent, uint64_t off, uint64_t len,
                                tx_entry *reuse) noexcept
 {
-    peer &p = peers_[parent->peer];
+    peer &p = (*parent->dest);
     uint32_t mask = usable_rails(p, parent->xd.rail_mask);
     if (!mask) return false;
     mlx4fi::rail::rail_weight w[max_rails];
@@ -140,7 +140,7 @@ bool engine_impl::issue_chunks(tx_entry *parent, uint64_t off, uint64_t len,
 
     tx_entry *cs[max_rails] = {};
     for (size_t i = 0; i < k; ++i) {
-        cs[i] = (i == 0 && reuse) ? reuse : alloc_tx(tx_kind::chunk, parent->peer);
+        cs[i] = (i == 0 && reuse) ? reuse : alloc_tx(tx_kind::chunk, *parent->dest);
         if (cs[i]) continue;
         // Out of entries: the whole range goes to one rail.
         for (size_t j = (reuse ? 1 : 0); j < i; ++j)
@@ -148,7 +148,7 @@ bool engine_impl::issue_chunks(tx_entry *parent, uint64_t off, uint64_t len,
         k = 1;
         plan[0] = {prim, 0, len};
         if (!reuse) {
-            cs[0] = alloc_tx(tx_kind::chunk, parent->peer);
+            cs[0] = alloc_tx(tx_kind::chunk, *parent->dest);
             if (!cs[0]) return false;
         }
         break;
@@ -186,7 +186,7 @@ void engine_impl::replan(tx_entry *c, int err, int prov_errno) noexcept
 
 void engine_impl::chunk_done(tx_entry *c) noexcept
 {
-    peer &p = peers_[c->peer];
+    peer &p = *c->dest;
     if (c->posted) p.inflight.remove(c);
     tx_entry *parent = c->parent;
     release_tx(c);
@@ -195,7 +195,7 @@ void engine_impl::chunk_done(tx_entry *c) noexcept
 
 void engine_impl::chunk_failed(tx_entry *c, int err, int prov_errno) noexcept
 {
-    peer &p = peers_[c->peer];
+    peer &p = *c->dest;
     if (c->posted) p.inflight.remove(c);
     tx_entry *parent = c->parent;
     release_tx(c);
@@ -269,9 +269,8 @@ bool engine_impl::rehome(tx_entry *tx, unsigned r) noexcept
     return true;
 }
 
-void engine_impl::rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) noexcept
+void engine_impl::rail_failed(peer &p, unsigned r, int err, int prov_errno) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     const wireup::state was = pr.hs.st();
     if (p.st == peer::state::failed || was == wireup::state::down || was == wireup::state::idle)
@@ -284,16 +283,15 @@ void engine_impl::rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) 
     if (rail_counters *c = rails_[r]->r.counters)
         c->failovers.fetch_add(1, std::memory_order_relaxed);
     if (was == wireup::state::ready) {
-        evacuate(pi, r, err, prov_errno);
+        evacuate(p, r, err, prov_errno);
         return;
     }
     // A handshake that broke: the peer may have nothing else.
-    link_gave_up(pi, r);
+    link_gave_up(p, r);
 }
 
-void engine_impl::evacuate(uint32_t pi, unsigned r, int err, int prov_errno) noexcept
+void engine_impl::evacuate(peer &p, unsigned r, int err, int prov_errno) noexcept
 {
-    peer &p = peers_[pi];
     unsigned next = max_rails;
     if (p.rails[p.primary].ready() && p.primary != r) next = p.primary;
     for (unsigned i = 0; i < p.nrails && next == max_rails; ++i)
@@ -305,7 +303,7 @@ void engine_impl::evacuate(uint32_t pi, unsigned r, int err, int prov_errno) noe
         if (!p.rails[r].hs.waiting()) {
             MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: rail %u failed and no rail is left\n",
                       nonce_of(p), r);
-            fail_peer(pi, err, prov_errno);
+            fail_peer(p, err, prov_errno);
             return;
         }
         next = r;
@@ -369,8 +367,8 @@ void engine_impl::check_rails(uint64_t now) noexcept
     if (!rails_down_) return;
     // Reconnect the rails peers lost, where the local port is up.
     bool any = false;
-    for (uint32_t pi = 0; pi < peers_.size(); ++pi) {
-        peer &p = peers_[pi];
+    for (auto &pp : peers_) {
+        peer &p = *pp;
         if (p.st != peer::state::connected) continue;
         for (unsigned r = 0; r < p.nrails; ++r) {
             peer_rail &pr = p.rails[r];
@@ -379,7 +377,7 @@ void engine_impl::check_rails(uint64_t now) noexcept
             if (rails_[r]->down || now < pr.retry_ns) continue;
             MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: reconnecting rail %u\n", nonce_of(p), r);
             pr.retry_ns = now + reconnect_backoff_ns;
-            connect_rail(pi, r);
+            connect_rail(p, r);
         }
     }
     if (!any) rails_down_ = false;

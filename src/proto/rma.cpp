@@ -19,19 +19,19 @@ namespace mlx4fi::proto
 
 status engine_impl::rma(const rma_args &a) noexcept
 {
-    uint32_t pi;
-    status s = resolve(a.dest, pi);
+    peer *dest = nullptr;
+    status s = resolve(a.dest, dest);
     if (!s.is_ok()) return s;
+    peer &p = *dest;
     if (a.count > max_wr_sge) return err_inval;
     size_t len = 0;
     for (size_t i = 0; i < a.count; ++i)
         len += a.iov[i].iov_len;
-    peer &p = peers_[pi];
     uint32_t key_mask = (1u << std::min<unsigned>(p.nrails, 2)) - 1;
     const bool imm = !a.read && (a.flags & FI_REMOTE_CQ_DATA);
     const bool inject = !a.read && (a.flags & FI_INJECT);
 
-    tx_entry *tx = imm ? alloc_header_tx(tx_kind::rma, pi) : alloc_tx(tx_kind::rma, pi);
+    tx_entry *tx = imm ? alloc_header_tx(tx_kind::rma, p) : alloc_tx(tx_kind::rma, p);
     if (!tx) return err_again;
     if (tx->rail >= 2) {
         MLX4_WARN(FI_LOG_EP_DATA, "RMA keys cover the first two rails only\n");
@@ -72,7 +72,7 @@ status engine_impl::rma(const rma_args &a) noexcept
         }
         // Not connected yet (or failed): one chunk, planned when it is posted
         // (or failed by submit, for a peer that is gone).
-        tx_entry *c = alloc_tx(tx_kind::chunk, pi);
+        tx_entry *c = alloc_tx(tx_kind::chunk, p);
         if (!c) {
             release_tx(tx);
             return err_again;

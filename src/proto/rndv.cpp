@@ -34,7 +34,7 @@ status engine_impl::send_rts(tx_entry *tx, const send_args &a) noexcept
 
 bool engine_impl::convert_to_rts(tx_entry *tx) noexcept
 {
-    const peer &p = peers_[tx->peer];
+    const peer &p = *tx->dest;
     MLX4_INFO(FI_LOG_EP_DATA,
               "peer %016llx takes at most %u bytes eagerly: a %llu-byte send goes by rendezvous\n",
               nonce_of(p), p.eager_limit, static_cast<unsigned long long>(tx->msg_size));
@@ -53,7 +53,7 @@ bool engine_impl::convert_to_rts(tx_entry *tx) noexcept
 
 result<uint32_t> engine_impl::fill_rts(tx_entry *tx, const iovec *iov, size_t count) noexcept
 {
-    peer &p = peers_[tx->peer];
+    peer &p = *tx->dest;
     auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
     h->op = static_cast<uint8_t>(wire::op::rts);
     auto *body = reinterpret_cast<wire::rts_body *>(h + 1);
@@ -94,10 +94,9 @@ result<uint32_t> engine_impl::fill_rts(tx_entry *tx, const iovec *iov, size_t co
     return static_cast<uint32_t>(offsetof(wire::rts_body, seg) + nseg * sizeof(wire::segment));
 }
 
-void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rts, uint64_t size,
+void engine_impl::start_read(rx_entry *rx, peer &p, const wire::rts_body &rts, uint64_t size,
                              fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept
 {
-    peer &p = peers_[pi];
     iovec dst[4];
     size_t nout = 0;
     void *buf = nullptr;
@@ -127,7 +126,7 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
         }
     }
 
-    if (!issue_read(target, pi, rts, size, src, tag, data, has_data)) {
+    if (!issue_read(target, p, rts, size, src, tag, data, has_data)) {
         // Out of transfer entries or bounce buffers: the read waits for
         // resources (released by completions) instead of failing.
         unexp_msg *m = alloc_unexp();
@@ -143,7 +142,7 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
         }
         m->matched = target;
         m->rts = rts;
-        m->peer = pi;
+        m->from = &p;
         m->src = src;
         m->tag = tag;
         m->data = data;
@@ -156,7 +155,7 @@ void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rt
 void engine_impl::retry_deferred() noexcept
 {
     while (unexp_msg *m = deferred_reads_.head) {
-        if (!issue_read(m->matched, m->peer, m->rts, m->size, m->src, m->tag, m->data, m->has_data))
+        if (!issue_read(m->matched, *m->from, m->rts, m->size, m->src, m->tag, m->data, m->has_data))
             return;
         deferred_reads_.remove(m);
         m->matched = nullptr;
@@ -164,7 +163,7 @@ void engine_impl::retry_deferred() noexcept
     }
 }
 
-bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body &rts,
+bool engine_impl::issue_read(rx_entry *target, peer &p, const wire::rts_body &rts,
                              uint64_t size, fi_addr_t src, uint64_t tag, uint64_t data,
                              bool has_data) noexcept
 {
@@ -173,7 +172,7 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
     void *buf = nullptr;
     size_t placed = place(target, size, dst, nout, buf);
     // The parent of the transfer's chunks; its buffer is kept for the FIN.
-    tx_entry *tx = alloc_tx(tx_kind::read, pi);
+    tx_entry *tx = alloc_tx(tx_kind::read, p);
     int32_t fin_buf = tx ? alloc_buf(*rails_[tx->rail]) : -1;
     if (!tx || fin_buf < 0) {
         if (tx) release_tx(tx);
@@ -209,13 +208,13 @@ bool engine_impl::issue_read(rx_entry *target, uint32_t pi, const wire::rts_body
     }
     tx->children = 0;
     if (!issue_chunks(tx, 0, placed, nullptr)) {
-        if (usable_rails(peers_[pi], xd.rail_mask)) { // out of entries: try again later
+        if (usable_rails(p, xd.rail_mask)) { // out of entries: try again later
             tx->rx = nullptr;
             release_tx(tx);
             return false;
         }
         MLX4_WARN(FI_LOG_EP_DATA, "rendezvous from %016llx: no rail to read over\n",
-                  nonce_of(peers_[pi]));
+                  nonce_of(p));
         tx->err = FI_EIO;
         read_done(tx);
     }
@@ -237,7 +236,7 @@ void engine_impl::read_done(tx_entry *tx) noexcept
         size_t placed = static_cast<size_t>(std::min<uint64_t>(tx->msg_size, rx->total));
         finish_rx(rx, ev, tx->msg_size, placed);
     }
-    peer &p = peers_[tx->peer];
+    peer &p = *tx->dest;
     if (shut_ || p.st == peer::state::failed) {
         release_tx(tx);
         return;
@@ -254,7 +253,7 @@ void engine_impl::read_done(tx_entry *tx) noexcept
     submit_header(tx, sizeof fin);
 }
 
-void engine_impl::handle_fin(uint32_t pi, const wire::fin_body &fin) noexcept
+void engine_impl::handle_fin(peer &p, const wire::fin_body &fin) noexcept
 {
     uint32_t idx = static_cast<uint32_t>(fin.msg_id);
     uint32_t gen = static_cast<uint32_t>(fin.msg_id >> 32);
@@ -263,7 +262,7 @@ void engine_impl::handle_fin(uint32_t pi, const wire::fin_body &fin) noexcept
         return;
     }
     tx_entry *tx = &txs_[idx];
-    if (!tx->in_use || tx->gen != gen || tx->kind != tx_kind::rts || tx->peer != pi) {
+    if (!tx->in_use || tx->gen != gen || tx->kind != tx_kind::rts || tx->dest != &p) {
         MLX4_WARN(FI_LOG_EP_DATA, "stale or foreign FIN dropped\n");
         return;
     }
