@@ -227,7 +227,17 @@ void engine_impl::drive(peer &p, unsigned r, uint16_t acts, const wire::conn_msg
 {
     if (!acts) return;
     peer_rail &pr = p.rails[r];
-    if (pr.hs.waiting()) wiring_ = true;
+    // Whatever the handshake does next at a time, the timer heap knows.
+    struct rearm {
+        engine_impl &e;
+        peer &p;
+        unsigned r;
+        ~rearm()
+        {
+            const wireup::handshake &hs = p.rails[r].hs;
+            if (hs.waiting()) e.schedule(hs.due(), p, r, timer_kind::handshake);
+        }
+    } rearm_on_return{*this, p, r};
     if (acts & (wireup::act_rebuilt | wireup::act_new_qp)) p.ready_mask &= ~(1u << r);
     if (acts & wireup::act_rebuilt) {
         MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx rebuilt its connection on rail %u\n", nonce_of(p),
@@ -405,8 +415,10 @@ void engine_impl::link_ready(peer &p, unsigned r) noexcept
 {
     peer_rail &pr = p.rails[r];
     p.ready_mask |= 1u << r;
-    if (p.st == peer::state::connecting && !p.settle_ns)
+    if (p.st == peer::state::connecting && !p.settle_ns) {
         p.settle_ns = now_ns() + uint64_t(cfg_.connect_retry_ms) * ms_ns;
+        schedule(p.settle_ns, p, r, timer_kind::settle);
+    }
     MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx connected on rail %u (QP %u -> %u)\n", nonce_of(p), r,
              pr.qp->qp_num(), pr.hs.remote_qpn());
     if (p.st != peer::state::connected) peer_settled(p);
@@ -418,13 +430,13 @@ void engine_impl::flush_pending(peer &p) noexcept
     while (p.st == peer::state::connected && p.pending.head) {
         tx_entry *tx = p.pending.head;
         p.pending.remove(tx);
-        --pending_total_;
         if (!post_tx(tx)) {
             p.pending.push_front(tx); // queue full: progress retries, in order
-            ++pending_total_;
-            break;
+            blocked_.push_back(&p);
+            return;
         }
     }
+    blocked_.remove(&p); // drained, or not connected (the connection flushes it)
 }
 
 void engine_impl::peer_settled(peer &p, bool force) noexcept
@@ -469,7 +481,7 @@ void engine_impl::link_gave_up(peer &p, unsigned r) noexcept
     if (pr.qp) pr.qp->set_error();
     p.ready_mask &= ~(1u << r);
     pr.retry_ns = now_ns() + uint64_t(cfg_.connect_retry_ms) * 25 * ms_ns;
-    rails_down_ = true;
+    schedule(pr.retry_ns, p, r, timer_kind::rejoin);
     if (p.st == peer::state::connected) {
         MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: rail %u does not answer; tried again later\n",
                   nonce_of(p), r);
@@ -500,9 +512,9 @@ void engine_impl::restart_peer(peer &p, int err, int prov_errno) noexcept
     p.inline_size = cfg_.inline_size;
     p.primary = std::min<unsigned>(p.primary, p.nrails ? p.nrails - 1 : 0);
     p.st = peer::state::idle;
+    blocked_.remove(&p);
     while (tx_entry *tx = p.pending.head) {
         p.pending.remove(tx);
-        --pending_total_;
         fail_tx(tx, err, prov_errno);
     }
     while (tx_entry *tx = p.inflight.head)
@@ -537,28 +549,46 @@ void engine_impl::peer_rails_ready(peer &p, uint32_t ready_rails) noexcept
     }
 }
 
-void engine_impl::check_timers() noexcept
+void engine_impl::schedule(uint64_t due, peer &p, unsigned rail, timer_kind kind) noexcept
 {
-    const uint64_t now = now_ns();
+    if (!timers_.push(due, timer_ref{&p, static_cast<uint8_t>(rail), kind}))
+        MLX4_WARN(FI_LOG_EP_CTRL, "out of memory for a timer of peer %016llx\n", nonce_of(p));
+}
+
+void engine_impl::run_timers(uint64_t now) noexcept
+{
     const wireup::timing t = wireup_timing();
-    bool any = false;
-    for (auto &pp : peers_) {
-        peer &p = *pp;
-        if (p.st == peer::state::connecting && p.settle_ns && now >= p.settle_ns) {
-            MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: connected before all its rails answered\n",
-                      nonce_of(p));
-            peer_settled(p, true);
-            flush_pending(p);
-        }
-        for (unsigned r = 0; r < p.nrails && r < max_rails; ++r) {
-            peer_rail &pr = p.rails[r];
-            if (!pr.hs.waiting()) continue;
-            any = true;
-            if (now < pr.hs.due()) continue;
-            drive(p, r, pr.hs.on_timer(now, t), nullptr);
+    decltype(timers_)::entry e;
+    while (timers_.pop_due(now, e)) {
+        peer &p = *e.what.p;
+        const unsigned r = e.what.rail;
+        peer_rail &pr = p.rails[r];
+        // Each entry still holds only if what it was set for is unchanged.
+        switch (e.what.kind) {
+        case timer_kind::handshake:
+            if (pr.hs.waiting() && pr.hs.due() == e.due)
+                drive(p, r, pr.hs.on_timer(now, t), nullptr);
+            break;
+        case timer_kind::settle:
+            if (p.st == peer::state::connecting && p.settle_ns == e.due) {
+                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: connected before all its rails answered\n",
+                          nonce_of(p));
+                peer_settled(p, true);
+                flush_pending(p);
+            }
+            break;
+        case timer_kind::rejoin:
+            if (pr.hs.st() != wireup::state::down || pr.retry_ns != e.due) break;
+            if (p.st == peer::state::connecting || rails_[r]->down) {
+                pr.retry_ns = now + reconnect_backoff_ns; // later
+                schedule(pr.retry_ns, p, r, timer_kind::rejoin);
+            } else if (p.st == peer::state::connected) {
+                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: reconnecting rail %u\n", nonce_of(p), r);
+                connect_rail(p, r);
+            }
+            break;
         }
     }
-    if (!any) wiring_ = false;
 }
 
 } // namespace mlx4fi::proto

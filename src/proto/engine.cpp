@@ -222,7 +222,7 @@ tx_entry *engine_impl::alloc_tx(tx_kind kind, peer &p) noexcept
     tx->kind = kind;
     tx->dest = &p;
     tx->rail = static_cast<uint8_t>(p.primary);
-    if (kind == tx_kind::rts) ++rts_outstanding_;
+    if (kind == tx_kind::rts) rts_opened(p);
     return tx;
 }
 
@@ -238,7 +238,7 @@ void engine_impl::release_tx(tx_entry *tx) noexcept
     free_buf(tx);
     for (auto &m : tx->mr)
         m.release();
-    if (tx->kind == tx_kind::rts) --rts_outstanding_;
+    if (tx->kind == tx_kind::rts) rts_closed(*tx->dest);
     tx->in_use = false;
     ++tx->gen;
     tx_free_.push_back(static_cast<uint32_t>(tx - txs_.data()));
@@ -303,15 +303,27 @@ void engine_impl::submit(tx_entry *tx) noexcept
         p.st = peer::state::idle;
     }
     if (p.st != peer::state::connected || !p.pending.empty()) {
-        p.pending.push_back(tx);
-        ++pending_total_;
-        if (p.st == peer::state::idle) start_connect(*tx->dest);
+        defer(p, tx);
+        if (p.st == peer::state::idle) start_connect(p);
         return;
     }
-    if (!post_tx(tx)) {
-        p.pending.push_back(tx);
-        ++pending_total_;
-    }
+    if (!post_tx(tx)) defer(p, tx);
+}
+
+void engine_impl::defer(peer &p, tx_entry *tx) noexcept
+{
+    p.pending.push_back(tx);
+    if (p.st == peer::state::connected) blocked_.push_back(&p);
+}
+
+void engine_impl::rts_opened(peer &p) noexcept
+{
+    if (p.rts_open++ == 0) rts_waiting_.push_back(&p);
+}
+
+void engine_impl::rts_closed(peer &p) noexcept
+{
+    if (--p.rts_open == 0) rts_waiting_.remove(&p);
 }
 
 bool engine_impl::post_tx(tx_entry *tx) noexcept
@@ -454,20 +466,11 @@ void engine_impl::progress() noexcept
             if (n < 32) break;
         }
     }
-    if (pending_total_) {
-        for (size_t i = 0; i < peers_.size() && pending_total_; ++i) {
-            peer &p = *peers_[i];
-            while (p.st == peer::state::connected && !p.pending.empty()) {
-                tx_entry *tx = p.pending.head;
-                p.pending.remove(tx);
-                --pending_total_;
-                if (!post_tx(tx)) {
-                    p.pending.push_front(tx); // still full: keep its place
-                    ++pending_total_;
-                    break;
-                }
-            }
-        }
+    // Peers whose work waited for a queue slot: in order, each until it
+    // blocks again (flush_pending takes drained peers off the queue).
+    for (peer *p = blocked_.front(), *nx = nullptr; p; p = nx) {
+        nx = decltype(blocked_)::next(p);
+        flush_pending(*p);
     }
     if (!deferred_reads_.empty()) retry_deferred();
     if ((++purge_tick_ & 63) == 0) {
@@ -482,8 +485,8 @@ void engine_impl::progress() noexcept
             }
         }
     }
-    if (wiring_) check_timers();
-    if (rts_outstanding_) keepalive();
+    if (!timers_.empty() && (++timer_tick_ & 15) == 0) run_timers(now_ns());
+    if (!rts_waiting_.empty()) keepalive();
 }
 
 void engine_impl::keepalive() noexcept
@@ -495,13 +498,9 @@ void engine_impl::keepalive() noexcept
         return;
     }
     next_keepalive_ns_ = now + uint64_t(cfg_.keepalive_ms) * 1000000ull;
-    for (auto &pp : peers_) {
+    for (peer *pp = rts_waiting_.front(); pp; pp = decltype(rts_waiting_)::next(pp)) {
         peer &p = *pp;
         if (p.st != peer::state::connected) continue;
-        bool waiting = false;
-        for (tx_entry *t = p.inflight.head; t && !waiting; t = t->next)
-            waiting = t->kind == tx_kind::rts;
-        if (!waiting) continue;
         tx_entry *tx = alloc_header_tx(tx_kind::fin, p);
         if (!tx) return;
         tx->report = false;
@@ -658,9 +657,9 @@ void engine_impl::shutdown() noexcept
         peer &p = *pp;
         while (tx_entry *tx = p.pending.head) {
             p.pending.remove(tx);
-            --pending_total_;
             fail_tx(tx, FI_ECANCELED, 0);
         }
+        blocked_.remove(&p);
         while (tx_entry *tx = p.inflight.head)
             fail_tx(tx, FI_ECANCELED, 0);
     }

@@ -7,6 +7,7 @@
 #include "match.hpp"
 #include "mlx4fi/proto/engine.hpp"
 #include "mlx4fi/util/mr_cache.hpp"
+#include "sched.hpp"
 #include "wire.hpp"
 #include "wireup.hpp"
 
@@ -63,6 +64,7 @@ inline constexpr size_t tx_bytes = size_t(16) << 20;
 inline constexpr uint32_t max_tx = 4096; // tx entries per engine
 inline constexpr uint32_t max_wr_sge = 4;
 inline constexpr size_t max_early_msgs = 4096; // per peer, held for a resend to fill a gap
+inline constexpr uint64_t reconnect_backoff_ns = 500'000'000; // a peer's lost rail, tried again
 
 // Registers ranges on one rail's device for the registration cache. The
 // handle is the device::memory_region (owned by the cache's entry).
@@ -272,13 +274,20 @@ struct peer {
     uint64_t backoff_ns = 0; // the next failure's wait
     // What both sides agreed in the handshake: the smaller of the two.
     uint32_t eager_limit = 0, inline_size = 0;
-    bool agreed = false;      // the peer's limits are known
-    ilist<tx_entry> pending;  // prepared, waiting for the connection
-    ilist<tx_entry> inflight; // posted, waiting for completions (or FIN)
+    bool agreed = false;           // the peer's limits are known
+    uint32_t rts_open = 0;         // rendezvous sends waiting for FIN (keepalive probes then)
+    queue_link<peer> blocked_link; // on the engine's blocked_ queue
+    queue_link<peer> rts_link;     // on the engine's rts_waiting_ queue
+    ilist<tx_entry> pending;       // prepared, waiting for the connection
+    ilist<tx_entry> inflight;      // posted, waiting for completions (or FIN)
     // Header messages that arrived ahead of their turn after a failover
     // (a gap only a resend fills). Empty in normal operation.
     std::map<uint32_t, std::vector<uint8_t>> early;
 };
+
+// What a timer is for: a handshake's next resend or give-up, a connecting
+// peer's settling, a lost rail's next reconnection attempt.
+enum class timer_kind : uint8_t { handshake, settle, rejoin };
 
 class engine_impl final : public engine
 {
@@ -409,7 +418,14 @@ class engine_impl final : public engine
     // Forgets the peer's connections and sequence window; operations in
     // flight or waiting fail with err. (Our session is bumped by fail_peer.)
     void restart_peer(peer &p, int err, int prov_errno) noexcept;
-    void check_timers() noexcept;
+    // Runs the timers due by now (handshakes, settling, rejoins).
+    void run_timers(uint64_t now) noexcept;
+    void schedule(uint64_t due, peer &p, unsigned rail, timer_kind kind) noexcept;
+    // Puts tx at the end of the peer's pending work; a connected peer is
+    // queued to be flushed by progress (a queue was full).
+    void defer(peer &p, tx_entry *tx) noexcept;
+    void rts_opened(peer &p) noexcept;
+    void rts_closed(peer &p) noexcept;
     void keepalive() noexcept;
     wireup::timing wireup_timing() const noexcept;
 
@@ -420,8 +436,8 @@ class engine_impl final : public engine
     void deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t size, fi_addr_t src,
                        uint64_t tag, uint64_t data, bool has_data) noexcept;
     // Fills m's envelope from the header and appends it to the unexpected queue.
-    void queue_unexpected(unexp_msg *m, peer &p, fi_addr_t src, const wire::msg_hdr &h,
-                          bool tagged, bool has_data) noexcept;
+    void queue_unexpected(unexp_msg *m, peer &p, fi_addr_t src, const wire::msg_hdr &h, bool tagged,
+                          bool has_data) noexcept;
     rx_entry *alloc_rx() noexcept;
     void release_rx(rx_entry *rx) noexcept;
     unexp_msg *alloc_unexp() noexcept;
@@ -434,8 +450,8 @@ class engine_impl final : public engine
 
     // rndv.cpp
     status send_rts(tx_entry *tx, const send_args &a) noexcept;
-    void start_read(rx_entry *rx, peer &p, const wire::rts_body &rts, uint64_t size,
-                    fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept;
+    void start_read(rx_entry *rx, peer &p, const wire::rts_body &rts, uint64_t size, fi_addr_t src,
+                    uint64_t tag, uint64_t data, bool has_data) noexcept;
     // Posts the reads of a matched rendezvous into target (a plain receive or
     // a slice of a multi-receive buffer); false when out of entries or
     // buffers (the caller defers it).
@@ -469,15 +485,23 @@ class engine_impl final : public engine
     // declared after rails_: destroyed first (QPs before CQs).
     std::vector<std::unique_ptr<peer>> peers_;
     std::unordered_map<uint64_t, peer *> peer_by_nonce_; // connection set-up only
-    std::array<qp_table, max_rails> peer_by_qpn_;         // per rail: a receive's QP -> peer
-    std::vector<peer *> addr_cache_;                      // fi_addr -> peer (nullptr: look up)
+    std::array<qp_table, max_rails> peer_by_qpn_;        // per rail: a receive's QP -> peer
+    std::vector<peer *> addr_cache_;                     // fi_addr -> peer (nullptr: look up)
     uint64_t addr_cache_gen_ = ~0ull;
-    uint32_t rts_outstanding_ = 0; // rendezvous sends waiting for FIN
+    // Scheduling (sched.hpp): peers whose pending work waits for a queue
+    // slot or CQ credit; peers with rendezvous sends waiting for FIN (the
+    // keepalive probes them); the timers.
+    member_queue<peer, &peer::blocked_link> blocked_;
+    member_queue<peer, &peer::rts_link> rts_waiting_;
+    struct timer_ref {
+        peer *p;
+        uint8_t rail;
+        timer_kind kind;
+    };
+    timer_heap<timer_ref> timers_;
+    uint32_t timer_tick_ = 0;
     uint64_t next_keepalive_ns_ = 0;
-    uint32_t pending_total_ = 0;      // tx entries waiting on peers' pending lists
     ilist<unexp_msg> deferred_reads_; // matched rendezvous waiting for tx resources
-    bool wiring_ = false;             // a handshake may be waiting: check_timers looks
-    bool rails_down_ = false;         // a peer rail may be down: the health check reconnects
     uint64_t next_health_ns_ = 0;
     // Async events: each rail device once, with this engine's cursor.
     struct event_source {

@@ -223,8 +223,8 @@ void engine_impl::handle_msg(rail_res &rr, peer &p, const uint8_t *buf, uint32_t
     wire::msg_hdr h;
     std::memcpy(&h, buf, sizeof h);
     if (h.version != wire::version) {
-        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx speaks protocol %u, not %u; dropped\n",
-                  nonce_of(p), h.version, wire::version);
+        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx speaks protocol %u, not %u; dropped\n", nonce_of(p),
+                  h.version, wire::version);
         return;
     }
     if (h.ready_rails & ~p.ready_mask) peer_rails_ready(p, h.ready_rails);

@@ -23,8 +23,7 @@ namespace mlx4fi::proto
 namespace
 {
 
-constexpr uint64_t health_interval_ns = 100'000'000;   // port states, at most this often
-constexpr uint64_t reconnect_backoff_ns = 500'000'000; // a peer's failed rail, retried after
+constexpr uint64_t health_interval_ns = 100'000'000; // port states, at most this often
 
 } // namespace
 
@@ -278,7 +277,7 @@ void engine_impl::rail_failed(peer &p, unsigned r, int err, int prov_errno) noex
     pr.hs.on_broken();
     p.ready_mask &= ~(1u << r);
     pr.retry_ns = now_ns() + reconnect_backoff_ns;
-    rails_down_ = true;
+    schedule(pr.retry_ns, p, r, timer_kind::rejoin);
     if (pr.qp) pr.qp->set_error(); // what is still queued on it flushes (and is ignored)
     if (rail_counters *c = rails_[r]->r.counters)
         c->failovers.fetch_add(1, std::memory_order_relaxed);
@@ -340,8 +339,9 @@ void engine_impl::evacuate(peer &p, unsigned r, int err, int prov_errno) noexcep
             ++tx->epoch; // completions from the old QP are stale
         }
         p.pending.push_front(tx);
-        ++pending_total_;
     }
+    // Progress sends them (the peer's connection flushes them when it waits).
+    if (p.st == peer::state::connected && !p.pending.empty()) blocked_.push_back(&p);
     while (tx_entry *tx = chunks.head) {
         chunks.remove(tx);
         replan(tx, err, prov_errno);
@@ -364,23 +364,6 @@ void engine_impl::check_rails(uint64_t now) noexcept
         else if (active && rr.down)
             local_rail_up(rr);
     }
-    if (!rails_down_) return;
-    // Reconnect the rails peers lost, where the local port is up.
-    bool any = false;
-    for (auto &pp : peers_) {
-        peer &p = *pp;
-        if (p.st != peer::state::connected) continue;
-        for (unsigned r = 0; r < p.nrails; ++r) {
-            peer_rail &pr = p.rails[r];
-            if (pr.hs.st() != wireup::state::down) continue;
-            any = true;
-            if (rails_[r]->down || now < pr.retry_ns) continue;
-            MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: reconnecting rail %u\n", nonce_of(p), r);
-            pr.retry_ns = now + reconnect_backoff_ns;
-            connect_rail(p, r);
-        }
-    }
-    if (!any) rails_down_ = false;
 }
 
 } // namespace mlx4fi::proto

@@ -44,7 +44,7 @@ bool engine_impl::convert_to_rts(tx_entry *tx) noexcept
         return false;
     }
     tx->kind = tx_kind::rts; // its sequence number stays: nothing else moves
-    ++rts_outstanding_;
+    rts_opened(*tx->dest);
     tx_entry::wr_desc &d = tx->wrs[0];
     d.sge[0].length = static_cast<uint32_t>(sizeof(wire::msg_hdr) + body.value());
     d.inline_data = d.sge[0].length <= p.inline_size;
@@ -155,7 +155,8 @@ void engine_impl::start_read(rx_entry *rx, peer &p, const wire::rts_body &rts, u
 void engine_impl::retry_deferred() noexcept
 {
     while (unexp_msg *m = deferred_reads_.head) {
-        if (!issue_read(m->matched, *m->from, m->rts, m->size, m->src, m->tag, m->data, m->has_data))
+        if (!issue_read(m->matched, *m->from, m->rts, m->size, m->src, m->tag, m->data,
+                        m->has_data))
             return;
         deferred_reads_.remove(m);
         m->matched = nullptr;
@@ -163,9 +164,8 @@ void engine_impl::retry_deferred() noexcept
     }
 }
 
-bool engine_impl::issue_read(rx_entry *target, peer &p, const wire::rts_body &rts,
-                             uint64_t size, fi_addr_t src, uint64_t tag, uint64_t data,
-                             bool has_data) noexcept
+bool engine_impl::issue_read(rx_entry *target, peer &p, const wire::rts_body &rts, uint64_t size,
+                             fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept
 {
     iovec dst[4];
     size_t nout = 0;
@@ -213,8 +213,7 @@ bool engine_impl::issue_read(rx_entry *target, peer &p, const wire::rts_body &rt
             release_tx(tx);
             return false;
         }
-        MLX4_WARN(FI_LOG_EP_DATA, "rendezvous from %016llx: no rail to read over\n",
-                  nonce_of(p));
+        MLX4_WARN(FI_LOG_EP_DATA, "rendezvous from %016llx: no rail to read over\n", nonce_of(p));
         tx->err = FI_EIO;
         read_done(tx);
     }
