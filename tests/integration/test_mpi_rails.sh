@@ -23,15 +23,8 @@ limit=${MPI_TEST_TIMEOUT:-120}
 sim='mlx4_0:ib/fdr;mlx4_1:ib/qdr'
 tolerance=0.03
 
-n=0
-failed=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
-not_ok() {
-    n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; shift
-    printf '#   %s\n' "$@"
-}
-finish() { echo "1..$n"; [ "$failed" -eq 0 ]; exit $?; }
+# shellcheck source=tests/integration/tap.sh
+source "$(dirname "$0")/tap.sh"
 
 why_skip=""
 if ! command -v "$mpirun" >/dev/null 2>&1; then
