@@ -23,9 +23,9 @@ uint64_t retry_budget_ns(const rc_timing &t) noexcept
 uint64_t rnr_timer_ns(uint8_t code) noexcept
 {
     // IBTA 9.7.5.2.8, in units of 10 us.
-    static constexpr uint32_t table[32] = {65536, 1,    2,    3,    4,    6,    8,     12,
-                                           16,    24,   32,   48,   64,   96,   128,   192,
-                                           256,   384,  512,  768,  1024, 1536, 2048,  3072,
+    static constexpr uint32_t table[32] = {65536, 1,    2,    3,     4,     6,     8,     12,
+                                           16,    24,   32,   48,    64,    96,    128,   192,
+                                           256,   384,  512,  768,   1024,  1536,  2048,  3072,
                                            4096,  6144, 8192, 12288, 16384, 24576, 32768, 49152};
     return uint64_t(table[code & 31]) * 10000;
 }

@@ -40,7 +40,7 @@ enum class state : uint8_t {
 };
 
 struct timing {
-    uint64_t resend_ns = 200'000'000;     // first resend interval; doubles per resend
+    uint64_t resend_ns = 200'000'000; // first resend interval; doubles per resend
     uint64_t max_resend_ns = 3'200'000'000;
     uint64_t budget_ns = 120'000'000'000; // waited time without an answer, then give up
 };
@@ -48,14 +48,14 @@ struct timing {
 // What the engine does, in this order, after an event.
 enum action : uint16_t {
     act_none = 0,
-    act_rebuilt = 1,    // the peer replaced its QP: traffic on ours is lost; move it first
-    act_new_qp = 2,     // (re)create our QP: a new epoch (epoch())
-    act_connect = 4,    // connect our QP to remote_qpn() (RTR, RTS)
+    act_rebuilt = 1, // the peer replaced its QP: traffic on ours is lost; move it first
+    act_new_qp = 2,  // (re)create our QP: a new epoch (epoch())
+    act_connect = 4, // connect our QP to remote_qpn() (RTR, RTS)
     act_send_req = 8,
     act_send_rep = 16,
     act_send_rtu = 32,
-    act_ready = 64,     // the connection carries data from now on
-    act_give_up = 128,  // no answer within the budget: the connection is down
+    act_ready = 64,    // the connection carries data from now on
+    act_give_up = 128, // no answer within the budget: the connection is down
 };
 
 enum class msg_op : uint8_t { req = 1, rep = 2, rtu = 3 };
