@@ -120,12 +120,14 @@ nic_ptr copy_nic(const fid_nic &src)
 
 int nic_close(fid *f) noexcept
 {
-    if (!f || f->fclass != FI_CLASS_NIC) {
-        MLX4_WARN(FI_LOG_CORE, "fi_close(nic): not a nic\n");
-        return -FI_EINVAL;
-    }
-    free_nic(reinterpret_cast<fid_nic *>(f));
-    return 0;
+    return call("fi_close(nic)", [&] {
+        if (!f || f->fclass != FI_CLASS_NIC) {
+            MLX4_WARN(FI_LOG_CORE, "fi_close(nic): not a nic\n");
+            return -FI_EINVAL;
+        }
+        free_nic(reinterpret_cast<fid_nic *>(f));
+        return 0;
+    });
 }
 
 int nic_control(fid *f, int command, void *arg) noexcept
@@ -161,7 +163,7 @@ const char *text(const char *s) noexcept
 
 // fi_tostr(info, FI_TYPE_INFO) prints a nic through this, in the layout of
 // the rest of fi_info -v.
-int nic_tostr(const fid *f, char *buf, size_t len) noexcept
+int print_nic(const fid *f, char *buf, size_t len) noexcept
 {
     if (!f || f->fclass != FI_CLASS_NIC || !buf || !len) return -FI_EINVAL;
     const fid_nic &n = *reinterpret_cast<const fid_nic *>(f);
@@ -201,6 +203,11 @@ int nic_tostr(const fid *f, char *buf, size_t len) noexcept
         append(buf, len, "            network_type: %s\n", text(l->network_type));
     }
     return 0;
+}
+
+int nic_tostr(const fid *f, char *buf, size_t len) noexcept
+{
+    return call("fi_tostr(nic)", [&] { return print_nic(f, buf, len); });
 }
 
 std::string hex_id(uint32_t v)
