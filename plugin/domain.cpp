@@ -170,7 +170,8 @@ fi_mlx4_rail_attr to_rail_attr(const rail::rail_desc &r, const device::device_at
     a.link_layer = r.link == device::link_layer::ib ? FI_MLX4_LINK_IB : FI_MLX4_LINK_ETHERNET;
     for (const device::port_attr &p : dev.ports) {
         if (p.num != r.port) continue;
-        a.active_speed = p.active_speed;
+        // The public struct keeps verbs' 8-bit field: XDR (256) reads as 0 there.
+        a.active_speed = static_cast<uint8_t>(p.active_speed);
         a.active_width = p.active_width;
         a.lid = p.lid;
         a.gid_index = static_cast<int16_t>(p.gid_index);

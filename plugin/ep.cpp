@@ -534,6 +534,9 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
         ec.connect_timeout_ms = cfg.connect_timeout_ms;
         ec.peer_retry_ms = cfg.peer_retry_ms;
         ec.keepalive_ms = cfg.keepalive_ms;
+        ec.srq_depth = cfg.rx_queue_size;
+        ec.tx_queue_size = cfg.tx_queue_size;
+        ec.tx_buffers = cfg.tx_buffers;
         auto engine = proto::engine::open(dom->proto_rails, ec, ep->sink);
         if (!engine.ok()) {
             MLX4_WARN(FI_LOG_EP_CTRL, "fi_endpoint: engine: %s\n",

@@ -105,9 +105,9 @@ fi_info *make_info(const rail::fabric_desc &fabric, const rail::domain_desc &dom
     i.ep_attr->protocol_version = 1;
     i.ep_attr->max_msg_size = max_msg_size;
     i.ep_attr->msg_prefix_size = 0;
-    i.ep_attr->max_order_raw_size = max_msg_size;
-    i.ep_attr->max_order_war_size = max_msg_size;
-    i.ep_attr->max_order_waw_size = max_msg_size;
+    i.ep_attr->max_order_raw_size = 0; // no RMA ordering (msg_order)
+    i.ep_attr->max_order_war_size = 0;
+    i.ep_attr->max_order_waw_size = 0;
     // 0xAAAA...: sixty-four one-bit fields, libfabric's "generic" format: every
     // tag bit is the caller's to use (Open MPI then picks its widest layout).
     i.ep_attr->mem_tag_format = 0xAAAAAAAAAAAAAAAAull;

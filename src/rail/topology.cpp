@@ -177,7 +177,7 @@ void report_unused(const std::vector<fabric_desc> &fabrics, const util::weight_o
     }
 }
 
-const char *speed_text(uint8_t speed) noexcept
+const char *speed_text(uint16_t speed) noexcept
 {
     switch (static_cast<device::ib_speed>(speed)) {
     case device::ib_speed::sdr:
@@ -194,6 +194,10 @@ const char *speed_text(uint8_t speed) noexcept
         return "EDR";
     case device::ib_speed::hdr:
         return "HDR";
+    case device::ib_speed::ndr:
+        return "NDR";
+    case device::ib_speed::xdr:
+        return "XDR";
     }
     return "?";
 }

@@ -60,6 +60,20 @@ constexpr param_def table[] = {
     {"KEEPALIVE_MS", param_type::integer,
      "Interval of keepalive probes to peers a rendezvous waits on, so a peer that died "
      "is noticed (default: 1000)"},
+    {"SL", param_type::integer,
+     "Service level of every connection, 0..15; on ConnectX-3 RoCE it sets the VLAN "
+     "priority (PCP), so the lossless (PFC) class needs it (default: 0)"},
+    {"TRAFFIC_CLASS", param_type::integer,
+     "GRH traffic class (RoCE: DSCP and ECN bits) of every connection, 0..255 (default: 0)"},
+    {"PKEY_INDEX", param_type::integer, "P_Key table index of every QP, 0..65535 (default: 0)"},
+    {"RX_QUEUE_SIZE", param_type::integer,
+     "Receive buffers (of the eager limit each) per rail and endpoint, 16..65536; pinned "
+     "memory, counted against RLIMIT_MEMLOCK (default: 256)"},
+    {"TX_QUEUE_SIZE", param_type::integer,
+     "Send work requests per connection and rail, 16..16384 (default: 256)"},
+    {"TX_BUFFERS", param_type::integer,
+     "Send bounce buffers (of the eager limit each) per rail and endpoint, 64..1024; "
+     "pinned memory (default: 256)"},
     {"SIM_ARENA_MB", param_type::integer,
      "Software HCA: MiB of shared memory per device and process for receive and bounce "
      "buffers; only pages in use cost memory (default: 256)"},
@@ -378,6 +392,18 @@ config load_config(const fi_provider *prov) noexcept
         load_int("CONNECT_TIMEOUT_MS", 1, 86400000, cfg.connect_timeout_ms, cfg);
         load_int("PEER_RETRY_MS", 0, 3600000, cfg.peer_retry_ms, cfg);
         load_int("KEEPALIVE_MS", 1, 3600000, cfg.keepalive_ms, cfg);
+        v = cfg.sl;
+        load_int("SL", 0, 15, v, cfg);
+        cfg.sl = static_cast<uint8_t>(v);
+        v = cfg.traffic_class;
+        load_int("TRAFFIC_CLASS", 0, 255, v, cfg);
+        cfg.traffic_class = static_cast<uint8_t>(v);
+        v = cfg.pkey_index;
+        load_int("PKEY_INDEX", 0, 65535, v, cfg);
+        cfg.pkey_index = static_cast<uint16_t>(v);
+        load_int("RX_QUEUE_SIZE", 16, 65536, cfg.rx_queue_size, cfg);
+        load_int("TX_QUEUE_SIZE", 16, 16384, cfg.tx_queue_size, cfg);
+        load_int("TX_BUFFERS", 64, 1024, cfg.tx_buffers, cfg);
     } catch (...) {
         cfg.refused = "out of memory reading the parameters";
     }

@@ -75,14 +75,23 @@ struct config {
     double stripe_min_ratio = 0.25;         // FI_MLX4_STRIPE_MIN_RATIO: in (0, 1]
     bool rail_info = false;                 // FI_MLX4_RAIL_INFO: describe domains on stderr
     // RC transport timing (IBTA codes) and wire-up, see engine_config.
-    uint8_t rc_timeout = 18;             // FI_MLX4_RC_TIMEOUT: ACK timeout 4.096 us << n
-    uint8_t rc_retry_count = 6;          // FI_MLX4_RC_RETRY_COUNT
-    uint8_t rnr_retry = 7;               // FI_MLX4_RNR_RETRY: 7 forever
-    uint8_t rnr_timer = 12;              // FI_MLX4_RNR_TIMER: RNR NAK timer code
-    uint32_t connect_retry_ms = 200;     // FI_MLX4_CONNECT_RETRY_MS
+    uint8_t rc_timeout = 18;              // FI_MLX4_RC_TIMEOUT: ACK timeout 4.096 us << n
+    uint8_t rc_retry_count = 6;           // FI_MLX4_RC_RETRY_COUNT
+    uint8_t rnr_retry = 7;                // FI_MLX4_RNR_RETRY: 7 forever
+    uint8_t rnr_timer = 12;               // FI_MLX4_RNR_TIMER: RNR NAK timer code
+    uint32_t connect_retry_ms = 200;      // FI_MLX4_CONNECT_RETRY_MS
     uint32_t connect_timeout_ms = 120000; // FI_MLX4_CONNECT_TIMEOUT_MS
-    uint32_t peer_retry_ms = 1000;       // FI_MLX4_PEER_RETRY_MS
-    uint32_t keepalive_ms = 1000;        // FI_MLX4_KEEPALIVE_MS
+    uint32_t peer_retry_ms = 1000;        // FI_MLX4_PEER_RETRY_MS
+    uint32_t keepalive_ms = 1000;         // FI_MLX4_KEEPALIVE_MS
+    // Traffic priority (verbs): SL (RoCE on mlx4: the VLAN PCP), GRH traffic
+    // class, P_Key index.
+    uint8_t sl = 0;            // FI_MLX4_SL: 0..15
+    uint8_t traffic_class = 0; // FI_MLX4_TRAFFIC_CLASS: 0..255
+    uint16_t pkey_index = 0;   // FI_MLX4_PKEY_INDEX
+    // Queue sizes (pinned memory: RLIMIT_MEMLOCK).
+    uint32_t rx_queue_size = 256; // FI_MLX4_RX_QUEUE_SIZE: receive buffers per rail
+    uint32_t tx_queue_size = 256; // FI_MLX4_TX_QUEUE_SIZE: send WRs per RC QP
+    uint32_t tx_buffers = 256;    // FI_MLX4_TX_BUFFERS: bounce buffers per rail
     // A value the provider cannot run with (e.g. an eager limit below the
     // inject size): the provider offers nothing and says why, once, at the
     // default log level. Empty when every value is usable.

@@ -70,7 +70,7 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
         p.num = static_cast<uint8_t>(i + 1);
         p.link = ps.link;
         p.state = port_state::active;
-        p.active_speed = static_cast<uint8_t>(ps.speed);
+        p.active_speed = static_cast<uint16_t>(ps.speed);
         p.active_width = static_cast<uint8_t>(ps.width);
         uint64_t port_guid = a.node_guid + p.num;
         gid link_local{};
@@ -185,6 +185,31 @@ result<port_state> sim_device::query_port_state(uint8_t port) noexcept
     // Without a context nothing in this process has moved data: no fault yet.
     if (!c) return attr_.ports[port - 1].state;
     return c->port_state_now(port);
+}
+
+void sim_device::fetch_events() noexcept
+{
+    std::shared_ptr<context> c;
+    {
+        std::lock_guard<std::mutex> g(lock_);
+        c = ctx_.lock();
+    }
+    if (!c) return; // nothing in this process has opened the device: no fault yet
+    const size_t ports = std::min<size_t>(attr_.ports.size(), 2);
+    for (size_t i = 0; i < ports; ++i) {
+        const auto num = static_cast<uint8_t>(i + 1);
+        const port_state now = c->port_state_now(num);
+        const bool up = now == port_state::active, was_up = seen_[i] == port_state::active;
+        seen_[i] = now;
+        if (up == was_up) continue;
+        MLX4_INFO(FI_LOG_CORE, "%s: async event %s (port %u)\n", attr_.name.c_str(),
+                  up ? "port active" : "port error", unsigned(num));
+        push_event({up ? async_kind::port_active : async_kind::port_error, num, 0});
+    }
+    async_event e[16];
+    for (int n; (n = c->take_events(e, 16)) > 0;)
+        for (int i = 0; i < n; ++i)
+            push_event(e[i]);
 }
 
 // ---------------------------------------------------------------- discovery

@@ -6,6 +6,7 @@
 
 #include <limits.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
@@ -38,6 +39,24 @@ std::string read_attr(const std::string &path)
 }
 
 } // namespace
+
+std::string driver_from_link(std::string_view link_target)
+{
+    const size_t slash = link_target.find_last_of('/');
+    return std::string(slash == std::string_view::npos ? link_target
+                                                       : link_target.substr(slash + 1));
+}
+
+std::string read_driver_name(const std::string &sysdir)
+{
+    char target[256];
+    ssize_t n = readlink((sysdir + "/device/driver").c_str(), target, sizeof target - 1);
+    if (n > 0) return driver_from_link(std::string_view(target, size_t(n)));
+    // No bus device: a software device on a netdev. With an InfiniBand
+    // transport (iWARP ones are skipped before this) that is Soft-RoCE.
+    if (::access((sysdir + "/parent").c_str(), F_OK) == 0) return "rxe";
+    return "unknown";
+}
 
 uint8_t pcie_gen_from_speed(std::string_view text) noexcept
 {
