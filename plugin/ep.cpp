@@ -329,13 +329,17 @@ int ep_close(fid *f) noexcept
             // Everything still in flight is reported now, while the CQs and
             // counters are still bound.
             ep->engine->shutdown();
+            std::erase(dom->endpoints, ep);
             if (ep->tx_cq) ep->tx_cq->detach(ep);
             if (ep->rx_cq) ep->rx_cq->detach(ep);
             for (cntr_obj *c : ep->cntrs)
                 if (c) c->detach(ep);
             if (ep->av) --ep->av->bound_eps;
             ep->engine.reset();
-            if (dom->rail_stats) print_rail_stats(*dom);
+            if (dom->rail_stats) {
+                flush_engine_counters(*dom);
+                print_rail_stats(*dom);
+            }
         }
         delete ep;
         dom->open_objects.fetch_sub(1);
@@ -554,6 +558,10 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
         ep->fid.tagged = &tagged_ops;
         ep->fid.atomic = &atomic_ops;
         ep->fid.collective = &collective_ops;
+        {
+            lock_guard g(dom->lock);
+            dom->endpoints.push_back(ep.get());
+        }
         dom->open_objects.fetch_add(1);
         *out = &ep.release()->fid;
         return 0;

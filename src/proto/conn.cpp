@@ -19,7 +19,7 @@
 //  - A peer that does not answer within the wire-up budget is unreachable
 //    (FI_EIO); operations fail fast for a back-off, then the next one tries
 //    again.
-#include "engine_impl.hpp"
+#include "protocols.hpp"
 
 #include "mlx4fi/device/gid.hpp"
 #include "mlx4fi/util/log.hpp"
@@ -243,7 +243,7 @@ void engine_impl::drive(peer &p, unsigned r, uint16_t acts, const wire::conn_msg
         MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx rebuilt its connection on rail %u\n", nonce_of(p),
                   r);
         if (pr.qp) pr.qp->set_error();
-        evacuate(p, r, FI_EIO, 0);
+        failover_proto::evacuate(*this, p, r, FI_EIO, 0);
         if (p.st == peer::state::failed) return;
     }
     if (acts & wireup::act_new_qp) {
@@ -271,16 +271,16 @@ void engine_impl::send_conn(peer &p, unsigned r, wire::conn_op op) noexcept
     peer_rail &pr = p.rails[r];
     rail_res &rr = *rails_[r];
     if (!pr.ah) return;
-    tx_entry *tx = alloc_tx(tx_kind::conn, p);
+    ctrl_op *tx = alloc_op(ctrl_pool_, p);
     if (!tx) return; // the timer resends
     tx->rail = static_cast<uint8_t>(r);
     tx->buf = alloc_buf(rr);
     if (tx->buf < 0) {
-        release_tx(tx);
+        release(tx);
         return;
     }
     tx->report = false;
-    auto *m = reinterpret_cast<wire::conn_msg *>(tx_buf(tx));
+    auto *m = reinterpret_cast<wire::conn_msg *>(buf_of(tx));
     std::memset(m, 0, sizeof *m);
     m->version = wire::version;
     m->op = static_cast<uint8_t>(op);
@@ -302,7 +302,7 @@ void engine_impl::send_conn(peer &p, unsigned r, wire::conn_op op) noexcept
 
     device::sge s{reinterpret_cast<uint64_t>(m), sizeof *m, rr.tx_bufs->lkey()};
     device::send_wr wr;
-    wr.wr_id = make_wr_id(wr_kind::tx, r, static_cast<uint32_t>(tx - txs_.data()), tx->gen);
+    wr.wr_id = make_wr_id(op_kind::ctrl, r, tx->slot, tx->gen);
     wr.opcode = device::wr_opcode::send;
     wr.sg_list = &s;
     wr.num_sge = 1;
@@ -310,7 +310,7 @@ void engine_impl::send_conn(peer &p, unsigned r, wire::conn_op op) noexcept
     wr.remote_qpn = p.name.rails[r].ud_qpn;
     wr.remote_qkey = device::default_qkey;
     if (!rr.ud->post_send(wr).is_ok()) {
-        release_tx(tx);
+        release(tx);
         return;
     }
     // Not on the peer's in-flight list: a lost datagram is resent by the timer.
@@ -428,9 +428,9 @@ void engine_impl::link_ready(peer &p, unsigned r) noexcept
 void engine_impl::flush_pending(peer &p) noexcept
 {
     while (p.st == peer::state::connected && p.pending.head) {
-        tx_entry *tx = p.pending.head;
+        op *tx = p.pending.head;
         p.pending.remove(tx);
-        if (!post_tx(tx)) {
+        if (!post(tx)) {
             p.pending.push_front(tx); // queue full: progress retries, in order
             blocked_.push_back(&p);
             return;
@@ -513,12 +513,12 @@ void engine_impl::restart_peer(peer &p, int err, int prov_errno) noexcept
     p.primary = std::min<unsigned>(p.primary, p.nrails ? p.nrails - 1 : 0);
     p.st = peer::state::idle;
     blocked_.remove(&p);
-    while (tx_entry *tx = p.pending.head) {
-        p.pending.remove(tx);
-        fail_tx(tx, err, prov_errno);
+    while (op *o = p.pending.head) {
+        p.pending.remove(o);
+        fail(o, err, prov_errno);
     }
-    while (tx_entry *tx = p.inflight.head)
-        fail_tx(tx, err, prov_errno);
+    while (op *o = p.inflight.head)
+        fail(o, err, prov_errno);
 }
 
 void engine_impl::fail_peer(peer &p, int err, int prov_errno) noexcept

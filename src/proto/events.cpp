@@ -4,7 +4,7 @@
 // get, QP errors fail the peer's rail, CQ and device errors take the rail out
 // of service, and retired RC QPs are destroyed once their last SRQ receive is
 // done (IBV_EVENT_QP_LAST_WQE_REACHED).
-#include "engine_impl.hpp"
+#include "protocols.hpp"
 
 #include "mlx4fi/util/log.hpp"
 
@@ -68,7 +68,7 @@ void engine_impl::handle_device_event(device::device *dev, const device::async_e
             if (!p) continue;
             MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx: QP %#x on rail %u failed\n", nonce_of(*p),
                       e.qp_num, rp->index);
-            rail_failed(*p, rp->index, FI_EIO, 0);
+            failover_proto::rail_failed(*this, *p, rp->index, FI_EIO, 0);
         }
         return;
     case async_kind::qp_last_wqe_reached:
@@ -106,7 +106,7 @@ void engine_impl::local_rail_down(rail_res &rr) noexcept
               rr.r.dev->attr().name.c_str(), rr.r.port);
     for (auto &pp : peers_)
         if (rr.index < pp->nrails && pp->rails[rr.index].ready())
-            rail_failed(*pp, rr.index, FI_EIO, 0);
+            failover_proto::rail_failed(*this, *pp, rr.index, FI_EIO, 0);
 }
 
 void engine_impl::local_rail_up(rail_res &rr) noexcept
@@ -117,7 +117,7 @@ void engine_impl::local_rail_up(rail_res &rr) noexcept
     MLX4_WARN(FI_LOG_EP_CTRL, "rail %u (%s port %u) is up again; it rejoins\n", rr.index,
               rr.r.dev->attr().name.c_str(), rr.r.port);
     // Peers' rails that went down with it reconnect at their next try
-    // (check_rails), which may be now.
+    // (their rejoin timers), which may be now.
     next_health_ns_ = 0;
 }
 

@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace mlx4fi::proto
@@ -119,6 +120,14 @@ class engine
 
     // Registration cache statistics, summed over the rails.
     virtual util::mr_cache_stats cache_stats() const noexcept = 0;
+
+    // Adds this engine's traffic counts since the last call to the rails'
+    // shared rail_counters (the engine counts in plain per-rail tallies;
+    // progress flushes them now and then, readers flush before reading).
+    virtual void flush_counters() noexcept = 0;
+
+    // The protocol each size range of sends and RMA uses (FI_MLX4_PROTO_INFO).
+    virtual std::string protocol_info() const = 0;
 
     // Closing: every operation still in flight is reported (FI_ECANCELED),
     // none is lost. Called once, before destruction.
