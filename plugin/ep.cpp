@@ -15,7 +15,10 @@
 #include <rdma/fi_rma.h>
 #include <rdma/fi_tagged.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 namespace mlx4fi::ofi
@@ -319,6 +322,31 @@ int ep_control(fid *f, int command, void *arg) noexcept
     });
 }
 
+// FI_MLX4_PROTO_INFO: the protocol per size range, one stderr write per
+// endpoint, each line prefixed like FI_MLX4_RAIL_INFO's.
+void print_protocols(const domain_obj &dom, const proto::engine &eng) noexcept
+{
+    try {
+        const std::string lines = eng.protocol_info();
+        std::string out;
+        char prefix[160];
+        std::snprintf(prefix, sizeof prefix, "[mlx4 %ld] proto domain=%s: ",
+                      static_cast<long>(getpid()), dom.desc.name.c_str());
+        size_t at = 0;
+        while (at < lines.size()) {
+            size_t nl = lines.find('\n', at);
+            if (nl == std::string::npos) nl = lines.size() - 1;
+            out += prefix;
+            out.append(lines, at, nl - at + 1);
+            at = nl + 1;
+        }
+        if (!out.empty() && out.back() != '\n') out += '\n';
+        std::fwrite(out.data(), 1, out.size(), stderr);
+    } catch (...) {
+        MLX4_WARN(FI_LOG_EP_CTRL, "FI_MLX4_PROTO_INFO: out of memory\n");
+    }
+}
+
 int ep_close(fid *f) noexcept
 {
     return call("fi_close(ep)", [&] {
@@ -548,6 +576,7 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
             return engine.error().code();
         }
         ep->engine = std::move(engine).value();
+        if (state().cfg.proto_info) print_protocols(*dom, *ep->engine);
         ep->fid.fid.fclass = FI_CLASS_EP;
         ep->fid.fid.context = context;
         ep->fid.fid.ops = &ep_fi_ops;

@@ -62,17 +62,20 @@ std::string describe_protocols(const engine_config &cfg, const std::vector<rail>
         "(a peer with a smaller limit lowers it)\n",
         size_text(inline_payload ? inline_payload + 1 : 0).c_str(),
         size_text(cfg.eager_limit).c_str());
-    add("send %s..%s: rendezvous: RTS, RDMA READ into the receive buffer on the primary rail, "
-        "FIN\n",
-        size_text(cfg.eager_limit + 1).c_str(),
-        size_text(std::max<uint64_t>(threshold, cfg.eager_limit + 1) - 1).c_str());
-    if (striped.size() > 1)
+    const uint64_t rndv_from = cfg.eager_limit + 1;
+    const uint64_t stripe_from = std::max<uint64_t>(threshold, rndv_from);
+    if (striped.size() > 1) {
+        if (stripe_from > rndv_from)
+            add("send %s..%s: rendezvous: RTS, RDMA READ into the receive buffer on the primary "
+                "rail, FIN\n",
+                size_text(rndv_from).c_str(), size_text(stripe_from - 1).c_str());
         add("send %s..: rendezvous, the read striped over %zu rails (%s)\n",
-            size_text(std::max<uint64_t>(threshold, cfg.eager_limit + 1)).c_str(), striped.size(),
-            split.c_str());
-    else
-        add("send %s..: rendezvous on one rail (no rail to stripe with)\n",
-            size_text(std::max<uint64_t>(threshold, cfg.eager_limit + 1)).c_str());
+            size_text(stripe_from).c_str(), striped.size(), split.c_str());
+    } else {
+        add("send %s..: rendezvous: RTS, RDMA READ into the receive buffer, FIN (one rail: "
+            "nothing to stripe over)\n",
+            size_text(rndv_from).c_str());
+    }
     add("fi_read/fi_write below %s: one RDMA operation on the primary rail\n",
         size_text(threshold).c_str());
     if (striped.size() > 1)
