@@ -77,6 +77,8 @@ engine_impl::engine_impl(const engine_config &cfg, event_sink &sink)
     tx_slots_ = static_cast<uint32_t>(std::clamp<size_t>(
         std::min<size_t>(cfg_.tx_buffers, tx_bytes / buf_size_), 64, max_tx_slots));
     addr_cache_.reserve(1024);
+    // Refill the SRQ in batches, but never hold back more than a quarter of it.
+    refill_batch_ = std::clamp<uint32_t>(cfg_.srq_depth / 4, 1, 16);
 }
 
 engine_impl::~engine_impl()
@@ -176,8 +178,11 @@ status engine_impl::init(const std::vector<rail> &rails)
         rn.mtu = pa.mtu;
         rails_.push_back(std::move(rr));
         rail_res &ref = *rails_.back();
-        for (uint32_t b = 0; b < cfg_.srq_depth; ++b)
-            repost_srq(ref, b);
+        for (uint32_t b = 0; b < cfg_.srq_depth; ++b) {
+            ref.refill[ref.refill_n++] = b;
+            if (ref.refill_n == device::max_post_list) refill_srq(ref);
+        }
+        refill_srq(ref);
         for (uint32_t b = 0; b < ud_depth; ++b)
             repost_ud(ref, b);
     }
@@ -192,13 +197,24 @@ status engine_impl::init(const std::vector<rail> &rails)
     return status::ok();
 }
 
-void engine_impl::repost_srq(rail_res &rr, uint32_t idx) noexcept
+void engine_impl::refill_srq(rail_res &rr) noexcept
 {
-    device::sge s{reinterpret_cast<uint64_t>(rr.rx_base() + size_t(idx) * buf_size_),
-                  static_cast<uint32_t>(buf_size_), rr.rx_bufs->lkey()};
-    device::recv_wr wr{make_wr_id(op_kind::srq_recv, rr.index, idx), &s, 1};
-    if (!rr.srq->post_recv(wr).is_ok())
-        MLX4_WARN(FI_LOG_EP_DATA, "rail %u: cannot repost receive buffer %u\n", rr.index, idx);
+    const uint32_t n = rr.refill_n;
+    if (n == 0) return;
+    device::sge s[device::max_post_list];
+    device::recv_wr wr[device::max_post_list];
+    for (uint32_t i = 0; i < n; ++i) {
+        const uint32_t idx = rr.refill[i];
+        s[i] = device::sge{reinterpret_cast<uint64_t>(rr.rx_base() + size_t(idx) * buf_size_),
+                           static_cast<uint32_t>(buf_size_), rr.rx_bufs->lkey()};
+        wr[i] = device::recv_wr{make_wr_id(op_kind::srq_recv, rr.index, idx), &s[i], 1};
+    }
+    uint32_t posted = 0;
+    status st = rr.srq->post_recv_list(wr, n, posted);
+    rr.refill_n = 0;
+    if (!st.is_ok()) [[unlikely]]
+        MLX4_WARN(FI_LOG_EP_DATA, "rail %u: cannot repost %u receive buffers: %s\n", rr.index,
+                  n - posted, fi_strerror(-st.code()));
 }
 
 void engine_impl::repost_ud(rail_res &rr, uint32_t idx) noexcept
@@ -368,20 +384,35 @@ bool engine_impl::post(op *o) noexcept
         reinterpret_cast<wire::msg_hdr *>(buf_of(o))->ready_rails = p.ready_mask;
     rail_res &rr = *rails_[o->rail];
     device::queue_pair &qp = *p.rails[o->rail].qp;
+    // The operation's remaining work requests as one chain (one doorbell),
+    // as many as the CQ has room for.
+    static_assert(max_op_wrs <= device::max_post_list);
     while (o->next_wr < o->nwr) {
-        const wr_desc &d = o->wrs[o->next_wr];
-        device::send_wr wr;
-        wr.wr_id = make_wr_id(o->kind, o->rail, o->slot, o->gen, o->epoch);
-        wr.opcode = d.opcode;
-        wr.signaled = true;
-        wr.inline_data = d.inline_data;
-        wr.sg_list = d.sge;
-        wr.num_sge = d.num_sge;
-        wr.imm_data = d.imm;
-        wr.remote_addr = d.remote_addr;
-        wr.rkey = d.rkey;
-        if (rr.cq_credits == 0) return false; // the CQ is full of our sends: wait
-        status s = qp.post_send(wr);
+        const uint32_t n = std::min<uint32_t>(o->nwr - o->next_wr, rr.cq_credits);
+        if (n == 0) return false; // the CQ is full of our sends: wait
+        device::send_wr wrs[max_op_wrs];
+        const uint64_t wr_id = make_wr_id(o->kind, o->rail, o->slot, o->gen, o->epoch);
+        for (uint32_t i = 0; i < n; ++i) {
+            const wr_desc &d = o->wrs[o->next_wr + i];
+            device::send_wr &wr = wrs[i];
+            wr.wr_id = wr_id;
+            wr.opcode = d.opcode;
+            wr.signaled = true;
+            wr.inline_data = d.inline_data;
+            wr.sg_list = d.sge;
+            wr.num_sge = d.num_sge;
+            wr.imm_data = d.imm;
+            wr.remote_addr = d.remote_addr;
+            wr.rkey = d.rkey;
+        }
+        uint32_t posted = 0;
+        status s = n == 1 ? qp.post_send(wrs[0]) : qp.post_send_list(wrs, n, posted);
+        if (n == 1 && s.is_ok()) posted = 1;
+        for (uint32_t i = 0; i < posted; ++i)
+            count(rr, o->wrs[o->next_wr + i]);
+        rr.cq_credits -= posted;
+        o->next_wr += posted;
+        o->outstanding += posted;
         if (s == err_again) return false;
         if (!s.is_ok()) {
             MLX4_WARN(FI_LOG_EP_DATA, "post to peer %016llx on rail %u failed: %d\n", nonce_of(p),
@@ -393,10 +424,6 @@ bool engine_impl::post(op *o) noexcept
             failover_proto::rail_failed(*this, p, o->rail, FI_EIO, 0);
             return true;
         }
-        --rr.cq_credits;
-        ++o->next_wr;
-        ++o->outstanding;
-        count(rr, d);
     }
     if (!o->posted) {
         o->posted = true;
@@ -507,6 +534,9 @@ void engine_impl::progress() noexcept
             if (n) idle = false;
             if (n < 32) break;
         }
+        // Buffers consumed in this pass go back before the next one; a full
+        // batch went back as soon as it was full.
+        if (rr->refill_n) refill_srq(*rr);
     }
     // Nothing arrived: a moment off the critical path to publish the tallies.
     if (idle) flush_counters();

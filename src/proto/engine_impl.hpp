@@ -113,6 +113,10 @@ struct rail_res {
     bool broken = false;     // its CQ or device failed (async event): out of service for good
     uint32_t cq_credits = 0; // RC sends that may still be posted without overrunning cq
     rail_tally tally;
+    // Receive buffers consumed and waiting to go back to the SRQ together
+    // (one post list, one doorbell, per refill_batch).
+    uint32_t refill[device::max_post_list];
+    uint32_t refill_n = 0;
     uint8_t *rx_base() const noexcept { return static_cast<uint8_t *>(rx_bufs->addr()); }
     uint8_t *ud_base() const noexcept { return static_cast<uint8_t *>(ud_bufs->addr()); }
     uint8_t *tx_base() const noexcept { return static_cast<uint8_t *>(tx_bufs->addr()); }
@@ -251,7 +255,14 @@ class engine_impl final : public engine
     // Logs why creating what on dev failed (with the memlock limit when out
     // of memory) and returns s.
     status setup_failed(const device::device &dev, const char *what, status s) noexcept;
-    void repost_srq(rail_res &rr, uint32_t idx) noexcept;
+    // A consumed receive buffer goes back to the SRQ with the next batch.
+    void repost_srq(rail_res &rr, uint32_t idx) noexcept
+    {
+        rr.refill[rr.refill_n++] = idx;
+        if (rr.refill_n >= refill_batch_) refill_srq(rr);
+    }
+    void refill_srq(rail_res &rr) noexcept; // posts the batch now
+    uint32_t refill_batch_ = 1;
     void repost_ud(rail_res &rr, uint32_t idx) noexcept;
 
     // engine.cpp: operations

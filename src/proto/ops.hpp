@@ -192,8 +192,11 @@ struct rma_op final : striped_op {
     }
 };
 
+// The most work requests one operation carries (a stripe chunk).
+inline constexpr uint32_t max_op_wrs = 8;
+
 struct chunk_op final : op {
-    wr_desc wr[8];
+    wr_desc wr[max_op_wrs];
     util::mr_cache::lease leases[4]; // the local pieces it touches, on its rail
     striped_op *parent = nullptr;
     uint64_t off = 0, len = 0; // its byte range of the transfer
@@ -202,7 +205,7 @@ struct chunk_op final : op {
     {
         kind = op_kind::chunk;
         wrs = wr;
-        max_wrs = 8;
+        max_wrs = max_op_wrs;
         mr = leases;
         max_mr = 4;
     }
