@@ -5,6 +5,7 @@
 
 #include "barrier.hpp"
 #include "getinfo.hpp"
+#include "getinfo_addr.hpp"
 #include "nosys.hpp"
 #include "provider.hpp"
 
@@ -158,6 +159,27 @@ void ep_sink::report(const proto::event &ev) noexcept
 namespace
 {
 
+// An endpoint opened with a service answers name queries there. A port
+// another endpoint holds (a second process with the same FI_SOURCE service,
+// as a conformance-suite client that exchanges addresses out of band has) is
+// no reason to fail the endpoint: it still works by its name.
+void start_name_service(ep_obj &ep) noexcept
+{
+    if (!ep.source.port || ep.name_service) return;
+    auto l = ns::listener::start(ep.source, ep.engine->name());
+    if (!l.ok()) {
+        MLX4_WARN(FI_LOG_EP_CTRL,
+                  "fi_enable: cannot answer name queries at %s:%u (%s); the endpoint is "
+                  "reachable by its name (fi_getname) only\n",
+                  addr::to_string(ep.source.host).c_str(), unsigned(ep.source.port),
+                  fi_strerror(-l.error().code()));
+        return;
+    }
+    ep.name_service = std::move(l).value();
+    MLX4_INFO(FI_LOG_EP_CTRL, "answering name queries at %s:%u\n",
+              addr::to_string(ep.source.host).c_str(), unsigned(ep.source.port));
+}
+
 int ep_enable(ep_obj &ep)
 {
     lock_guard g(ep.domain->lock);
@@ -177,6 +199,7 @@ int ep_enable(ep_obj &ep)
     }
     ep.engine->bind_av(&ep.av->table);
     ep.enabled = true;
+    start_name_service(ep);
     return 0;
 }
 
@@ -335,6 +358,7 @@ int ep_close(fid *f) noexcept
             if (ep->av) --ep->av->bound_eps;
             ep->engine.reset();
         }
+        ep->name_service.reset(); // joins its thread: outside the lock
         delete ep;
         dom->open_objects.fetch_sub(1);
         return 0;
@@ -517,6 +541,8 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
         }
         auto ep = std::make_unique<ep_obj>();
         ep->domain = dom;
+        if (status s = endpoint_source(*info, dom->desc, state().attrs, ep->source); !s.is_ok())
+            return s.code();
         ep->caps = effective_caps(info->caps);
         if (info->tx_attr) ep->tx_op_flags = info->tx_attr->op_flags;
         if (info->rx_attr) ep->rx_op_flags = info->rx_attr->op_flags;

@@ -2,6 +2,7 @@
 #include "getinfo.hpp"
 
 #include "barrier.hpp"
+#include "getinfo_addr.hpp"
 #include "provider.hpp"
 
 #include <rdma/fi_domain.h>
@@ -342,10 +343,25 @@ int getinfo(uint32_t version, const char *node, const char *service, uint64_t fl
             MLX4_DBG(FI_LOG_CORE, "no usable device\n");
             return -FI_ENODATA;
         }
-        (void)node; // addresses are exchanged out of band (fi_getname / fi_av_insert)
-        (void)service;
-        (void)flags;
-        return build_infos(st.fabrics, version, hints, info).code();
+        // node, service, FI_SOURCE and the hints' addresses (getinfo_addr.cpp).
+        addr_request req;
+        if (status s = parse_addr_request(node, service, flags, hints, st, req); !s.is_ok())
+            return s.code();
+        fi_info *list = nullptr;
+        if (status s = build_infos(st.fabrics, version, hints, &list); !s.is_ok()) return s.code();
+        status s;
+        try {
+            s = apply_addr_request(list, req, st);
+        } catch (...) {
+            fi_freeinfo(list);
+            throw;
+        }
+        if (!s.is_ok()) {
+            fi_freeinfo(list);
+            return s.code();
+        }
+        *info = list;
+        return 0;
     });
 }
 

@@ -69,6 +69,9 @@ constexpr param_def table[] = {
     {"SIM_RATE_SCALE", param_type::string,
      "Software HCA: link-rate shaping; each port carries its data rate x this scale (e.g. "
      "0.05), so striping is measurable on one machine; 0 or unset: unshaped (default: 0)"},
+    {"RESOLVE_TIMEOUT_MS", param_type::integer,
+     "fi_av_insert of a node:service address (fi_getinfo's dest_addr, fi_av_insertsvc): how "
+     "long to keep asking while no endpoint answers there yet, ms (default: 10000)"},
     {"SIM_FAULT", param_type::string,
      "Software HCA: faults to inject, ';'-separated DEV:PORT:BYTES[:UP_MS]: the port goes "
      "down after carrying BYTES (K/M/G suffixes) and comes back after UP_MS ms if given "
@@ -338,6 +341,13 @@ config load_config(const fi_provider *prov) noexcept
                   "FI_MLX4_STRIPE_MIN_RATIO='%s' is not a number in (0,1]; using "
                   "%g\n",
                   str, cfg.stripe_min_ratio);
+    if (fi_param_get_int(p, "RESOLVE_TIMEOUT_MS", &v) == FI_SUCCESS) {
+        if (v < 0)
+            MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RESOLVE_TIMEOUT_MS=%d is negative; using %u\n", v,
+                      cfg.resolve_timeout_ms);
+        else
+            cfg.resolve_timeout_ms = static_cast<uint32_t>(v);
+    }
     int info = 0;
     int ret = fi_param_get_bool(p, "RAIL_INFO", &info);
     if (ret == FI_SUCCESS)

@@ -68,6 +68,7 @@ struct config {
     size_t stripe_min_chunk = 64 * 1024;    // FI_MLX4_STRIPE_MIN_CHUNK: bytes
     double stripe_min_ratio = 0.25;         // FI_MLX4_STRIPE_MIN_RATIO: in (0, 1]
     bool rail_info = false;                 // FI_MLX4_RAIL_INFO: describe domains on stderr
+    uint32_t resolve_timeout_ms = 10000;    // FI_MLX4_RESOLVE_TIMEOUT_MS: node:service lookups
 };
 
 inline constexpr size_t max_eager_limit = 65536;
