@@ -147,7 +147,7 @@ void ep_sink::report(const proto::event &ev) noexcept
         wanted = true;
         break;
     }
-    if (cntr) (ev.err ? cntr->errors : cntr->value).fetch_add(1, std::memory_order_relaxed);
+    if (cntr) cntr_count(*cntr, ev.err != 0);
     if (!wanted) return;
     if (!cq) {
         MLX4_WARN(FI_LOG_EP_DATA, "completion with no CQ bound for it dropped (err %d)\n", ev.err);

@@ -72,6 +72,10 @@ constexpr param_def table[] = {
     {"RESOLVE_TIMEOUT_MS", param_type::integer,
      "fi_av_insert of a node:service address (fi_getinfo's dest_addr, fi_av_insertsvc): how "
      "long to keep asking while no endpoint answers there yet, ms (default: 10000)"},
+    {"WAIT_POLL_US", param_type::integer,
+     "Longest a thread blocked on a wait object (FI_WAIT_FD/FI_WAIT_UNSPEC CQs and counters, "
+     "wait sets, fi_cq_sread) sleeps before it progresses the endpoints again, us; the "
+     "sleep starts short and doubles while nothing arrives (default: 1000)"},
     {"SIM_FAULT", param_type::string,
      "Software HCA: faults to inject, ';'-separated DEV:PORT:BYTES[:UP_MS]: the port goes "
      "down after carrying BYTES (K/M/G suffixes) and comes back after UP_MS ms if given "
@@ -347,6 +351,13 @@ config load_config(const fi_provider *prov) noexcept
                       cfg.resolve_timeout_ms);
         else
             cfg.resolve_timeout_ms = static_cast<uint32_t>(v);
+    }
+    if (fi_param_get_int(p, "WAIT_POLL_US", &v) == FI_SUCCESS) {
+        if (v < 1)
+            MLX4_WARN(FI_LOG_CORE, "FI_MLX4_WAIT_POLL_US=%d is below 1; using %u\n", v,
+                      cfg.wait_poll_us);
+        else
+            cfg.wait_poll_us = static_cast<uint32_t>(v);
     }
     int info = 0;
     int ret = fi_param_get_bool(p, "RAIL_INFO", &info);

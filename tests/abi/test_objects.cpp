@@ -350,11 +350,11 @@ TEST_F(objects, cq_open_refusals)
     std::memcpy(&attr.format, &bad, sizeof bad);
     EXPECT_EQ(fi_cq_open(domain, &attr, &cq, nullptr), -FI_EINVAL);
     attr = {};
-    attr.wait_obj = FI_WAIT_FD;
+    attr.wait_obj = FI_WAIT_MUTEX_COND;
     EXPECT_EQ(fi_cq_open(domain, &attr, &cq, nullptr), -FI_ENOSYS);
     attr = {};
-    attr.wait_obj = FI_WAIT_SET;
-    EXPECT_EQ(fi_cq_open(domain, &attr, &cq, nullptr), -FI_ENOSYS);
+    attr.wait_obj = FI_WAIT_SET; // without a wait set
+    EXPECT_EQ(fi_cq_open(domain, &attr, &cq, nullptr), -FI_EINVAL);
     attr = {};
     attr.flags = 1ull << 40;
     EXPECT_EQ(fi_cq_open(domain, &attr, &cq, nullptr), -FI_EBADFLAGS);
@@ -457,7 +457,7 @@ TEST_F(objects, cntr_open_refusals)
     std::memcpy(&attr.events, &bad, sizeof bad);
     EXPECT_EQ(fi_cntr_open(domain, &attr, &c, nullptr), -FI_ENOSYS);
     attr = {};
-    attr.wait_obj = FI_WAIT_FD;
+    attr.wait_obj = FI_WAIT_POLLFD;
     EXPECT_EQ(fi_cntr_open(domain, &attr, &c, nullptr), -FI_ENOSYS);
 }
 

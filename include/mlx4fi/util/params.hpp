@@ -69,6 +69,7 @@ struct config {
     double stripe_min_ratio = 0.25;         // FI_MLX4_STRIPE_MIN_RATIO: in (0, 1]
     bool rail_info = false;                 // FI_MLX4_RAIL_INFO: describe domains on stderr
     uint32_t resolve_timeout_ms = 10000;    // FI_MLX4_RESOLVE_TIMEOUT_MS: node:service lookups
+    uint32_t wait_poll_us = 1000;           // FI_MLX4_WAIT_POLL_US: blocked waiters' longest sleep
 };
 
 inline constexpr size_t max_eager_limit = 65536;
