@@ -141,9 +141,9 @@ void ep_sink::report(const proto::event &ev) noexcept
         cntr = ep->cntrs[cntr_recv];
         break;
     case proto::event_kind::remote_write:
-        // Remote CQ data always produces an entry at the target.
+        // Remote CQ data always produces an entry at the target (and counts
+        // nowhere: remote counters need FI_RMA_EVENT).
         cq = ep->rx_cq;
-        cntr = ep->cntrs[cntr_rwrite];
         wanted = true;
         break;
     }
@@ -233,15 +233,22 @@ int bind_cq(ep_obj &ep, cq_obj *cq, uint64_t flags)
 
 int bind_cntr(ep_obj &ep, cntr_obj *cntr, uint64_t flags)
 {
-    constexpr uint64_t slot_flag[cntr_slots] = {FI_SEND,  FI_RECV,        FI_READ,
-                                                FI_WRITE, FI_REMOTE_READ, FI_REMOTE_WRITE};
+    constexpr uint64_t slot_flag[cntr_slots] = {FI_SEND, FI_RECV, FI_READ, FI_WRITE};
     uint64_t all = 0;
     for (uint64_t f : slot_flag)
         all |= f;
+    if (flags & (FI_REMOTE_READ | FI_REMOTE_WRITE)) {
+        // fi_endpoint(3): these need an endpoint with FI_RMA_EVENT. RDMA READs
+        // never reach the target's CPU, and WRITE_WITH_IMM's 32 bits carry
+        // the application's remote CQ data, so there is nothing to count with.
+        MLX4_WARN(FI_LOG_EP_CTRL, "fi_ep_bind(cntr): FI_REMOTE_READ/FI_REMOTE_WRITE counters "
+                                  "need FI_RMA_EVENT, which mlx4 does not offer\n");
+        return -FI_EINVAL;
+    }
     if (!flags || (flags & ~all)) {
         MLX4_WARN(FI_LOG_EP_CTRL,
-                  "fi_ep_bind(cntr): flags 0x%llx (need FI_SEND, FI_RECV, "
-                  "FI_READ, FI_WRITE, FI_REMOTE_READ or FI_REMOTE_WRITE)\n",
+                  "fi_ep_bind(cntr): flags 0x%llx (need FI_SEND, FI_RECV, FI_READ or "
+                  "FI_WRITE)\n",
                   static_cast<unsigned long long>(flags));
         return flags ? -FI_EBADFLAGS : -FI_EINVAL;
     }
