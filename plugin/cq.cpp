@@ -343,6 +343,18 @@ bool cq_waiter::ready() noexcept
     return cq_ready(*cq);
 }
 
+void cq_progress(cq_obj &cq) noexcept
+{
+    lock_guard g(cq.domain->lock);
+    progress_all(cq);
+}
+
+bool cq_has_entries(cq_obj &cq) noexcept
+{
+    lock_guard g(cq.domain->lock);
+    return cq.count || !cq.overflow.empty();
+}
+
 bool cq_ready(cq_obj &cq) noexcept
 {
     lock_guard g(cq.domain->lock);

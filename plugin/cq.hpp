@@ -58,7 +58,10 @@ struct cq_obj {
 // The cq behind f, or nullptr if f is not one of this provider's CQs.
 cq_obj *as_cq(fid *f) noexcept;
 
-// Progresses the bound endpoints; true when an entry (or error) is queued.
+// Progresses the bound endpoints.
+void cq_progress(cq_obj &cq) noexcept;
+// True when an entry (or error) is queued; cq_ready progresses first.
+bool cq_has_entries(cq_obj &cq) noexcept;
 bool cq_ready(cq_obj &cq) noexcept;
 // fi_trywait on one CQ: 0 when it is safe to block on its wait object.
 int cq_trywait(cq_obj &cq) noexcept;

@@ -99,13 +99,16 @@ int poll_poll(fid_poll *p, void **context, int count) noexcept
             return -FI_EINVAL;
         }
         std::lock_guard g(ps.lock);
+        // Progress everything first: one member's progress may complete work
+        // another member reports (a CQ and a counter of one endpoint).
+        for (member &m : ps.members)
+            m.cq ? cq_progress(*m.cq) : cntr_progress(*m.cntr);
         int n = 0;
         for (member &m : ps.members) {
             bool events;
             if (m.cq) {
-                events = cq_ready(*m.cq);
+                events = cq_has_entries(*m.cq);
             } else {
-                cntr_progress(*m.cntr);
                 uint64_t v = m.cntr->value.load(), e = m.cntr->errors.load();
                 events = v != m.value || e != m.errors;
                 if (events && n < count) { // unreported changes stay pending
