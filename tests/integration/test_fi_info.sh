@@ -48,7 +48,8 @@ check "fi_info -v shows the endpoint attributes" $? "$(head -40 <<<"$out")"
 out=$(run fi_info -e 2>&1 | tr -d '\0')
 missing=""
 for p in SIM LINK ANY_DEVICE GID_INDEX EAGER_LIMIT INLINE_SIZE MR_CACHE_SIZE RAILS RAIL_WEIGHTS \
-         STRIPE_THRESHOLD STRIPE_MIN_CHUNK STRIPE_MIN_RATIO RAIL_INFO SIM_RATE_SCALE SIM_FAULT; do
+         STRIPE_THRESHOLD STRIPE_MIN_CHUNK STRIPE_MIN_RATIO RAIL_INFO SIM_RATE_SCALE SIM_FAULT \
+         RESOLVE_TIMEOUT_MS WAIT_POLL_US; do
     grep -aq "^# FI_MLX4_$p: " <<<"$out" || missing="$missing $p"
     help=$(grep -a -A1 "^# FI_MLX4_$p: " <<<"$out" | tail -1)
     [ ${#help} -gt 20 ] || missing="$missing $p(help)"
