@@ -329,7 +329,8 @@ bool parse_uri(std::string_view text, parsed_uri &out, std::string *why)
     }
     // node[:port], IPv6 in brackets.
     std::string_view node = text, port;
-    if (!text.empty() && text[0] == '[') {
+    bool bracketed = !text.empty() && text[0] == '[';
+    if (bracketed) {
         size_t close = text.find(']');
         if (close == std::string_view::npos) return fail(why, "unclosed '['");
         node = text.substr(1, close - 1);
@@ -345,7 +346,7 @@ bool parse_uri(std::string_view text, parsed_uri &out, std::string *why)
             port = text.substr(colon + 1);
         }
     }
-    if (node.empty() || node.find_first_of("/[]: ") != std::string_view::npos)
+    if (node.empty() || node.find_first_of(bracketed ? "/[] " : "/[]: ") != std::string_view::npos)
         return fail(why, "bad node '" + std::string(node) + "'");
     uint16_t num = 0;
     if (!port.empty() && (!parse_number(port, num, 10) || num == 0))

@@ -306,11 +306,11 @@ template <class E> int raw(const E &field) noexcept
 
 void cq_obj::push(const proto::event &ev) noexcept
 {
-    // A thread blocked on this CQ's wait object hears of it now.
-    if (wait.object) wait.object->notify();
     if (overflow.empty() && count < ring.size()) {
         at(*this, count) = ev;
         ++count;
+        // A thread blocked on this CQ's wait object hears of it now.
+        if (wait.object) wait.object->notify();
         return;
     }
     try {
@@ -319,6 +319,7 @@ void cq_obj::push(const proto::event &ev) noexcept
         MLX4_WARN(FI_LOG_CQ, "CQ overflow: out of memory, a completion is lost\n");
         return;
     }
+    if (wait.object) wait.object->notify();
     if (!overflow_logged) {
         overflow_logged = true;
         MLX4_WARN(FI_LOG_CQ,
