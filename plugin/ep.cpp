@@ -560,6 +560,11 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
         ec.inline_size = static_cast<uint32_t>(cfg.inline_size);
         ec.mr_cache.max_bytes = cfg.mr_cache_size;
         ec.stripe = stripe_config(cfg);
+        ec.timing = {cfg.rc_timeout, cfg.rc_retry_count, cfg.rnr_retry, cfg.rnr_timer};
+        ec.connect_retry_ms = cfg.connect_retry_ms;
+        ec.connect_timeout_ms = cfg.connect_timeout_ms;
+        ec.peer_retry_ms = cfg.peer_retry_ms;
+        ec.keepalive_ms = cfg.keepalive_ms;
         auto engine = proto::engine::open(dom->proto_rails, ec, ep->sink);
         if (!engine.ok()) {
             MLX4_WARN(FI_LOG_EP_CTRL, "fi_endpoint: engine: %s\n",

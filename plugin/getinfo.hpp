@@ -35,6 +35,7 @@ inline constexpr size_t max_msg_size = size_t(1) << 31; // 2 GiB: one mlx4 SGE
 inline constexpr size_t iov_limit = 4;
 inline constexpr size_t rma_iov_limit = 1;
 inline constexpr size_t inject_size = 64;
+static_assert(inject_size <= util::min_eager_limit, "an inject must fit every eager limit");
 inline constexpr size_t queue_size = 1024;
 inline constexpr size_t cq_data_size = 4; // RDMA WRITE immediate data is 32 bits
 inline constexpr uint64_t msg_order = FI_ORDER_SAS | FI_ORDER_RAR | FI_ORDER_RAW | FI_ORDER_WAW |

@@ -42,6 +42,14 @@ const provider_state &state()
     if (!state_ptr) {
         auto st = std::make_unique<provider_state>();
         st->cfg = util::load_config(&mlx4_prov);
+        if (!st->cfg.refused.empty()) {
+            // Running with another value than the one asked for would be
+            // silently wrong: offer nothing, and say why where it is seen.
+            MLX4_REFUSE(FI_LOG_CORE, "%s; the mlx4 provider offers nothing\n",
+                        st->cfg.refused.c_str());
+            state_ptr = st.release();
+            return *state_ptr;
+        }
         st->devices = device::discover(st->cfg);
         for (const auto &dev : st->devices)
             st->attrs.push_back(dev->attr());

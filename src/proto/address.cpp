@@ -74,7 +74,10 @@ uint64_t get64(const uint8_t *p) noexcept
 
 void pack_rail(const rail_name &rn, uint8_t *r) noexcept
 {
-    r[0] = rn.link == device::link_layer::ib ? wire_link_ib : wire_link_eth;
+    uint8_t type = rn.gid_type == device::gid_type::roce_v1   ? 1
+                   : rn.gid_type == device::gid_type::roce_v2 ? 2
+                                                              : 0;
+    r[0] = rn.link == device::link_layer::ib ? wire_link_ib : uint8_t(wire_link_eth | type << 4);
     r[1] = mtu_code(rn.mtu);
     put16(r + 2, rn.lid);
     put32(r + 4, rn.ud_qpn);
@@ -83,12 +86,18 @@ void pack_rail(const rail_name &rn, uint8_t *r) noexcept
 
 status unpack_rail(const uint8_t *r, rail_name &rn) noexcept
 {
-    if (r[0] == wire_link_ib)
+    const uint8_t type = r[0] >> 4;
+    if (r[0] == wire_link_ib) {
         rn.link = device::link_layer::ib;
-    else if (r[0] == wire_link_eth)
+        rn.gid_type = device::gid_type::ib;
+    } else if ((r[0] & 0xf) == wire_link_eth && type <= 2) {
         rn.link = device::link_layer::ethernet;
-    else
+        rn.gid_type = type == 1   ? device::gid_type::roce_v1
+                      : type == 2 ? device::gid_type::roce_v2
+                                  : device::gid_type::ib;
+    } else {
         return err_inval;
+    }
     if (r[1] > 31) return err_inval;
     rn.port = 0; // not on the wire: a peer never needs our port number
     rn.mtu = r[1] ? uint32_t(1) << r[1] : 0;
@@ -151,7 +160,10 @@ std::string name_to_string(const ep_name &n)
             std::snprintf(rail, sizeof rail, "%sIB:lid=0x%x,qpn=0x%x", i ? ";" : "",
                           unsigned(r.lid), unsigned(r.ud_qpn));
         else
-            std::snprintf(rail, sizeof rail, "%sRoCE:gid=%s,qpn=0x%x", i ? ";" : "",
+            std::snprintf(rail, sizeof rail, "%sRoCE%s:gid=%s,qpn=0x%x", i ? ";" : "",
+                          r.gid_type == device::gid_type::roce_v1   ? "v1"
+                          : r.gid_type == device::gid_type::roce_v2 ? "v2"
+                                                                    : "",
                           device::gid_to_string(r.gid_value).c_str(), unsigned(r.ud_qpn));
         s += rail;
     }

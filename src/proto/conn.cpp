@@ -1,27 +1,27 @@
 // On-demand RC connections, one per rail a peer and we share (our rail i
-// talks to the peer's rail i), each set up over that rail's UD QPs:
+// talks to the peer's rail i), each set up over that rail's UD QPs by the
+// handshake in wireup.hpp (REQ, REP, RTU; the responder sends nothing on a
+// new QP until the initiator's is ready). This file carries the handshake's
+// actions out on the device and keeps the peer's state:
 //
-//   initiator                         responder
-//   REQ {rc_qpn, psn, epoch, name}  ---->  creates (or reuses) its QP for the
-//                                          peer on this rail, connects it, replies
-//                                   <----  REP {rc_qpn, psn, epoch, name}
-//   connects, sends                 ---->  RTU (the responder stops caring)
-//
-// The first transfer to a peer connects its primary rail (chosen from the two
-// nonces, so peers spread over rails); once that is up, the other rails are
-// connected too. Names describe only the first name_rails rails; connection
-// messages carry the rest, so rails beyond are connected once the primary's
-// handshake has told each side where the other's are.
-//
-// When both connect at once, each answers the other's REQ with the QP it
-// already created, so both end on the same QP pair whatever the timing. A REQ
-// with a newer epoch than the connection we have means the peer rebuilt its
-// QP (after a failure): ours is replaced. REQs are retried every
-// connect_timeout_ms; the primary's first connection gives up after
-// connect_retries (the peer is unreachable: FI_EIO), other rails after a few
-// tries (the rail stays down and is retried later).
+//  - The first transfer to a peer connects its primary rail (chosen from the
+//    two nonces, so peers spread over rails) and the other rails at the same
+//    time. Names describe only the first name_rails rails; connection
+//    messages carry the rest.
+//  - Connection messages carry what both sides must agree on (the eager limit
+//    and inline size: each side uses the smaller), and the sides' sessions:
+//    a side that gave up on its peer starts a new session, and the peer,
+//    seeing it, starts over too (sequence numbers from zero, operations of
+//    the old session failed), so a failure is never a life sentence.
+//  - RoCE: names carry the type of each port's GID (v1 or v2); a pair of
+//    peers uses the less preferred of the two (v2 before v1), from a local
+//    GID entry of that type, or fails at once with a log line saying why.
+//  - A peer that does not answer within the wire-up budget is unreachable
+//    (FI_EIO); operations fail fast for a back-off, then the next one tries
+//    again.
 #include "engine_impl.hpp"
 
+#include "mlx4fi/device/gid.hpp"
 #include "mlx4fi/util/log.hpp"
 
 #include <cstring>
@@ -31,9 +31,73 @@ namespace mlx4fi::proto
 namespace
 {
 
-constexpr uint32_t rail_connect_retries = 5; // a secondary rail or a reconnect
+constexpr uint64_t ms_ns = 1'000'000;
+
+const char *op_name(wire::conn_op op) noexcept
+{
+    switch (op) {
+    case wire::conn_op::req:
+        return "REQ";
+    case wire::conn_op::rep:
+        return "REP";
+    case wire::conn_op::rtu:
+        return "RTU";
+    }
+    return "?";
+}
+
+const char *type_name(device::gid_type t) noexcept
+{
+    return t == device::gid_type::roce_v1 ? "RoCE v1" : "RoCE v2";
+}
+
+// The local GID entry to reach a RoCE peer from: of the less preferred of
+// the two sides' types (both sides compute the same), with the address we
+// advertise, or another of our addresses of the same family. -1 and why when
+// there is none.
+int roce_gid_for(const device::port_attr &pa, int our_index, const rail_name &peer,
+                 const char *&why) noexcept
+{
+    const device::gid ours = device::gid_at(pa, our_index);
+    device::gid_type our_type = device::gid_type::roce_v2;
+    for (const device::gid_entry &e : pa.gids)
+        if (static_cast<int>(e.index) == our_index) our_type = e.type;
+    const device::gid_type peer_type =
+        peer.gid_type == device::gid_type::ib ? our_type : peer.gid_type;
+    if (device::gid_is_ipv4_mapped(ours) != device::gid_is_ipv4_mapped(peer.gid_value)) {
+        why = "the peer's GID and ours are of different address families (IPv4 and IPv6)";
+        return -1;
+    }
+    const device::gid_type want =
+        (our_type == device::gid_type::roce_v1 || peer_type == device::gid_type::roce_v1)
+            ? device::gid_type::roce_v1
+            : device::gid_type::roce_v2;
+    if (want == our_type) return our_index;
+    int other = -1;
+    for (const device::gid_entry &e : pa.gids) {
+        if (e.type != want || device::gid_is_zero(e.value)) continue;
+        if (e.value == ours) return static_cast<int>(e.index);
+        if (other < 0 && device::gid_is_ipv4_mapped(e.value) == device::gid_is_ipv4_mapped(ours) &&
+            device::gid_is_link_local(e.value) == device::gid_is_link_local(ours))
+            other = static_cast<int>(e.index);
+    }
+    if (other < 0)
+        why = want == device::gid_type::roce_v1
+                  ? "the peer speaks RoCE v1 and this port has no RoCE v1 GID for our address"
+                  : "no RoCE v2 GID for our address";
+    return other;
+}
 
 } // namespace
+
+wireup::timing engine_impl::wireup_timing() const noexcept
+{
+    wireup::timing t;
+    t.resend_ns = uint64_t(std::max<uint32_t>(cfg_.connect_retry_ms, 1)) * ms_ns;
+    t.max_resend_ns = 16 * t.resend_ns;
+    t.budget_ns = uint64_t(cfg_.connect_timeout_ms) * ms_ns;
+    return t;
+}
 
 uint32_t engine_impl::peer_for(const ep_name &n) noexcept
 {
@@ -62,6 +126,9 @@ uint32_t engine_impl::peer_for(const ep_name &n) noexcept
         p.primary = count ? eligible[(name_.nonce ^ n.nonce) % count] : 0;
         p.nrails = std::min<unsigned>(name_.rail_count, n.rail_count);
         p.known_rails = (1u << std::min<unsigned>(n.rail_count, name_rails)) - 1;
+        p.eager_limit = static_cast<uint32_t>(cfg_.eager_limit);
+        p.inline_size = cfg_.inline_size;
+        p.backoff_ns = uint64_t(cfg_.peer_retry_ms) * ms_ns;
         peer_by_nonce_.emplace(n.nonce, pi);
         return pi;
     } catch (...) {
@@ -76,11 +143,24 @@ status engine_impl::prepare_qp(uint32_t pi, unsigned r) noexcept
     if (pr.qp) return status::ok();
     rail_res &rr = *rails_[r];
     const rail_name &rn = p.name.rails[r];
+    int gid_index = rr.gid_index;
+    if (rn.link == device::link_layer::ethernet) {
+        const char *why = nullptr;
+        gid_index = roce_gid_for(rr.r.attr, rr.gid_index, rn, why);
+        if (gid_index < 0) {
+            MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx: cannot reach it on rail %u (%s port %u): %s\n",
+                      nonce_of(p), r, rr.r.dev->attr().name.c_str(), rr.r.port, why);
+            return err_io;
+        }
+        if (gid_index != rr.gid_index)
+            MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: rail %u uses GID index %d (%s) to match it\n",
+                      nonce_of(p), r, gid_index, type_name(rn.gid_type));
+    }
     device::port_address dest;
     dest.link = rn.link;
     dest.lid = rn.lid;
     dest.gid_value = rn.gid_value;
-    dest.gid_index = static_cast<uint8_t>(rr.gid_index);
+    dest.gid_index = static_cast<uint8_t>(gid_index);
     auto ah = rr.r.dev->create_ah(rr.r.port, dest);
     if (!ah.ok()) return ah.error();
     device::qp_caps caps;
@@ -96,7 +176,7 @@ status engine_impl::prepare_qp(uint32_t pi, unsigned r) noexcept
     }
     pr.ah = std::move(ah).value();
     pr.qp = std::move(qp).value();
-    ++pr.epoch;
+    pr.gid_index = static_cast<uint8_t>(gid_index);
     return status::ok();
 }
 
@@ -106,39 +186,81 @@ void engine_impl::drop_qp(peer &p, unsigned r) noexcept
     if (pr.qp) peer_by_qpn_.erase((uint64_t(r) << 32) | pr.qp->qp_num());
     pr.qp.reset();
     pr.ah.reset();
-    pr.remote_qpn = 0;
 }
 
-status engine_impl::connect_rail(uint32_t pi, unsigned r) noexcept
+status engine_impl::connect_qp(uint32_t pi, unsigned r, const wire::conn_msg &m) noexcept
 {
     peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
-    if (pr.st == peer_rail::state::down) drop_qp(p, r); // a fresh QP for a new incarnation
-    status s = prepare_qp(pi, r);
-    if (!s.is_ok()) return s;
-    if (pr.st == peer_rail::state::down) --rails_down_;
-    pr.st = peer_rail::state::connecting;
-    pr.attempts = 0;
-    ++connecting_;
-    send_conn(pi, r, wire::conn_op::req);
-    pr.next_try_ns = now_ns() + uint64_t(cfg_.connect_timeout_ms) * 1000000ull;
-    return status::ok();
+    rail_res &rr = *rails_[r];
+    const rail_name &rn = p.name.rails[r];
+    device::rc_remote remote;
+    remote.addr.link = rn.link;
+    remote.addr.lid = rn.lid;
+    remote.addr.gid_value = rn.gid_value;
+    remote.addr.gid_index = pr.gid_index;
+    remote.qpn = m.rc_qpn;
+    remote.psn = m.psn;
+    remote.mtu = std::min(rn.mtu, rr.r.attr.mtu);
+    remote.timing = cfg_.timing;
+    status s = pr.qp->connect(remote);
+    if (!s.is_ok())
+        MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx: connect on rail %u failed: %d\n", nonce_of(p), r,
+                  s.code());
+    return s;
 }
 
-status engine_impl::start_connect(uint32_t pi) noexcept
+void engine_impl::connect_rail(uint32_t pi, unsigned r) noexcept
+{
+    peer_rail &pr = peers_[pi].rails[r];
+    drive(pi, r, pr.hs.start(now_ns(), wireup_timing()), nullptr);
+}
+
+void engine_impl::start_connect(uint32_t pi) noexcept
 {
     peer &p = peers_[pi];
-    status s = connect_rail(pi, p.primary);
-    if (!s.is_ok()) return s;
     p.st = peer::state::connecting;
+    connect_rail(pi, p.primary);
+    if (p.st != peer::state::connecting) return; // failed at once
     // The other rails at the same time, so that they are usually up when the
     // first large transfer is planned (a chunk planned earlier is planned
     // again when it is posted).
     for (unsigned r = 0; r < p.nrails; ++r)
-        if (r != p.primary && p.rails[r].st == peer_rail::state::idle && (p.known_rails >> r & 1) &&
-            !rails_[r]->down && !connect_rail(pi, r).is_ok())
-            MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: cannot set up rail %u\n", nonce_of(p), r);
-    return status::ok();
+        if (r != p.primary && (p.known_rails >> r & 1) && !rails_[r]->down) connect_rail(pi, r);
+}
+
+void engine_impl::drive(uint32_t pi, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept
+{
+    if (!acts) return;
+    peer &p = peers_[pi];
+    peer_rail &pr = p.rails[r];
+    if (pr.hs.waiting()) wiring_ = true;
+    if (acts & (wireup::act_rebuilt | wireup::act_new_qp)) p.ready_mask &= ~(1u << r);
+    if (acts & wireup::act_rebuilt) {
+        MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx rebuilt its connection on rail %u\n", nonce_of(p),
+                  r);
+        if (pr.qp) pr.qp->set_error();
+        evacuate(pi, r, FI_EIO, 0);
+        if (p.st == peer::state::failed) return;
+    }
+    if (acts & wireup::act_new_qp) {
+        drop_qp(p, r);
+        if (!prepare_qp(pi, r).is_ok()) {
+            pr.hs.on_broken();
+            link_gave_up(pi, r);
+            return;
+        }
+    }
+    if ((acts & wireup::act_connect) && (!m || !connect_qp(pi, r, *m).is_ok())) {
+        pr.hs.on_broken();
+        link_gave_up(pi, r);
+        return;
+    }
+    if (acts & wireup::act_send_req) send_conn(pi, r, wire::conn_op::req);
+    if (acts & wireup::act_send_rep) send_conn(pi, r, wire::conn_op::rep);
+    if (acts & wireup::act_send_rtu) send_conn(pi, r, wire::conn_op::rtu);
+    if (acts & wireup::act_ready) link_ready(pi, r);
+    if (acts & wireup::act_give_up) link_gave_up(pi, r);
 }
 
 void engine_impl::send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept
@@ -146,8 +268,9 @@ void engine_impl::send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept
     peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     rail_res &rr = *rails_[r];
+    if (!pr.ah) return;
     tx_entry *tx = alloc_tx(tx_kind::conn, pi);
-    if (!tx) return; // the timer retries
+    if (!tx) return; // the timer resends
     tx->rail = static_cast<uint8_t>(r);
     tx->buf = alloc_buf(rr);
     if (tx->buf < 0) {
@@ -163,8 +286,13 @@ void engine_impl::send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept
     m->dst_rail = static_cast<uint8_t>(r);
     m->rc_qpn = pr.qp ? pr.qp->qp_num() : 0;
     m->psn = pr.qp ? pr.qp->psn() : 0;
-    m->epoch = pr.epoch;
+    m->epoch = pr.hs.epoch();
+    m->dst_epoch = op == wire::conn_op::req ? 0 : pr.hs.remote_epoch();
     m->dst_nonce = p.name.nonce;
+    m->session = p.session;
+    m->dst_session = p.remote_session;
+    m->eager_limit = static_cast<uint32_t>(cfg_.eager_limit);
+    m->inline_size = cfg_.inline_size;
     pack_name(name_, m->name, sizeof m->name);
     m->rail_count = name_.rail_count;
     for (unsigned i = name_rails; i < name_.rail_count; ++i)
@@ -183,8 +311,10 @@ void engine_impl::send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept
         release_tx(tx);
         return;
     }
-    // Not on the peer's in-flight list: a lost REQ is retried by the timer.
+    // Not on the peer's in-flight list: a lost datagram is resent by the timer.
     tx->outstanding = 1;
+    MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx rail %u: %s sent (QP %u, epoch %u, session %u)\n",
+             nonce_of(p), r, op_name(op), m->rc_qpn, m->epoch, m->session);
 }
 
 void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) noexcept
@@ -198,13 +328,20 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
     std::memcpy(&m, buf, sizeof m);
     if (m.version != wire::version || m.dst_nonce != name_.nonce ||
         m.op < uint8_t(wire::conn_op::req) || m.op > uint8_t(wire::conn_op::rtu)) {
-        MLX4_DBG(FI_LOG_EP_CTRL, "rail %u: connection message not for us dropped\n", rr.index);
+        if (m.version != wire::version && m.dst_nonce == name_.nonce)
+            MLX4_WARN(FI_LOG_EP_CTRL,
+                      "rail %u: a peer speaks protocol version %u, this provider %u; its "
+                      "connection request is dropped\n",
+                      rr.index, m.version, wire::version);
+        else
+            MLX4_DBG(FI_LOG_EP_CTRL, "rail %u: connection message not for us dropped\n", rr.index);
         return;
     }
     ep_name from;
     bool ok = unpack_name(m.name, sizeof m.name, from).is_ok() && m.src_rail == rr.index &&
               m.dst_rail == rr.index && m.rail_count >= from.rail_count &&
-              m.rail_count <= max_rails && m.src_rail < m.rail_count;
+              m.rail_count <= max_rails && m.src_rail < m.rail_count && m.session != 0 &&
+              m.eager_limit >= min_eager_limit && m.features == 0;
     for (unsigned i = name_rails; ok && i < m.rail_count; ++i)
         ok = unpack_rail(m.more_rails + (i - name_rails) * rail_name_bytes, from.rails[i]).is_ok();
     if (!ok) {
@@ -214,97 +351,80 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
     uint32_t pi = peer_for(from);
     if (pi == UINT32_MAX) return;
     peer &p = peers_[pi];
-    // Learn the rails the name had no room for.
+    const auto op = static_cast<wire::conn_op>(m.op);
+
+    // Sessions: an older one's messages are stale; a newer one means the
+    // peer gave up on us and starts over, so we do too.
+    if (m.session < p.remote_session) {
+        MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx: %s of an old session dropped\n", nonce_of(p),
+                 op_name(op));
+        return;
+    }
+    if (op != wire::conn_op::req && m.dst_session != p.session) {
+        MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx: %s for an old session of ours dropped\n",
+                 nonce_of(p), op_name(op));
+        return;
+    }
+    if (m.session > p.remote_session) {
+        if (p.remote_session != 0 && p.live) {
+            MLX4_WARN(FI_LOG_EP_CTRL,
+                      "peer %016llx started a new session (it had given up on us): its "
+                      "connections start over\n",
+                      nonce_of(p));
+            restart_peer(pi, FI_EIO, 0);
+        }
+        p.remote_session = m.session;
+    }
+    // Learn the rails the name had no room for, and the limits.
     for (unsigned i = name_rails; i < m.rail_count; ++i) {
         p.name.rails[i] = from.rails[i];
         p.known_rails |= 1u << i;
     }
     p.nrails = std::min<unsigned>(name_.rail_count, m.rail_count);
+    p.eager_limit = std::min<uint32_t>(static_cast<uint32_t>(cfg_.eager_limit), m.eager_limit);
+    p.inline_size = std::min(cfg_.inline_size, m.inline_size);
+    if (!p.agreed && m.eager_limit != cfg_.eager_limit)
+        MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: eager limit %u (ours %zu): using %u\n",
+                  nonce_of(p), m.eager_limit, cfg_.eager_limit, p.eager_limit);
+    p.agreed = true;
+
     unsigned r = rr.index;
     if (r >= p.nrails) {
         MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx connects on rail %u, which we do not share\n",
                   nonce_of(p), r);
         return;
     }
-    if (p.st == peer::state::failed) return;
-    auto op = static_cast<wire::conn_op>(m.op);
-    if (op == wire::conn_op::rtu) return;
-    peer_rail &pr = p.rails[r];
-
-    if (pr.st == peer_rail::state::connected) {
-        if (m.rc_qpn == pr.remote_qpn) {
-            // A retransmitted REQ (our REP was lost) or a late REP: answer again.
-            send_conn(pi, r, op == wire::conn_op::req ? wire::conn_op::rep : wire::conn_op::rtu);
-            return;
-        }
-        if (op != wire::conn_op::req || m.epoch <= pr.remote_epoch) {
-            MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx rail %u: stale connection message dropped\n",
-                     nonce_of(p), r);
-            return;
-        }
-        // The peer rebuilt its side of this rail: ours is dead too.
-        MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx reconnects rail %u\n", nonce_of(p), r);
-        rail_failed(pi, r, FI_EIO, 0);
-        if (p.st == peer::state::failed) return;
+    if (p.st == peer::state::failed || p.st == peer::state::idle) {
+        if (op != wire::conn_op::req) return; // answers to a connection we gave up
+        // The peer wants us: whatever back-off we were in, try again now.
+        p.st = peer::state::connecting;
     }
-    if (pr.st == peer_rail::state::down) {
-        drop_qp(p, r);
-        --rails_down_;
-        pr.st = peer_rail::state::idle;
-    }
-    if (m.epoch < pr.remote_epoch) return; // an old incarnation's retransmission
-    if (!prepare_qp(pi, r).is_ok()) {
-        MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx: no QP on rail %u\n", nonce_of(p), r);
-        if (r == p.primary && p.st != peer::state::connected) fail_peer(pi, FI_EIO, 0);
-        return;
-    }
-    device::rc_remote remote;
-    const rail_name &rn = from.rails[r];
-    remote.addr.link = rn.link;
-    remote.addr.lid = rn.lid;
-    remote.addr.gid_value = rn.gid_value;
-    remote.addr.gid_index = static_cast<uint8_t>(rr.gid_index);
-    remote.qpn = m.rc_qpn;
-    remote.psn = m.psn;
-    remote.mtu = std::min(rn.mtu, rr.r.attr.mtu);
-    status s = pr.qp->connect(remote);
-    if (!s.is_ok()) {
-        MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx: connect on rail %u failed: %d\n", nonce_of(p), r,
-                  s.code());
-        if (r == p.primary && p.st != peer::state::connected) fail_peer(pi, FI_EIO, 0);
-        return;
-    }
-    pr.remote_qpn = m.rc_qpn;
-    pr.remote_epoch = m.epoch;
-    send_conn(pi, r, op == wire::conn_op::req ? wire::conn_op::rep : wire::conn_op::rtu);
-    rail_connected(pi, r);
+    wireup::message in;
+    in.op = static_cast<wireup::msg_op>(op);
+    in.qpn = m.rc_qpn;
+    in.epoch = m.epoch;
+    in.dst_epoch = m.dst_epoch;
+    MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx rail %u: %s received (QP %u, epoch %u) in state %s\n",
+             nonce_of(p), r, op_name(op), m.rc_qpn, m.epoch, wireup::to_string(p.rails[r].hs.st()));
+    drive(pi, r, p.rails[r].hs.on_message(in, now_ns(), wireup_timing()), &m);
 }
 
-void engine_impl::rail_connected(uint32_t pi, unsigned r) noexcept
+void engine_impl::link_ready(uint32_t pi, unsigned r) noexcept
 {
     peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
-    if (pr.st == peer_rail::state::connecting) --connecting_;
-    pr.st = peer_rail::state::connected;
+    p.ready_mask |= 1u << r;
     MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx connected on rail %u (QP %u -> %u)\n", nonce_of(p), r,
-             pr.qp->qp_num(), pr.remote_qpn);
-    if (p.st != peer::state::connected) {
-        // Headers wait for the primary rail (both ends agree on it), unless
-        // it is down; then the first rail up takes its place.
-        if (r != p.primary && p.rails[p.primary].st != peer_rail::state::down) {
-            if (p.st == peer::state::idle) p.st = peer::state::connecting;
-            return;
-        }
-        p.primary = r;
-        p.st = peer::state::connected;
-        // The rails not yet under way (the responder's side), for striping
-        // and failover.
-        for (unsigned i = 0; i < p.nrails; ++i)
-            if (p.rails[i].st == peer_rail::state::idle && (p.known_rails >> i & 1) &&
-                !rails_[i]->down && !connect_rail(pi, i).is_ok())
-                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: cannot set up rail %u\n", nonce_of(p), i);
-    }
-    while (tx_entry *tx = p.pending.head) {
+             pr.qp->qp_num(), pr.hs.remote_qpn());
+    if (p.st != peer::state::connected) peer_settled(pi);
+    flush_pending(pi);
+}
+
+void engine_impl::flush_pending(uint32_t pi) noexcept
+{
+    peer &p = peers_[pi];
+    while (p.st == peer::state::connected && p.pending.head) {
+        tx_entry *tx = p.pending.head;
         p.pending.remove(tx);
         --pending_total_;
         if (!post_tx(tx)) {
@@ -312,26 +432,80 @@ void engine_impl::rail_connected(uint32_t pi, unsigned r) noexcept
             ++pending_total_;
             break;
         }
-        if (p.st != peer::state::connected) return;
     }
 }
 
-void engine_impl::fail_peer(uint32_t pi, int err, int prov_errno) noexcept
+void engine_impl::peer_settled(uint32_t pi) noexcept
+{
+    // A peer is connected once no handshake of its rails is under way: its
+    // first transfers then see every rail that could be had (the first large
+    // message is striped), as UCX completes all lanes of an endpoint first.
+    peer &p = peers_[pi];
+    if (p.st != peer::state::connecting) return;
+    unsigned up = max_rails;
+    for (unsigned k = 0; k < p.nrails; ++k) {
+        if (p.rails[k].hs.waiting()) return;
+        if (p.rails[k].ready() && up == max_rails) up = k;
+    }
+    if (up == max_rails) {
+        MLX4_WARN(FI_LOG_EP_CTRL,
+                  "peer %016llx did not answer the connection request within %u ms "
+                  "(FI_MLX4_CONNECT_TIMEOUT_MS) or cannot be reached\n",
+                  nonce_of(p), cfg_.connect_timeout_ms);
+        fail_peer(pi, FI_EIO, 0);
+        return;
+    }
+    // Headers go on the primary rail both ends agree on, unless it is not up.
+    if (!p.rails[p.primary].ready()) p.primary = up;
+    p.st = peer::state::connected;
+    p.live = true;
+    p.backoff_ns = uint64_t(cfg_.peer_retry_ms) * ms_ns; // a success ends the back-off
+    // Rails learnt from the handshake (beyond the name's), for striping and
+    // failover.
+    for (unsigned i = 0; i < p.nrails; ++i)
+        if (p.rails[i].hs.st() == wireup::state::idle && (p.known_rails >> i & 1) &&
+            !rails_[i]->down)
+            connect_rail(pi, i);
+}
+
+void engine_impl::link_gave_up(uint32_t pi, unsigned r) noexcept
 {
     peer &p = peers_[pi];
-    if (p.st == peer::state::failed) return;
-    MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx unreachable (%s); failing its operations\n",
-              nonce_of(p), fi_strerror(err));
-    p.st = peer::state::failed;
-    p.fail_err = err;
-    p.fail_prov = prov_errno;
+    peer_rail &pr = p.rails[r];
+    if (pr.qp) pr.qp->set_error();
+    p.ready_mask &= ~(1u << r);
+    pr.retry_ns = now_ns() + uint64_t(cfg_.connect_retry_ms) * 25 * ms_ns;
+    rails_down_ = true;
+    if (p.st == peer::state::connected) {
+        MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: rail %u does not answer; tried again later\n",
+                  nonce_of(p), r);
+        return;
+    }
+    if (p.st != peer::state::connecting) return;
+    // Not connected yet: the rails that are up carry it, or, with none up
+    // and none under way, the peer is unreachable.
+    peer_settled(pi);
+    if (p.st == peer::state::connected) flush_pending(pi);
+}
+
+void engine_impl::restart_peer(uint32_t pi, int err, int prov_errno) noexcept
+{
+    peer &p = peers_[pi];
     for (unsigned r = 0; r < max_rails; ++r) {
         peer_rail &pr = p.rails[r];
-        if (pr.st == peer_rail::state::connecting) --connecting_;
-        if (pr.st == peer_rail::state::down) --rails_down_;
-        pr.st = peer_rail::state::idle;
         if (pr.qp) pr.qp->set_error();
+        drop_qp(p, r); // late arrivals on the old QPs are not this session's
+        pr.hs.reset();
     }
+    p.live = false;
+    p.ready_mask = 0;
+    p.tx_seq = p.rx_seq = 0;
+    p.early.clear();
+    p.agreed = false;
+    p.eager_limit = static_cast<uint32_t>(cfg_.eager_limit);
+    p.inline_size = cfg_.inline_size;
+    p.primary = std::min<unsigned>(p.primary, p.nrails ? p.nrails - 1 : 0);
+    p.st = peer::state::idle;
     while (tx_entry *tx = p.pending.head) {
         p.pending.remove(tx);
         --pending_total_;
@@ -341,45 +515,50 @@ void engine_impl::fail_peer(uint32_t pi, int err, int prov_errno) noexcept
         fail_tx(tx, err, prov_errno);
 }
 
+void engine_impl::fail_peer(uint32_t pi, int err, int prov_errno) noexcept
+{
+    peer &p = peers_[pi];
+    if (p.st == peer::state::failed) return;
+    MLX4_WARN(FI_LOG_EP_CTRL,
+              "peer %016llx unreachable (%s); failing its operations, trying again in %llu ms\n",
+              nonce_of(p), fi_strerror(err), static_cast<unsigned long long>(p.backoff_ns / ms_ns));
+    restart_peer(pi, err, prov_errno);
+    peer &q = peers_[pi];
+    ++q.session; // the peer learns from it that we started over
+    q.st = peer::state::failed;
+    q.fail_err = err;
+    q.fail_prov = prov_errno;
+    q.retry_ns = now_ns() + q.backoff_ns;
+    q.backoff_ns = std::min(q.backoff_ns * 2, uint64_t(cfg_.peer_retry_ms) * 64 * ms_ns);
+    // Receives directed at it would wait forever: they fail too.
+    fi_addr_t a = peer_addr(q);
+    if (a != FI_ADDR_NOTAVAIL) fail_directed(a, err);
+}
+
+void engine_impl::peer_rails_ready(uint32_t pi, uint32_t ready_rails) noexcept
+{
+    for (unsigned r = 0; r < peers_[pi].nrails && r < max_rails; ++r) {
+        peer_rail &pr = peers_[pi].rails[r];
+        if ((ready_rails >> r & 1) && pr.hs.st() == wireup::state::accepting)
+            drive(pi, r, pr.hs.on_traffic(), nullptr);
+    }
+}
+
 void engine_impl::check_timers() noexcept
 {
-    uint64_t now = now_ns();
+    const uint64_t now = now_ns();
+    const wireup::timing t = wireup_timing();
+    bool any = false;
     for (uint32_t i = 0; i < peers_.size(); ++i) {
-        peer &p = peers_[i];
-        if (p.st == peer::state::failed) continue;
-        for (unsigned r = 0; r < p.nrails; ++r) {
-            peer_rail &pr = p.rails[r];
-            if (pr.st != peer_rail::state::connecting || now < pr.next_try_ns) continue;
-            bool first = p.st != peer::state::connected && r == p.primary;
-            uint32_t limit = first ? cfg_.connect_retries : rail_connect_retries;
-            if (++pr.attempts > limit) {
-                // This rail does not answer: it is down for now (the health
-                // check tries again later).
-                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: rail %u does not answer\n", nonce_of(p),
-                          r);
-                --connecting_;
-                pr.st = peer_rail::state::down;
-                ++rails_down_;
-                pr.next_try_ns = now + uint64_t(cfg_.connect_timeout_ms) * 5000000ull;
-                if (p.st == peer::state::connected) continue;
-                // Never connected: another rail that is up takes the
-                // primary's place; with none, the peer is unreachable.
-                unsigned up = max_rails, pending = 0;
-                for (unsigned k = 0; k < p.nrails; ++k) {
-                    if (p.rails[k].st == peer_rail::state::connected && up == max_rails) up = k;
-                    if (p.rails[k].st == peer_rail::state::connecting) ++pending;
-                }
-                if (up != max_rails && r == p.primary)
-                    rail_connected(i, up);
-                else if (up == max_rails && !pending)
-                    fail_peer(i, FI_EIO, 0);
-                if (p.st == peer::state::failed) break;
-                continue;
-            }
-            send_conn(i, r, wire::conn_op::req);
-            pr.next_try_ns = now + uint64_t(cfg_.connect_timeout_ms) * 1000000ull;
+        for (unsigned r = 0; r < peers_[i].nrails && r < max_rails; ++r) {
+            peer_rail &pr = peers_[i].rails[r];
+            if (!pr.hs.waiting()) continue;
+            any = true;
+            if (now < pr.hs.due()) continue;
+            drive(i, r, pr.hs.on_timer(now, t), nullptr);
         }
     }
+    if (!any) wiring_ = false;
 }
 
 } // namespace mlx4fi::proto

@@ -53,6 +53,8 @@ engine_impl::engine_impl(const engine_config &cfg, event_sink &sink)
 {
     size_t body = std::max({cfg_.eager_limit, sizeof(wire::rts_body), sizeof(wire::fin_body)});
     buf_size_ = (sizeof(wire::msg_hdr) + body + 63) & ~size_t(63);
+    tx_slots_ = static_cast<uint32_t>(
+        std::clamp<size_t>(tx_bytes / buf_size_, 64, max_tx_slots));
     txs_.resize(max_tx);
     tx_free_.reserve(max_tx);
     for (uint32_t i = max_tx; i-- > 0;)
@@ -97,7 +99,7 @@ status engine_impl::init(const std::vector<rail> &rails)
 
         auto rx = dev.alloc_buffer(size_t(cfg_.srq_depth) * buf_size_);
         auto udb = dev.alloc_buffer(size_t(ud_depth) * ud_buf_size);
-        auto tx = dev.alloc_buffer(size_t(tx_slots) * buf_size_);
+        auto tx = dev.alloc_buffer(size_t(tx_slots_) * buf_size_);
         if (!rx.ok() || !udb.ok() || !tx.ok()) {
             MLX4_WARN(FI_LOG_EP_CTRL, "%s: cannot allocate receive/bounce buffers\n",
                       dev.attr().name.c_str());
@@ -108,8 +110,8 @@ status engine_impl::init(const std::vector<rail> &rails)
         rr->tx_bufs = std::move(tx).value();
         rr->registrar = std::make_unique<rail_registrar>(&dev);
         rr->cache = std::make_unique<util::mr_cache>(*rr->registrar, cfg_.mr_cache);
-        rr->tx_free.reserve(tx_slots);
-        for (uint32_t s = tx_slots; s-- > 0;)
+        rr->tx_free.reserve(tx_slots_);
+        for (uint32_t s = tx_slots_; s-- > 0;)
             rr->tx_free.push_back(s);
 
         rail_name &rn = name_.rails[i];
@@ -118,6 +120,9 @@ status engine_impl::init(const std::vector<rail> &rails)
         rn.lid = pa.lid;
         rn.ud_qpn = rr->ud->qp_num();
         rn.gid_value = rr->local_gid;
+        if (pa.link == device::link_layer::ethernet)
+            for (const device::gid_entry &g : pa.gids)
+                if (static_cast<int>(g.index) == rr->gid_index) rn.gid_type = g.type;
         rn.mtu = pa.mtu;
         rails_.push_back(std::move(rr));
         rail_res &ref = *rails_.back();
@@ -158,7 +163,7 @@ tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
     // were released with the entry, the stripe description is written whole
     // by whoever makes a parent, and later work requests by their builders.
     tx->next = tx->prev = nullptr;
-    tx->posted = tx->waiting_fin = tx->fin_seen = tx->planned = false;
+    tx->posted = tx->waiting_fin = tx->fin_seen = tx->planned = tx->header = false;
     tx->report = true;
     tx->rail = 0;
     tx->epoch = 0;
@@ -224,6 +229,7 @@ tx_entry *engine_impl::alloc_header_tx(tx_kind kind, uint32_t pi) noexcept
     auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
     std::memset(h, 0, sizeof *h);
     h->version = wire::version;
+    tx->header = true;
     return tx;
 }
 
@@ -248,14 +254,18 @@ void engine_impl::submit(tx_entry *tx) noexcept
 {
     peer &p = peers_[tx->peer];
     if (p.st == peer::state::failed) {
-        fail_tx(tx, p.fail_err ? p.fail_err : FI_EIO, p.fail_prov);
-        return;
+        // Fail fast during the back-off; the first operation after it tries again.
+        if (now_ns() < p.retry_ns) {
+            fail_tx(tx, p.fail_err ? p.fail_err : FI_EIO, p.fail_prov);
+            return;
+        }
+        MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx failed before: trying again\n", nonce_of(p));
+        p.st = peer::state::idle;
     }
     if (p.st != peer::state::connected || !p.pending.empty()) {
         p.pending.push_back(tx);
         ++pending_total_;
-        if (p.st == peer::state::idle && !start_connect(tx->peer).is_ok())
-            fail_peer(tx->peer, FI_EIO, 0);
+        if (p.st == peer::state::idle) start_connect(tx->peer);
         return;
     }
     if (!post_tx(tx)) {
@@ -267,7 +277,9 @@ void engine_impl::submit(tx_entry *tx) noexcept
 bool engine_impl::post_tx(tx_entry *tx) noexcept
 {
     peer &p = peers_[tx->peer];
-    const bool rail_up = p.rails[tx->rail].st == peer_rail::state::connected;
+    if (tx->kind == tx_kind::eager && tx->msg_size > p.eager_limit && !convert_to_rts(tx))
+        return true; // failed (and reported)
+    const bool rail_up = p.rails[tx->rail].ready();
     if (tx->kind == tx_kind::chunk && (!tx->planned || !rail_up)) {
         // Prepared before the peer was connected, or its rail failed since:
         // planned over the rails up now.
@@ -275,6 +287,8 @@ bool engine_impl::post_tx(tx_entry *tx) noexcept
         return true;
     }
     if (!rail_up && !rehome(tx, p.primary)) return false; // headers follow the primary
+    if (tx->header && tx->next_wr == 0)
+        reinterpret_cast<wire::msg_hdr *>(tx_buf(tx))->ready_rails = p.ready_mask;
     device::queue_pair &qp = *p.rails[tx->rail].qp;
     while (tx->next_wr < tx->nwr) {
         const tx_entry::wr_desc &d = tx->wrs[tx->next_wr];
@@ -417,7 +431,7 @@ void engine_impl::progress() noexcept
                 rr->cache->purge();
         }
     }
-    if (connecting_) check_timers();
+    if (wiring_) check_timers();
     if (rts_outstanding_) keepalive();
 }
 
@@ -459,17 +473,14 @@ void engine_impl::handle_wc(rail_res &rr, const device::work_completion &wc) noe
         }
         auto it = peer_by_qpn_.find((uint64_t(rr.index) << 32) | wc.qp_num);
         if (it == peer_by_qpn_.end()) {
-            MLX4_WARN(FI_LOG_EP_DATA, "rail %u: message on unknown QP %u dropped\n", rr.index,
+            // A QP given up with its peer (late arrivals of an old session).
+            MLX4_INFO(FI_LOG_EP_DATA, "rail %u: message on unknown QP %u dropped\n", rr.index,
                       wc.qp_num);
-        } else if (wc.opcode == device::wc_opcode::recv_rdma_with_imm) {
-            event ev;
-            ev.kind = event_kind::remote_write;
-            ev.flags = FI_RMA | FI_REMOTE_WRITE | FI_REMOTE_CQ_DATA;
-            ev.data = wc.imm_data;
-            ev.len = 0;
-            ev.src = peer_addr(peers_[it->second]);
-            report(ev);
         } else {
+            peer_rail &pr = peers_[it->second].rails[rr.index];
+            // The first message on a QP we accepted: the peer's side is ready.
+            if (pr.hs.st() == wireup::state::accepting)
+                drive(it->second, rr.index, pr.hs.on_traffic(), nullptr);
             handle_msg(rr, it->second, rr.rx_base() + size_t(idx) * buf_size_, wc.byte_len);
         }
         repost_srq(rr, idx);

@@ -8,6 +8,7 @@
 #include "mlx4fi/proto/engine.hpp"
 #include "mlx4fi/util/mr_cache.hpp"
 #include "wire.hpp"
+#include "wireup.hpp"
 
 #include <array>
 #include <map>
@@ -53,7 +54,10 @@ inline uint32_t wr_id_index(uint64_t id) noexcept
 
 inline constexpr uint32_t ud_depth = 64;
 inline constexpr uint32_t ud_buf_size = 256;
-inline constexpr uint32_t tx_slots = 1024; // bounce buffers per rail
+// Bounce buffers per rail: up to 1024, fewer for large eager limits so a
+// rail's bounce memory stays within tx_bytes (at least 64 of them).
+inline constexpr uint32_t max_tx_slots = 1024;
+inline constexpr size_t tx_bytes = size_t(16) << 20;
 inline constexpr uint32_t max_tx = 4096;   // tx entries per engine
 inline constexpr uint32_t max_wr_sge = 4;
 inline constexpr size_t max_early_msgs = 4096; // per peer, held for a resend to fill a gap
@@ -97,7 +101,7 @@ struct rail_res {
     std::unique_ptr<device::queue_pair> ud;         // connection set-up
     std::unique_ptr<device::memory_region> rx_bufs; // srq_depth x buf_size, posted to srq
     std::unique_ptr<device::memory_region> ud_bufs; // ud_depth x ud_buf_size
-    std::unique_ptr<device::memory_region> tx_bufs; // tx_slots x buf_size
+    std::unique_ptr<device::memory_region> tx_bufs; // tx_slots_ x buf_size
     std::vector<uint32_t> tx_free;                  // free tx_bufs slots
     std::unique_ptr<rail_registrar> registrar;      // used by cache
     std::unique_ptr<util::mr_cache> cache;          // user buffers (rendezvous, RMA)
@@ -140,6 +144,7 @@ struct tx_entry {
     bool waiting_fin = false; // rendezvous sender: RTS sent, waiting for FIN
     bool fin_seen = false;    // FIN arrived before the RTS send completion
     bool planned = false;     // a chunk planned over the rails up at the time
+    bool header = false;      // its buffer starts with a msg_hdr (stamped at post)
     uint8_t rail = 0;         // where its work requests go and its buffer lives
     uint8_t epoch = 0;        // bumped when it moves to another rail
     uint32_t peer = 0;
@@ -179,30 +184,44 @@ struct tx_entry {
     bool truncated = false;
 };
 
-// A peer's RC connection on one rail (local rail i talks to the peer's rail i).
+// A peer's RC connection on one rail (local rail i talks to the peer's rail
+// i): its handshake (wireup.hpp: the state, our QP's epoch, the peer's QP) and
+// the device objects.
 struct peer_rail {
-    enum class state : uint8_t { idle, connecting, connected, down };
-    state st = state::idle;
+    wireup::handshake hs;
     std::unique_ptr<device::queue_pair> qp;
     std::unique_ptr<device::address_handle> ah;
-    uint32_t remote_qpn = 0;
-    uint32_t epoch = 0;        // our QP's incarnation on this rail, sent in REQ/REP
-    uint32_t remote_epoch = 0; // the peer's latest incarnation seen
-    uint32_t attempts = 0;
-    uint64_t next_try_ns = 0; // connecting: next REQ; down: next reconnect attempt
+    uint8_t gid_index = 0;   // RoCE: the local GID entry this peer is reached from
+    uint64_t retry_ns = 0;   // down: when the health check may connect it again
+    bool ready() const noexcept { return hs.st() == wireup::state::ready; }
 };
 
 struct peer {
+    // idle: never connected (or reset); connecting: a handshake is under way
+    // and operations wait; connected: headers flow on the primary rail;
+    // failed: unreachable, operations fail at once until retry_ns, after
+    // which the next one tries again (with a longer back-off each time).
     enum class state : uint8_t { idle, connecting, connected, failed };
     ep_name name; // rails beyond name_rails are learnt from connection messages
     fi_addr_t addr = FI_ADDR_NOTAVAIL;
     unsigned nrails = 1;      // rails both sides have: min of the two counts
     unsigned primary = 0;     // where header messages go
     uint32_t known_rails = 0; // rails whose address is known (bit mask)
+    uint32_t ready_mask = 0;  // rails whose connection is ready (bit mask)
     std::array<peer_rail, max_rails> rails;
     state st = state::idle;
     uint32_t tx_seq = 0, rx_seq = 0;
     int fail_err = 0, fail_prov = 0;
+    // Sessions: ours is bumped each time we give up on the peer; a newer
+    // session from the peer means it gave up on us, and sequence numbers
+    // start again on both sides.
+    uint32_t session = 1, remote_session = 0;
+    bool live = false; // the sequence window belongs to a session the peer may still have
+    uint64_t retry_ns = 0;   // failed: operations fail fast until then
+    uint64_t backoff_ns = 0; // the next failure's wait
+    // What both sides agreed in the handshake: the smaller of the two.
+    uint32_t eager_limit = 0, inline_size = 0;
+    bool agreed = false; // the peer's limits are known
     ilist<tx_entry> pending;  // prepared, waiting for the connection
     ilist<tx_entry> inflight; // posted, waiting for completions (or FIN)
     // Header messages that arrived ahead of their turn after a failover
@@ -277,25 +296,48 @@ class engine_impl final : public engine
     void parent_done(tx_entry *parent) noexcept;
     // Moves a header or inject tx entry to rail r (bounce buffer, keys).
     bool rehome(tx_entry *tx, unsigned r) noexcept;
-    // Peer pi's connection on rail r broke (error completion, reconnect):
-    // its traffic moves to the peer's other rails, or the peer fails when
-    // none is left.
+    // Peer pi's connection on rail r broke (error completion, port down):
+    // the rail is down and its traffic moves (evacuate).
     void rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) noexcept;
+    // Moves what was sent or planned on rail r to the peer's other ready
+    // rails; with none, it waits for a handshake under way, or the peer fails.
+    void evacuate(uint32_t pi, unsigned r, int err, int prov_errno) noexcept;
     void check_rails(uint64_t now) noexcept;
     void count(unsigned r, const tx_entry::wr_desc &d) noexcept;
 
     // conn.cpp
     uint32_t peer_for(const ep_name &n) noexcept; // creates on first use; UINT32_MAX if full
-    status start_connect(uint32_t pi) noexcept;
-    status connect_rail(uint32_t pi, unsigned r) noexcept;
+    void start_connect(uint32_t pi) noexcept;
+    // Starts rail r's handshake (idle or down).
+    void connect_rail(uint32_t pi, unsigned r) noexcept;
+    // Carries out what rail r's handshake asked for (wireup::action bits);
+    // m is the message that caused them, when there is one.
+    void drive(uint32_t pi, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept;
     status prepare_qp(uint32_t pi, unsigned r) noexcept;
+    status connect_qp(uint32_t pi, unsigned r, const wire::conn_msg &m) noexcept;
     void drop_qp(peer &p, unsigned r) noexcept;
     void send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept;
     void handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) noexcept;
-    void rail_connected(uint32_t pi, unsigned r) noexcept;
+    void link_ready(uint32_t pi, unsigned r) noexcept;
+    void link_gave_up(uint32_t pi, unsigned r) noexcept;
+    // A connecting peer whose handshakes are all over: connected over the
+    // rails that came up, or unreachable.
+    void peer_settled(uint32_t pi) noexcept;
+    // Posts what waits for the peer's connection, in order.
+    void flush_pending(uint32_t pi) noexcept;
+    // The peer's rails in ready_rails are ready on its side: ours that wait
+    // for its first message are ready too.
+    void peer_rails_ready(uint32_t pi, uint32_t ready_rails) noexcept;
+    // Gives up on the peer: its operations (and receives directed at it) fail
+    // with err, its connections are dropped, and it is tried again after a
+    // back-off.
     void fail_peer(uint32_t pi, int err, int prov_errno) noexcept;
+    // Forgets the peer's connections and sequence window; operations in
+    // flight or waiting fail with err. (Our session is bumped by fail_peer.)
+    void restart_peer(uint32_t pi, int err, int prov_errno) noexcept;
     void check_timers() noexcept;
     void keepalive() noexcept;
+    wireup::timing wireup_timing() const noexcept;
 
     // msg.cpp
     void handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint32_t len) noexcept;
@@ -312,6 +354,8 @@ class engine_impl final : public engine
     void release_unexp(unexp_msg *m) noexcept;
     // Where a message of size bytes lands in rx: fills out, returns bytes that fit.
     size_t place(rx_entry *rx, uint64_t size, iovec *out, size_t &nout, void *&buf) noexcept;
+    // Posted receives directed at addr (a peer that failed) complete with err.
+    void fail_directed(fi_addr_t addr, int err) noexcept;
     void finish_rx(rx_entry *rx, event &ev, uint64_t size, size_t placed) noexcept;
 
     // rndv.cpp
@@ -324,6 +368,12 @@ class engine_impl final : public engine
     bool issue_read(rx_entry *target, uint32_t pi, const wire::rts_body &rts, uint64_t size,
                     fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept;
     void retry_deferred() noexcept;
+    // Writes the RTS body for the iov into tx's buffer (registering it on
+    // the rails the receiver may read over); returns the body's length.
+    result<uint32_t> fill_rts(tx_entry *tx, const iovec *iov, size_t count) noexcept;
+    // An eager send prepared before the peer's limit was known, larger than
+    // it: sent as a rendezvous from the caller's buffer instead.
+    bool convert_to_rts(tx_entry *tx) noexcept;
     void read_done(tx_entry *tx) noexcept;
     void handle_fin(uint32_t pi, const wire::fin_body &fin) noexcept;
 
@@ -333,6 +383,7 @@ class engine_impl final : public engine
     const av_table *av_ = nullptr; // bound AV; not owned
     ep_name name_;
     size_t buf_size_ = 0;
+    uint32_t tx_slots_ = max_tx_slots; // bounce buffers per rail
     size_t min_multi_recv_ = 64; // FI_OPT_MIN_MULTI_RECV default
     std::vector<std::unique_ptr<rail_res>> rails_;
     std::vector<tx_entry> txs_;
@@ -349,8 +400,8 @@ class engine_impl final : public engine
     uint64_t next_keepalive_ns_ = 0;
     uint32_t pending_total_ = 0;      // tx entries waiting on peers' pending lists
     ilist<unexp_msg> deferred_reads_; // matched rendezvous waiting for tx resources
-    uint32_t connecting_ = 0;         // peer rails with a connection attempt under way
-    uint32_t rails_down_ = 0;         // peer rails (and local rails) down, to reconnect
+    bool wiring_ = false;             // a handshake may be waiting: check_timers looks
+    bool rails_down_ = false;         // a peer rail may be down: the health check reconnects
     uint64_t next_health_ns_ = 0;
     bool shut_ = false;
     uint32_t purge_tick_ = 0; // progress calls since the caches were last purged

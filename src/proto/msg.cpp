@@ -86,7 +86,12 @@ status engine_impl::send(const send_args &a) noexcept
     status s = resolve(a.dest, pi);
     if (!s.is_ok()) return s;
     size_t len = total_len(a.iov, a.count);
-    tx_entry *tx = alloc_header_tx(len <= cfg_.eager_limit ? tx_kind::eager : tx_kind::rts, pi);
+    peer &p = peers_[pi];
+    // Injected data is copied before the call returns, never read later: an
+    // inject is at most inject_size, which every endpoint takes eagerly.
+    const bool inject = a.flags & FI_INJECT;
+    const bool eager = len <= p.eager_limit || inject;
+    tx_entry *tx = alloc_header_tx(eager ? tx_kind::eager : tx_kind::rts, pi);
     if (!tx) return err_again;
     event &ev = tx->ev;
     ev.kind = event_kind::send;
@@ -109,8 +114,30 @@ status engine_impl::send(const send_args &a) noexcept
 
     h->op = static_cast<uint8_t>(wire::op::eager);
     gather(reinterpret_cast<uint8_t *>(h + 1), a.iov, a.count);
+    tx->msg_size = len;
+    if (!p.agreed && !inject && len > min_eager_limit) {
+        // The peer's limit is not known yet and may be smaller: keep the
+        // caller's buffer (valid until completion) for a rendezvous instead.
+        std::copy_n(a.iov, a.count, tx->xd.local);
+        tx->xd.nlocal = static_cast<uint32_t>(a.count);
+    }
     submit_header(tx, static_cast<uint32_t>(len));
     return status::ok();
+}
+
+void engine_impl::fail_directed(fi_addr_t addr, int err) noexcept
+{
+    for (bool tagged : {true, false}) {
+        ilist<rx_entry> &l = mq_.posted(tagged);
+        for (rx_entry *rx = l.head, *nx = nullptr; rx; rx = nx) {
+            nx = rx->next;
+            if (rx->src != addr) continue;
+            mq_.unpost(rx);
+            event ev = failed_recv(rx, err);
+            release_rx(rx);
+            report(ev);
+        }
+    }
 }
 
 size_t engine_impl::place(rx_entry *rx, uint64_t size, iovec *out, size_t &nout,
@@ -200,10 +227,11 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
                   nonce_of(peers_[pi]), h.version, wire::version);
         return;
     }
+    peer &p = peers_[pi];
+    if (h.ready_rails & ~p.ready_mask) peer_rails_ready(pi, h.ready_rails);
     // Header messages are numbered per peer. After a failover a message may
     // arrive twice (sent again on another rail) or ahead of one still
     // to be resent: duplicates are dropped, early ones kept until their turn.
-    peer &p = peers_[pi];
     if (h.seq != p.rx_seq) {
         if (static_cast<int32_t>(h.seq - p.rx_seq) < 0) {
             MLX4_DBG(FI_LOG_EP_DATA, "peer %016llx: duplicate message %u dropped\n", nonce_of(p),
@@ -256,6 +284,17 @@ void engine_impl::dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_
         return;
     }
     if (op == wire::op::nop) return;
+    if (op == wire::op::write_data) {
+        // The data of the write before it on this QP has landed.
+        event ev;
+        ev.kind = event_kind::remote_write;
+        ev.flags = FI_RMA | FI_REMOTE_WRITE | FI_REMOTE_CQ_DATA;
+        ev.data = h.data;
+        ev.len = 0;
+        ev.src = peer_addr(p);
+        report(ev);
+        return;
+    }
     bool tagged = h.flags & wire::flag_tagged;
     bool has_data = h.flags & wire::flag_data;
     fi_addr_t src = peer_addr(p);
@@ -332,6 +371,20 @@ status engine_impl::recv(const recv_args &a) noexcept
     ev.context = a.context;
     ev.op_flags = a.flags;
     ev.flags = FI_RECV | (a.tagged ? FI_TAGGED : FI_MSG);
+
+    // Directed at a peer known to be gone (and not yet due for another try):
+    // it would never complete.
+    if (a.src != FI_ADDR_UNSPEC && a.src < addr_cache_.size() && addr_cache_[a.src] &&
+        addr_cache_gen_ == (av_ ? av_->generation() : 0)) {
+        const peer &p = peers_[addr_cache_[a.src] - 1];
+        if (p.st == peer::state::failed && now_ns() < p.retry_ns &&
+            !(a.flags & (FI_PEEK | FI_CLAIM))) {
+            ev.tag = a.tag;
+            ev.err = p.fail_err ? p.fail_err : FI_EIO;
+            report(ev);
+            return status::ok();
+        }
+    }
 
     if (a.flags & FI_PEEK) {
         unexp_msg *m = mq_.find_unexpected(a.tagged, a.tag, a.ignore, a.src);

@@ -44,7 +44,7 @@ uint32_t engine_impl::usable_rails(const peer &p, uint32_t key_mask) const noexc
 {
     uint32_t m = 0;
     for (unsigned r = 0; r < p.nrails; ++r)
-        if (p.rails[r].st == peer_rail::state::connected && !rails_[r]->down && (key_mask >> r & 1))
+        if (p.rails[r].ready() && !rails_[r]->down && (key_mask >> r & 1))
             m |= 1u << r;
     return m;
 }
@@ -240,20 +240,20 @@ bool engine_impl::rehome(tx_entry *tx, unsigned r) noexcept
     uint64_t lo = reinterpret_cast<uint64_t>(old_base);
     for (uint32_t w = 0; w < tx->nwr; ++w) {
         tx_entry::wr_desc &d = tx->wrs[w];
+        // A write that is not striped (injected, or with remote CQ data):
+        // the target's key on the new rail, the caller's buffers registered
+        // there. Pieces in the bounce buffer move with it.
+        const bool rdma = d.opcode != device::wr_opcode::send;
+        if (tx->kind == tx_kind::rma && rdma)
+            d.rkey = r < 2 ? static_cast<uint32_t>(tx->rma_key >> (32 * r)) : 0;
         for (uint32_t i = 0; i < d.num_sge; ++i) {
             device::sge &s = d.sge[i];
             if (old_base && s.addr >= lo && s.addr < lo + buf_size_) {
                 s.addr = reinterpret_cast<uint64_t>(new_base) + (s.addr - lo);
                 s.lkey = rails_[r]->tx_bufs->lkey();
+                continue;
             }
-        }
-        if (tx->kind != tx_kind::rma) continue;
-        // A write that is not striped (injected, or with remote CQ data): the
-        // target's key on the new rail, the caller's buffers registered there.
-        d.rkey = r < 2 ? static_cast<uint32_t>(tx->rma_key >> (32 * r)) : 0;
-        if (tx->buf >= 0) continue;
-        for (uint32_t i = 0; i < d.num_sge && i < std::size(tx->mr); ++i) {
-            device::sge &s = d.sge[i];
+            if (tx->kind != tx_kind::rma || !rdma || i >= std::size(tx->mr)) continue;
             auto mr = rails_[r]->cache->acquire(reinterpret_cast<void *>(s.addr), s.length);
             if (!mr.ok()) return false;
             s.lkey = region_of(mr.value()).lkey();
@@ -271,35 +271,55 @@ void engine_impl::rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) 
 {
     peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
-    if (p.st == peer::state::failed || pr.st == peer_rail::state::down) return;
-    if (pr.st == peer_rail::state::connecting) --connecting_;
-    pr.st = peer_rail::state::down;
-    ++rails_down_;
-    pr.next_try_ns = now_ns() + reconnect_backoff_ns;
+    const wireup::state was = pr.hs.st();
+    if (p.st == peer::state::failed || was == wireup::state::down || was == wireup::state::idle)
+        return;
+    pr.hs.on_broken();
+    p.ready_mask &= ~(1u << r);
+    pr.retry_ns = now_ns() + reconnect_backoff_ns;
+    rails_down_ = true;
     if (pr.qp) pr.qp->set_error(); // what is still queued on it flushes (and is ignored)
     if (rail_counters *c = rails_[r]->r.counters)
         c->failovers.fetch_add(1, std::memory_order_relaxed);
-
-    unsigned next = max_rails;
-    if (p.rails[p.primary].st == peer_rail::state::connected) next = p.primary;
-    for (unsigned i = 0; i < p.nrails && next == max_rails; ++i)
-        if (p.rails[i].st == peer_rail::state::connected && !rails_[i]->down) next = i;
-    for (unsigned i = 0; i < p.nrails && next == max_rails; ++i)
-        if (p.rails[i].st == peer_rail::state::connected) next = i;
-    if (next == max_rails) {
-        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: rail %u failed and no rail is left\n", nonce_of(p),
-                  r);
-        fail_peer(pi, err, prov_errno);
+    if (was == wireup::state::ready) {
+        evacuate(pi, r, err, prov_errno);
         return;
     }
-    MLX4_WARN(FI_LOG_EP_DATA,
-              "peer %016llx: rail %u (%s port %u) failed; traffic moves to rail %u\n", nonce_of(p),
-              r, rails_[r]->r.dev->attr().name.c_str(), rails_[r]->r.port, next);
+    // A handshake that broke: the peer may have nothing else.
+    link_gave_up(pi, r);
+}
+
+void engine_impl::evacuate(uint32_t pi, unsigned r, int err, int prov_errno) noexcept
+{
+    peer &p = peers_[pi];
+    unsigned next = max_rails;
+    if (p.rails[p.primary].ready() && p.primary != r) next = p.primary;
+    for (unsigned i = 0; i < p.nrails && next == max_rails; ++i)
+        if (i != r && p.rails[i].ready() && !rails_[i]->down) next = i;
+    for (unsigned i = 0; i < p.nrails && next == max_rails; ++i)
+        if (i != r && p.rails[i].ready()) next = i;
+    bool wait = false; // a handshake under way on r (the peer rebuilt it) takes the traffic
+    if (next == max_rails) {
+        if (!p.rails[r].hs.waiting()) {
+            MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: rail %u failed and no rail is left\n",
+                      nonce_of(p), r);
+            fail_peer(pi, err, prov_errno);
+            return;
+        }
+        next = r;
+        wait = true;
+        p.st = peer::state::connecting; // headers wait for the new connection
+    } else {
+        MLX4_WARN(FI_LOG_EP_DATA,
+                  "peer %016llx: rail %u (%s port %u) failed; traffic moves to rail %u\n",
+                  nonce_of(p), r, rails_[r]->r.dev->attr().name.c_str(), rails_[r]->r.port, next);
+    }
     p.primary = next;
 
     // Header messages that may not have arrived are sent again, ahead of
     // everything still pending; chunks are planned again over the rails left
-    // (should that fail the peer, what was queued fails with it).
+    // (should that fail the peer, what was queued fails with it), or wait
+    // with the headers for the rail that is being connected again.
     ilist<tx_entry> resend, chunks;
     for (tx_entry *tx = p.inflight.head, *nx = nullptr; tx; tx = nx) {
         nx = tx->next;
@@ -310,10 +330,15 @@ void engine_impl::rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) 
         }
         p.inflight.remove(tx);
         tx->posted = false;
-        (tx->kind == tx_kind::chunk ? chunks : resend).push_back(tx);
+        (tx->kind == tx_kind::chunk && !wait ? chunks : resend).push_back(tx);
     }
     while (tx_entry *tx = resend.tail) {
         resend.remove(tx);
+        if (wait) {
+            tx->next_wr = 0;
+            tx->outstanding = 0;
+            ++tx->epoch; // completions from the old QP are stale
+        }
         p.pending.push_front(tx);
         ++pending_total_;
     }
@@ -337,8 +362,7 @@ void engine_impl::check_rails(uint64_t now) noexcept
             MLX4_WARN(FI_LOG_EP_CTRL, "rail %u (%s port %u) is down\n", rr.index,
                       rr.r.dev->attr().name.c_str(), rr.r.port);
             for (uint32_t pi = 0; pi < peers_.size(); ++pi)
-                if (rr.index < peers_[pi].nrails &&
-                    peers_[pi].rails[rr.index].st == peer_rail::state::connected)
+                if (rr.index < peers_[pi].nrails && peers_[pi].rails[rr.index].ready())
                     rail_failed(pi, rr.index, FI_EIO, 0);
         } else if (active && rr.down) {
             rr.down = false;
@@ -349,17 +373,21 @@ void engine_impl::check_rails(uint64_t now) noexcept
     }
     if (!rails_down_) return;
     // Reconnect the rails peers lost, where the local port is up.
+    bool any = false;
     for (uint32_t pi = 0; pi < peers_.size(); ++pi) {
         peer &p = peers_[pi];
         if (p.st != peer::state::connected) continue;
         for (unsigned r = 0; r < p.nrails; ++r) {
             peer_rail &pr = p.rails[r];
-            if (pr.st != peer_rail::state::down || rails_[r]->down || now < pr.next_try_ns)
-                continue;
+            if (pr.hs.st() != wireup::state::down) continue;
+            any = true;
+            if (rails_[r]->down || now < pr.retry_ns) continue;
             MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: reconnecting rail %u\n", nonce_of(p), r);
-            if (!connect_rail(pi, r).is_ok()) pr.next_try_ns = now + reconnect_backoff_ns;
+            pr.retry_ns = now + reconnect_backoff_ns;
+            connect_rail(pi, r);
         }
     }
+    if (!any) rails_down_ = false;
 }
 
 } // namespace mlx4fi::proto

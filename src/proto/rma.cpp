@@ -2,8 +2,11 @@
 // READ, WRITE and WRITE_WITH_IMM over the peer's RC connections. Reads and
 // writes are striped like rendezvous reads (rail.cpp): the target's key
 // (fi_mr_key) carries its rkeys on the first two rails, so those are the
-// rails an RMA may use. Writes with remote CQ data stay on one rail (the
-// immediate must arrive after all of the data), as do injected writes.
+// rails an RMA may use. Writes with remote CQ data stay on one rail, as do
+// injected writes: the data travels in a write_data header sent on the same
+// QP right after the write (so it arrives after the data) and numbered like
+// every header, so a write sent again after a failover is reported at the
+// target once. (RDMA WRITE WITH IMMEDIATE would raise a second completion.)
 #include "engine_impl.hpp"
 
 #include "mlx4fi/util/log.hpp"
@@ -28,7 +31,7 @@ status engine_impl::rma(const rma_args &a) noexcept
     const bool imm = !a.read && (a.flags & FI_REMOTE_CQ_DATA);
     const bool inject = !a.read && (a.flags & FI_INJECT);
 
-    tx_entry *tx = alloc_tx(tx_kind::rma, pi);
+    tx_entry *tx = imm ? alloc_header_tx(tx_kind::rma, pi) : alloc_tx(tx_kind::rma, pi);
     if (!tx) return err_again;
     if (tx->rail >= 2) {
         MLX4_WARN(FI_LOG_EP_DATA, "RMA keys cover the first two rails only\n");
@@ -90,19 +93,18 @@ status engine_impl::rma(const rma_args &a) noexcept
 
     rail_res &rr = *rails_[tx->rail];
     tx_entry::wr_desc &d = tx->wrs[0];
-    d.opcode = a.read
-                   ? device::wr_opcode::rdma_read
-                   : (imm ? device::wr_opcode::rdma_write_with_imm : device::wr_opcode::rdma_write);
+    d.opcode = a.read ? device::wr_opcode::rdma_read : device::wr_opcode::rdma_write;
     d.remote_addr = a.addr;
     d.rkey = static_cast<uint32_t>(a.key >> (32 * tx->rail));
-    d.imm = static_cast<uint32_t>(a.data);
     if (inject) {
-        // The caller's buffer is free on return: copy into a bounce buffer.
-        if (len > buf_size_ || (tx->buf = alloc_buf(rr)) < 0) {
+        // The caller's buffer is free on return: copy into a bounce buffer
+        // (after the header, with remote CQ data).
+        const size_t at = imm ? sizeof(wire::msg_hdr) : 0;
+        if (len + at > buf_size_ || (!imm && (tx->buf = alloc_buf(rr)) < 0)) {
             release_tx(tx);
-            return len > buf_size_ ? err_inval : err_again;
+            return len + at > buf_size_ ? err_inval : err_again;
         }
-        uint8_t *b = tx_buf(tx);
+        uint8_t *b = tx_buf(tx) + at;
         size_t off = 0;
         for (size_t i = 0; i < a.count; ++i) {
             std::memcpy(b + off, a.iov[i].iov_base, a.iov[i].iov_len);
@@ -127,6 +129,21 @@ status engine_impl::rma(const rma_args &a) noexcept
         }
     }
     tx->nwr = 1;
+    if (imm) {
+        auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
+        h->op = static_cast<uint8_t>(wire::op::write_data);
+        h->flags = wire::flag_data;
+        h->data = static_cast<uint32_t>(a.data);
+        h->size = len;
+        tx_entry::wr_desc &n = tx->wrs[1];
+        n = tx_entry::wr_desc{};
+        n.opcode = device::wr_opcode::send;
+        n.num_sge = 1;
+        n.sge[0] = {reinterpret_cast<uint64_t>(h), sizeof *h, rr.tx_bufs->lkey()};
+        n.inline_data = sizeof *h <= p.inline_size;
+        tx->nwr = 2;
+        h->seq = p.tx_seq++; // last: nothing can fail now, so numbers have no gaps
+    }
     submit(tx);
     return status::ok();
 }

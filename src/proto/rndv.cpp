@@ -23,6 +23,36 @@ namespace mlx4fi::proto
 
 status engine_impl::send_rts(tx_entry *tx, const send_args &a) noexcept
 {
+    auto body = fill_rts(tx, a.iov, a.count);
+    if (!body.ok()) {
+        release_tx(tx);
+        return body.error();
+    }
+    submit_header(tx, body.value());
+    return status::ok();
+}
+
+bool engine_impl::convert_to_rts(tx_entry *tx) noexcept
+{
+    const peer &p = peers_[tx->peer];
+    MLX4_INFO(FI_LOG_EP_DATA,
+              "peer %016llx takes at most %u bytes eagerly: a %llu-byte send goes by rendezvous\n",
+              nonce_of(p), p.eager_limit, static_cast<unsigned long long>(tx->msg_size));
+    auto body = fill_rts(tx, tx->xd.local, tx->xd.nlocal);
+    if (!body.ok() || !tx->xd.nlocal) {
+        fail_tx(tx, body.ok() ? FI_EIO : -body.error().code(), 0);
+        return false;
+    }
+    tx->kind = tx_kind::rts; // its sequence number stays: nothing else moves
+    ++rts_outstanding_;
+    tx_entry::wr_desc &d = tx->wrs[0];
+    d.sge[0].length = static_cast<uint32_t>(sizeof(wire::msg_hdr) + body.value());
+    d.inline_data = d.sge[0].length <= p.inline_size;
+    return true;
+}
+
+result<uint32_t> engine_impl::fill_rts(tx_entry *tx, const iovec *iov, size_t count) noexcept
+{
     peer &p = peers_[tx->peer];
     auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
     h->op = static_cast<uint8_t>(wire::op::rts);
@@ -36,20 +66,19 @@ status engine_impl::send_rts(tx_entry *tx, const send_args &a) noexcept
         if (!rails_[r]->down) mask |= 1u << r;
     mask |= 1u << tx->rail;
     uint32_t nseg = 0, nlease = 0;
-    for (size_t i = 0; i < a.count; ++i) {
-        if (!a.iov[i].iov_len) continue;
+    for (size_t i = 0; i < count; ++i) {
+        if (!iov[i].iov_len) continue;
         wire::segment &sg = body->seg[nseg++];
-        sg.addr = reinterpret_cast<uint64_t>(a.iov[i].iov_base);
-        sg.len = a.iov[i].iov_len;
+        sg.addr = reinterpret_cast<uint64_t>(iov[i].iov_base);
+        sg.len = iov[i].iov_len;
         for (unsigned r = 0; r < p.nrails; ++r) {
             if (!(mask >> r & 1)) continue;
             auto mr = nlease < std::size(tx->mr)
-                          ? rails_[r]->cache->acquire(a.iov[i].iov_base, a.iov[i].iov_len)
+                          ? rails_[r]->cache->acquire(iov[i].iov_base, iov[i].iov_len)
                           : result<util::mr_cache::lease>(err_nomem);
             if (!mr.ok() && r == tx->rail) { // the rail the message goes on: no rendezvous
                 MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte send buffer: %d\n",
-                          a.iov[i].iov_len, mr.error().code());
-                release_tx(tx);
+                          iov[i].iov_len, mr.error().code());
                 return mr.error();
             }
             if (!mr.ok()) { // that rail is left out of this transfer
@@ -62,9 +91,7 @@ status engine_impl::send_rts(tx_entry *tx, const send_args &a) noexcept
     }
     body->nseg = nseg;
     body->rail_mask = mask;
-    submit_header(
-        tx, static_cast<uint32_t>(offsetof(wire::rts_body, seg) + nseg * sizeof(wire::segment)));
-    return status::ok();
+    return static_cast<uint32_t>(offsetof(wire::rts_body, seg) + nseg * sizeof(wire::segment));
 }
 
 void engine_impl::start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rts, uint64_t size,

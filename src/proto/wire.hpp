@@ -11,7 +11,9 @@
 namespace mlx4fi::proto::wire
 {
 
-inline constexpr uint8_t version = 2;
+// 3: the handshake waits for RTU, carries sessions and limits; remote CQ
+// data of a write travels in a sequenced header (write_data).
+inline constexpr uint8_t version = 3;
 
 // Operations carried by SENDs on an RC connection.
 enum class op : uint8_t {
@@ -19,6 +21,10 @@ enum class op : uint8_t {
     rts = 2,   // rendezvous request: header + rts_body
     fin = 3,   // rendezvous done: header + fin_body
     nop = 4,   // keepalive: probes a peer a rendezvous is waiting on; ignored
+    // Remote CQ data of an RDMA WRITE, sent on the same QP right after it (so
+    // it lands after the data) and sequenced like every header: a write sent
+    // again after a failover raises one completion at the target, not two.
+    write_data = 5,
 };
 
 enum hdr_flags : uint16_t {
@@ -34,7 +40,10 @@ struct msg_hdr {
     uint64_t tag;
     uint64_t size; // payload bytes (eager) or message bytes (rts)
     uint32_t seq;  // per-peer sequence number
-    uint32_t reserved;
+    // The sender's rails whose connection to the receiver is ready (bit
+    // mask): a receiver still waiting for the first message on one of them
+    // learns that the sender's QP there is connected (as from an RTU).
+    uint32_t ready_rails;
 };
 static_assert(sizeof(msg_hdr) == 32);
 
@@ -80,7 +89,16 @@ struct conn_msg {
     uint8_t rail_count;           // the sender's rails, all of them
     uint8_t pad[3];
     uint8_t more_rails[(max_rails - name_rails) * rail_name_bytes]; // rails name_rails..
+    uint32_t dst_epoch;   // REP, RTU: the receiver's QP incarnation this answers
+    uint32_t session;     // the sender's session with the receiver
+    uint32_t dst_session; // the receiver's session as the sender knows it; 0: none yet
+    // What the two sides must agree on; each uses the smaller value.
+    uint32_t eager_limit; // the largest eager payload the sender receives
+    uint32_t inline_size; // the largest inline send (header included) it posts
+    uint32_t features;    // none defined: 0
 };
 static_assert(offsetof(conn_msg, name) == 24);
+static_assert(offsetof(conn_msg, dst_epoch) == 136);
+static_assert(sizeof(conn_msg) == 160);
 
 } // namespace mlx4fi::proto::wire

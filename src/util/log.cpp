@@ -2,6 +2,8 @@
 #include "mlx4fi/util/log.hpp"
 
 #include <atomic>
+#include <cstdarg>
+#include <cstdio>
 
 namespace mlx4fi::util
 {
@@ -31,6 +33,24 @@ const fi_provider *log_provider() noexcept
 void set_log_provider(const fi_provider *prov) noexcept
 {
     current.store(prov ? prov : &fallback_provider, std::memory_order_relaxed);
+}
+
+void log_refusal(fi_log_subsys subsys, const char *fmt, ...) noexcept
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    std::vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    const fi_provider *prov = log_provider();
+    if (fi_log_enabled(prov, FI_LOG_WARN, subsys)) {
+        fi_log(prov, FI_LOG_WARN, subsys, "refused", 0, "%s", line);
+        return;
+    }
+    static const char *const names[] = {"core", "fabric", "domain", "ep_ctrl", "ep_data",
+                                        "av",   "cq",     "eq",     "mr",      "cntr"};
+    const char *sub = unsigned(subsys) < std::size(names) ? names[subsys] : "core";
+    std::fprintf(stderr, "libfabric:%s:%s: %s", prov->name, sub, line);
 }
 
 } // namespace mlx4fi::util

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -31,18 +32,36 @@ constexpr param_def table[] = {
      "(default: -1)"},
     {"EAGER_LIMIT", param_type::integer,
      "Largest message sent eagerly (copied); larger ones use the zero-copy RDMA READ "
-     "rendezvous, 0..65536 (default: 8192)"},
+     "rendezvous, 64..65536; peers use the smaller of their two limits (default: 8192)"},
     {"INLINE_SIZE", param_type::integer,
      "Largest send (header included) posted inline in the work request, 0..912 (default: 64)"},
-    {"SIM_RNR_TIMEOUT_MS", param_type::integer,
-     "Software HCA: how long a SEND waits for a receive buffer before "
-     "IBV_WC_RNR_RETRY_EXC_ERR; 0 waits forever, as verbs rnr_retry=7 (default: 0)"},
-    {"SIM_RETRY_TIMEOUT_MS", param_type::integer,
-     "Software HCA: how long a send waits for a peer QP that is not connected yet before "
-     "IBV_WC_RETRY_EXC_ERR (default: 500)"},
+    {"RC_TIMEOUT", param_type::integer,
+     "RC local ACK timeout, 4.096 us x 2^N per try, 1..31; with the retry count it bounds how "
+     "long a dead peer of a connection goes unnoticed (default: 18, 1.07 s)"},
+    {"RC_RETRY_COUNT", param_type::integer,
+     "RC transport retries before a connection fails, 0..6 (7 means forever on some verbs "
+     "stacks) (default: 6, so a dead peer is noticed after about 7.5 s)"},
+    {"RNR_RETRY", param_type::integer,
+     "RC retries of a receiver without a free receive buffer, 0..7; 7 retries forever, so a "
+     "busy peer is never taken for a dead one (default: 7)"},
+    {"RNR_TIMER", param_type::integer,
+     "RNR NAK timer code a receiver asks senders to wait, 0..31 (default: 12, 0.64 ms)"},
+    {"CONNECT_RETRY_MS", param_type::integer,
+     "Connection set-up: first resend interval of a request or reply, doubling up to 16x "
+     "(default: 200)"},
+    {"CONNECT_TIMEOUT_MS", param_type::integer,
+     "Connection set-up: how long a peer may leave a request unanswered before its "
+     "operations fail with FI_EIO; only time this process spends in the provider counts, "
+     "so a peer in a long compute phase is waited for up to this (default: 120000)"},
+    {"PEER_RETRY_MS", param_type::integer,
+     "A peer that failed: operations to it fail at once for this long, then the next one "
+     "connects again; doubles per failure up to 64x (default: 1000)"},
+    {"KEEPALIVE_MS", param_type::integer,
+     "Interval of keepalive probes to peers a rendezvous waits on, so a peer that died "
+     "is noticed (default: 1000)"},
     {"SIM_ARENA_MB", param_type::integer,
      "Software HCA: MiB of shared memory per device and process for receive and bounce "
-     "buffers (default: 64)"},
+     "buffers; only pages in use cost memory (default: 256)"},
     {"MR_CACHE_SIZE", param_type::size,
      "Bytes of user memory the registration cache keeps registered per rail; 0 registers "
      "every transfer afresh (default: 1073741824)"},
@@ -126,6 +145,27 @@ const char *raw_value(const char *name) noexcept
     char var[64];
     std::snprintf(var, sizeof var, "FI_MLX4_%s", name);
     return std::getenv(var);
+}
+
+// An integer parameter that must lie in lo..hi: anything else (malformed,
+// out of range) is refused, so the provider never runs with a value other
+// than the one asked for.
+void load_int(const char *name, long lo, long hi, uint32_t &value, config &cfg)
+{
+    const char *text = raw_value(name);
+    if (!text || trim(text).empty()) return;
+    std::string_view t = trim(text);
+    char *end = nullptr;
+    std::string s(t);
+    errno = 0;
+    long v = std::strtol(s.c_str(), &end, 10);
+    if (errno || end == s.c_str() || *end || v < lo || v > hi) {
+        if (cfg.refused.empty())
+            cfg.refused = "FI_MLX4_" + std::string(name) + "='" + s + "' is not an integer in " +
+                          std::to_string(lo) + ".." + std::to_string(hi);
+        return;
+    }
+    value = static_cast<uint32_t>(v);
 }
 
 // A size parameter: malformed values are logged and the default kept.
@@ -293,20 +333,32 @@ config load_config(const fi_provider *prov) noexcept
         }
         cfg.gid_index = gid;
     }
-    int v = 0;
-    if (fi_param_get_int(p, "EAGER_LIMIT", &v) == FI_SUCCESS) {
-        if (v < 0 || static_cast<size_t>(v) > max_eager_limit)
-            MLX4_WARN(FI_LOG_CORE, "FI_MLX4_EAGER_LIMIT=%d is outside 0..%zu; using %zu\n", v,
-                      max_eager_limit, cfg.eager_limit);
-        else
-            cfg.eager_limit = static_cast<size_t>(v);
-    }
-    if (fi_param_get_int(p, "INLINE_SIZE", &v) == FI_SUCCESS) {
-        if (v < 0 || static_cast<size_t>(v) > max_inline_size)
-            MLX4_WARN(FI_LOG_CORE, "FI_MLX4_INLINE_SIZE=%d is outside 0..%zu; using %zu\n", v,
-                      max_inline_size, cfg.inline_size);
-        else
-            cfg.inline_size = static_cast<size_t>(v);
+    try {
+        uint32_t v = static_cast<uint32_t>(cfg.eager_limit);
+        load_int("EAGER_LIMIT", min_eager_limit, max_eager_limit, v, cfg);
+        cfg.eager_limit = v;
+        v = static_cast<uint32_t>(cfg.inline_size);
+        load_int("INLINE_SIZE", 0, max_inline_size, v, cfg);
+        cfg.inline_size = v;
+        struct {
+            const char *name;
+            long lo, hi;
+            uint8_t &value;
+        } codes[] = {{"RC_TIMEOUT", 1, 31, cfg.rc_timeout},
+                     {"RC_RETRY_COUNT", 0, 6, cfg.rc_retry_count},
+                     {"RNR_RETRY", 0, 7, cfg.rnr_retry},
+                     {"RNR_TIMER", 0, 31, cfg.rnr_timer}};
+        for (auto &c : codes) {
+            v = c.value;
+            load_int(c.name, c.lo, c.hi, v, cfg);
+            c.value = static_cast<uint8_t>(v);
+        }
+        load_int("CONNECT_RETRY_MS", 1, 600000, cfg.connect_retry_ms, cfg);
+        load_int("CONNECT_TIMEOUT_MS", 1, 86400000, cfg.connect_timeout_ms, cfg);
+        load_int("PEER_RETRY_MS", 0, 3600000, cfg.peer_retry_ms, cfg);
+        load_int("KEEPALIVE_MS", 1, 3600000, cfg.keepalive_ms, cfg);
+    } catch (...) {
+        cfg.refused = "out of memory reading the parameters";
     }
     size_t bytes = 0;
     if (fi_param_get_size_t(p, "MR_CACHE_SIZE", &bytes) == FI_SUCCESS) cfg.mr_cache_size = bytes;

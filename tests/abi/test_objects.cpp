@@ -32,7 +32,7 @@ using clock_type = std::chrono::steady_clock;
 std::vector<uint8_t> fake_name(uint64_t nonce, uint16_t lid = 7, uint32_t qpn = 0x99)
 {
     std::vector<uint8_t> n(name_len, 0);
-    n[0] = 1; // version
+    n[0] = 2; // version (2: the GID type in the link byte)
     n[1] = 1; // rails
     for (int i = 0; i < 8; ++i)
         n[4 + i] = uint8_t(nonce >> (8 * i));
@@ -504,7 +504,7 @@ TEST_F(objects, ep_getname_size_semantics)
     len = full.size();
     EXPECT_EQ(fi_getname(&ep->fid, full.data(), &len), 0);
     EXPECT_EQ(len, name_len);
-    EXPECT_EQ(full[0], 1) << "name version";
+    EXPECT_EQ(full[0], 2) << "name version";
     len = part.size();
     EXPECT_EQ(fi_getname(&ep->fid, part.data(), &len), -FI_ETOOSMALL);
     EXPECT_EQ(len, name_len);

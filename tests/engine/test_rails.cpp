@@ -657,3 +657,72 @@ TEST_F(failover_test, a_resent_header_that_had_arrived_is_not_delivered_twice)
     event ev = next(b);
     EXPECT_EQ(ev.err, FI_ENOMSG) << "a duplicate was delivered (tag " << ev.tag << ")";
 }
+
+// The same race with fi_writedata: the write and its remote CQ data had
+// arrived, the send completions had not been seen when the rail was found
+// down, and the write is sent again on the other rail. The target must raise
+// one completion per write, not two (with RDMA WRITE WITH IMMEDIATE, each
+// copy that lands raises one).
+TEST_F(failover_test, remote_cq_data_is_delivered_once_across_a_failover)
+{
+    setenv("FI_MLX4_SIM_RATE_SCALE", "0.000001", 1);
+    setenv("FI_MLX4_SIM_FAULT", "mlx4_0:1:3200", 1);
+    rails_test::SetUp();
+    for (int i = 0; i < 40 && primary_of(a, b) != 0; ++i) {
+        for (node *n : {&a, &b})
+            n->eng->shutdown();
+        a = node{};
+        b = node{};
+        open_pair(a, b);
+    }
+    unsetenv("FI_MLX4_SIM_RATE_SCALE");
+    unsetenv("FI_MLX4_SIM_FAULT");
+    ASSERT_EQ(primary_of(a, b), 0u);
+
+    const int count = 5;
+    std::vector<uint8_t> target(count * 1000, 0);
+    auto mr = reg(b, target.data(), target.size());
+    std::vector<std::vector<uint8_t>> msgs;
+    int ctx[count];
+    for (int i = 0; i < count; ++i) {
+        msgs.push_back(pattern(1000, uint8_t(40 + i)));
+        iovec iov{msgs[i].data(), 1000};
+        proto::rma_args w{&iov, 1, a.peer, reinterpret_cast<uint64_t>(target.data()) + 1000 * i,
+                          mr.key, uint64_t(0x7000 + i), FI_COMPLETION | FI_REMOTE_CQ_DATA, &ctx[i],
+                          false};
+        ASSERT_TRUE(a.eng->rma(w).is_ok());
+    }
+    int written = 0, errors = 0;
+    std::vector<uint64_t> data_seen;
+    ASSERT_TRUE(run_until(
+        [&] {
+            while (!a.sink.events.empty()) {
+                errors += a.sink.events.front().err != 0;
+                ++written;
+                a.sink.events.pop_front();
+            }
+            while (!b.sink.events.empty()) {
+                event ev = b.sink.events.front();
+                b.sink.events.pop_front();
+                EXPECT_EQ(ev.kind, event_kind::remote_write);
+                data_seen.push_back(ev.data);
+            }
+            return written == count && data_seen.size() >= size_t(count);
+        },
+        20));
+    EXPECT_EQ(errors, 0);
+    EXPECT_GT(a.counters[0]->failovers.load(), 0u) << "rail 0 failed under the stream";
+    for (int i = 0; i < 400; ++i) { // anything sent twice has arrived by now
+        a.eng->progress();
+        b.eng->progress();
+    }
+    while (!b.sink.events.empty()) {
+        data_seen.push_back(b.sink.events.front().data);
+        b.sink.events.pop_front();
+    }
+    ASSERT_EQ(data_seen.size(), size_t(count)) << "remote CQ data delivered more than once";
+    for (int i = 0; i < count; ++i) {
+        EXPECT_EQ(data_seen[i], uint64_t(0x7000 + i)) << "in order";
+        EXPECT_EQ(0, std::memcmp(target.data() + 1000 * i, msgs[i].data(), 1000)) << i;
+    }
+}

@@ -143,7 +143,7 @@ TEST(address, unpack_refuses_reserved_bits_and_unknown_link)
     auto buf = packed(sample());
     buf[3] = 1;
     EXPECT_EQ(unpack_name(buf.data(), buf.size(), out), err_inval);
-    for (uint8_t link : {uint8_t(0), uint8_t(3), uint8_t(0x80)}) {
+    for (uint8_t link : {uint8_t(0), uint8_t(3), uint8_t(0x80), uint8_t(0x32), uint8_t(0x11)}) {
         buf = packed(sample());
         buf[name_header_bytes + rail_name_bytes] = link; // second rail
         EXPECT_EQ(unpack_name(buf.data(), buf.size(), out), err_inval) << int(link);
@@ -271,4 +271,20 @@ TEST(av_table, duplicate_insert_keeps_both_until_removed)
     EXPECT_EQ(t.find(sample(3)), b);
     EXPECT_TRUE(t.remove(b).is_ok());
     EXPECT_EQ(t.find(sample(3)), FI_ADDR_NOTAVAIL);
+}
+
+TEST(address, roce_names_carry_the_gid_type)
+{
+    ep_name n = sample(0x77, 2); // rail 1 is Ethernet
+    for (auto type : {device::gid_type::roce_v1, device::gid_type::roce_v2}) {
+        n.rails[1].gid_type = type;
+        auto buf = packed(n);
+        EXPECT_EQ(buf[name_header_bytes + rail_name_bytes],
+                  type == device::gid_type::roce_v1 ? 0x12 : 0x22);
+        ep_name back;
+        ASSERT_TRUE(unpack_name(buf.data(), buf.size(), back).is_ok());
+        EXPECT_EQ(back.rails[1].gid_type, type);
+        EXPECT_EQ(back.rails[0].gid_type, device::gid_type::ib);
+    }
+    EXPECT_NE(name_to_string(n).find("RoCEv2:"), std::string::npos);
 }

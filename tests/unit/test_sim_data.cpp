@@ -376,7 +376,7 @@ TEST(sim_data, remote_qp_not_yet_connected_gets_time)
 
 TEST(sim_data, remote_qp_that_never_connects_gives_retry_exceeded)
 {
-    scoped_env env("FI_MLX4_SIM_RETRY_TIMEOUT_MS", "40");
+    // The budget is the connection's: 3 tries of 16.8 ms (remote_of).
     device_list devs = open_sim();
     const port_attr &port = devs[0]->attr().ports[0];
     end_point a = make_end(*devs[0]), b = make_end(*devs[0]);
@@ -386,22 +386,47 @@ TEST(sim_data, remote_qp_that_never_connects_gives_retry_exceeded)
     work_completion wc;
     ASSERT_TRUE(wait(*a.cq, wc));
     EXPECT_EQ(wc.status, wc_status::retry_exc_err);
-    EXPECT_GE(clk::now() - t0, std::chrono::milliseconds(35));
+    EXPECT_GE(clk::now() - t0, std::chrono::milliseconds(50));
 }
 
-TEST(sim_data, rnr_timeout_from_the_environment)
+TEST(sim_data, retry_budget_follows_the_qp_timing)
 {
+    // A dead end costs ack timeout x (retries + 1), as on hardware: code 14
+    // (67 ms) x 2 tries = 134 ms, against 3 x 16.8 ms for code 12.
+    device_list devs = open_sim();
+    const port_attr &port = devs[0]->attr().ports[0];
+    end_point a = make_end(*devs[0]);
+    rc_remote r = remote_of(port, 0xfffff0);
+    r.timing.timeout = 14;
+    r.timing.retry_cnt = 1;
+    ASSERT_TRUE(a.qp->connect(r).is_ok());
+    auto t0 = clk::now();
+    ASSERT_TRUE(send(a, 1).is_ok());
+    work_completion wc;
+    ASSERT_TRUE(wait(*a.cq, wc, {}, 5000));
+    EXPECT_EQ(wc.status, wc_status::retry_exc_err);
+    EXPECT_GE(clk::now() - t0, std::chrono::milliseconds(134));
+}
+
+TEST(sim_data, rnr_budget_follows_the_qp_timing)
+{
+    // RNR retry 2 with timer code 21 (15.36 ms): about 46 ms, then
+    // rnr_retry_exc_err; with rnr_retry 7 the sender would wait forever.
     device_list devs = open_sim();
     const port_attr &port = devs[0]->attr().ports[0];
     end_point b = make_end(*devs[0]);
-    scoped_env env("FI_MLX4_SIM_RNR_TIMEOUT_MS", "30");
     end_point a = make_end(*devs[0]);
-    ASSERT_TRUE(a.qp->connect(remote_of(port, b.qp->qp_num())).is_ok());
+    rc_remote r = remote_of(port, b.qp->qp_num());
+    r.timing.rnr_retry = 2;
+    r.timing.min_rnr_timer = 21;
+    ASSERT_TRUE(a.qp->connect(r).is_ok());
+    auto t0 = clk::now();
     ASSERT_TRUE(b.qp->connect(remote_of(port, a.qp->qp_num())).is_ok());
     ASSERT_TRUE(send(a, 1).is_ok());
     work_completion wc;
     ASSERT_TRUE(wait(*a.cq, wc, {}, 1000));
     EXPECT_EQ(wc.status, wc_status::rnr_retry_exc_err);
+    EXPECT_GE(clk::now() - t0, std::chrono::milliseconds(46));
 }
 
 TEST(sim_data, keys_are_not_reused_after_deregistration)

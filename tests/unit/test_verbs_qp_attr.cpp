@@ -308,8 +308,11 @@ TEST(verbs_qp_attr, rc_rts)
     EXPECT_EQ(t.mask, IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
                           IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC);
     EXPECT_EQ(t.attr.qp_state, IBV_QPS_RTS);
-    EXPECT_EQ(t.attr.timeout, 14u);
-    EXPECT_EQ(t.attr.retry_cnt, 7u);
+    // The defaults: a 1.07 s ACK timeout (ConnectX-3's local_ca_ack_delay is
+    // 15, 134 ms: a shorter one is raised by the HCA anyway), 6 retries (7 is
+    // "forever" on Soft-RoCE), receiver-not-ready retried forever.
+    EXPECT_EQ(t.attr.timeout, 18u);
+    EXPECT_EQ(t.attr.retry_cnt, 6u);
     EXPECT_EQ(t.attr.rnr_retry, 7u);
     EXPECT_EQ(t.attr.sq_psn, 0xabcdefu);
     EXPECT_EQ(t.attr.max_rd_atomic, 16u);
@@ -317,7 +320,25 @@ TEST(verbs_qp_attr, rc_rts)
     EXPECT_EQ(t.attr.max_dest_rd_atomic, 0u);
     EXPECT_EQ(t.attr.path_mtu, 0);
     EXPECT_EQ(rc_rts(0xff000001).attr.sq_psn, 1u);
-    EXPECT_EQ(rc_rts(1, 8).attr.max_rd_atomic, 8u);
+    EXPECT_EQ(rc_rts(1, {}, 8).attr.max_rd_atomic, 8u);
+    rc_timing scaled{10, 3, 2, 1};
+    qp_transition s = rc_rts(1, scaled);
+    EXPECT_EQ(s.attr.timeout, 10u);
+    EXPECT_EQ(s.attr.retry_cnt, 3u);
+    EXPECT_EQ(s.attr.rnr_retry, 2u);
+}
+
+TEST(verbs_qp_attr, rc_rtr_takes_the_rnr_timer_from_the_timing)
+{
+    gid remote{};
+    remote[0] = 0xfe;
+    remote[1] = 0x80;
+    remote[15] = 2;
+    rc_remote rem = roce_remote(remote, 1024);
+    rem.timing.min_rnr_timer = 3;
+    auto r = rc_rtr(roce_port(), rem);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r.value().attr.min_rnr_timer, 3u);
 }
 
 TEST(verbs_qp_attr, to_error_state)

@@ -145,12 +145,34 @@ struct qp_caps {
     uint32_t max_inline = 64;
 };
 
+// RC transport timing, in the IBTA encodings ibv_modify_qp takes; set when
+// an RC QP connects. The budget a requester spends on a silent responder (a
+// dead peer, a QP not yet ready) is ack_timeout(timeout) x (retry_cnt + 1);
+// a responder without a receive buffer is retried rnr_retry times, forever
+// when rnr_retry is 7.
+struct rc_timing {
+    uint8_t timeout = 18;       // local ACK timeout 4.096 us << timeout (18: 1.07 s, UCX's 1 s)
+    uint8_t retry_cnt = 6;      // 0..6: 7 means "forever" on some stacks (Soft-RoCE)
+    uint8_t rnr_retry = 7;      // 7: retry a receiver that is not ready forever
+    uint8_t min_rnr_timer = 12; // RNR NAK timer code (12: 0.64 ms between RNR retries)
+};
+
+// ACK timeout per try, in ns (code 0: no timeout at all, returned as UINT64_MAX).
+[[nodiscard]] uint64_t ack_timeout_ns(uint8_t code) noexcept;
+// The time a request waits on a silent responder before retry_exc_err.
+[[nodiscard]] uint64_t retry_budget_ns(const rc_timing &t) noexcept;
+// The RNR NAK timer (IBTA table: code 0 is 655.36 ms, 1 is 0.01 ms ... 31 is 491.52 ms).
+[[nodiscard]] uint64_t rnr_timer_ns(uint8_t code) noexcept;
+// The time a request retries a receiver that is not ready; UINT64_MAX: forever.
+[[nodiscard]] uint64_t rnr_budget_ns(const rc_timing &t) noexcept;
+
 // What connect() needs of the remote RC QP.
 struct rc_remote {
     port_address addr;
     uint32_t qpn = 0;
     uint32_t psn = 0;
     uint32_t mtu = 0; // bytes; the smaller of both ports' active MTU
+    rc_timing timing;
 };
 
 class queue_pair {

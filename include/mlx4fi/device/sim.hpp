@@ -59,16 +59,10 @@ device_list discover(const util::config &cfg) noexcept;
 
 // Data-path tunables, read from the environment when a QP (or a device's
 // shared-memory context) is created:
-//   FI_MLX4_SIM_RNR_TIMEOUT_MS    how long an RC send retries a receiver that has
-//                                 no receive posted before it completes with
-//                                 rnr_retry_exc_err; 0 (default) retries forever,
-//                                 as verbs does with rnr_retry = 7.
-//   FI_MLX4_SIM_RETRY_TIMEOUT_MS  how long an RC send waits for a remote QP that
-//                                 is not connected yet (INIT) before it completes
-//                                 with retry_exc_err (default 500, about what
-//                                 timeout 14 x retry_cnt 7 gives on hardware).
+// (RC retry timing is not a sim setting: each QP takes it from the rc_timing
+// it connects with, as hardware does, and charges it in real time.)
 //   FI_MLX4_SIM_ARENA_MB          shared memory reserved per device and process for
-//                                 alloc_buffer and the queues (default 64; only
+//                                 alloc_buffer and the queues (default 256; only
 //                                 pages in use cost memory).
 //   FI_MLX4_SIM_RATE_SCALE        link-rate shaping: a decimal factor ("0.05")
 //                                 applied to every port's and PCIe link's data
@@ -217,10 +211,5 @@ struct fault_spec {
 // the reason. Empty entries (a trailing ';') are ignored.
 std::vector<fault_spec> parse_fault_spec(std::string_view text,
                                          std::vector<std::string> *rejected = nullptr);
-
-// Sets one QP's receiver-not-ready budget in milliseconds (0: forever), as
-// FI_MLX4_SIM_RNR_TIMEOUT_MS does for new QPs. -FI_EINVAL for a QP that is not
-// the software HCA's.
-status set_rnr_timeout(queue_pair &qp, uint32_t ms) noexcept;
 
 } // namespace mlx4fi::device::sim

@@ -3,8 +3,9 @@
 //
 // Name layout (little endian, packed; docs/protocol.md):
 //   u8 version | u8 rail count | u16 reserved | u64 endpoint nonce
-//   rail[n]: u8 link (1 IB, 2 Ethernet) | u8 log2(MTU) | u16 lid | u32 UD QPN |
-//            u8 gid[16]
+//   rail[n]: u8 link (low 4 bits: 1 IB, 2 Ethernet; high 4 bits: the GID's
+//            type on Ethernet, 1 RoCE v1, 2 RoCE v2, 0 unstated) | u8 log2(MTU) |
+//            u16 lid | u32 UD QPN | u8 gid[16]
 //   zero padding up to max_name_bytes
 // Every name is exactly max_name_bytes long, whatever its rail count:
 // fi_av_insert takes an array of names with no lengths, so the stride must be
@@ -27,7 +28,7 @@
 namespace mlx4fi::proto
 {
 
-inline constexpr uint8_t name_version = 1;
+inline constexpr uint8_t name_version = 2; // 2: the GID type in the link byte
 inline constexpr size_t max_rails = 4;
 
 struct rail_name {
@@ -36,6 +37,9 @@ struct rail_name {
     uint16_t lid = 0;
     uint32_t ud_qpn = 0;
     device::gid gid_value{};
+    // RoCE: the type of the GID entry the port uses (roce_v1 / roce_v2); ib
+    // on IB ports, and on RoCE when a name does not say.
+    device::gid_type gid_type = device::gid_type::ib;
     uint32_t mtu = 0;
     bool operator==(const rail_name &) const = default;
 };

@@ -43,17 +43,30 @@ struct rail {
     rail_counters *counters = nullptr;   // the domain's; may be null
 };
 
+// The smallest eager limit: every endpoint receives at least this much
+// eagerly, so an injected message (inject_size) is never read after the call
+// returns, whatever the peer's limit.
+inline constexpr size_t min_eager_limit = util::min_eager_limit;
+
 struct engine_config {
-    size_t eager_limit = 8192; // larger messages use the rendezvous
+    size_t eager_limit = 8192; // larger messages use the rendezvous (at least min_eager_limit)
     uint32_t inline_size = 64; // sends up to this size are posted inline
     uint32_t srq_depth = 256;  // receive buffers per rail
     uint32_t cq_depth = 4096;
-    uint32_t connect_timeout_ms = 200; // per REQ attempt
-    uint32_t connect_retries = 25;     // then the peer is unreachable (FI_EIO)
+    // RC transport timing of every connection (ACK timeout, retries, RNR).
+    device::rc_timing timing;
+    // Wire-up: the first resend interval of REQ/REP (doubling up to 16x), and
+    // the waited time after which a peer that does not answer is unreachable
+    // (its operations fail with FI_EIO).
+    uint32_t connect_retry_ms = 200;
+    uint32_t connect_timeout_ms = 120000;
+    // A peer that failed is tried again by the first operation after this
+    // back-off (doubling per failure, up to 64x); before, operations fail at once.
+    uint32_t peer_retry_ms = 1000;
     // A rendezvous sender waits for FIN with nothing on the wire; a peer that
     // died meanwhile would never be noticed. Peers with such transfers get a
     // NOP this often, so a dead one surfaces as a send error.
-    uint32_t keepalive_ms = 250;
+    uint32_t keepalive_ms = 1000;
     util::mr_cache_config mr_cache; // registrations of user buffers, per rail
     // Striping of rendezvous reads and RMA over the rails: threshold, minimum
     // chunk, alignment, and the ratio below which a slow rail is left out.

@@ -70,8 +70,22 @@ struct config {
     bool rail_info = false;                 // FI_MLX4_RAIL_INFO: describe domains on stderr
     uint32_t resolve_timeout_ms = 10000;    // FI_MLX4_RESOLVE_TIMEOUT_MS: node:service lookups
     uint32_t wait_poll_us = 1000;           // FI_MLX4_WAIT_POLL_US: blocked waiters' longest sleep
+    // RC transport timing (IBTA codes) and wire-up, see engine_config.
+    uint8_t rc_timeout = 18;             // FI_MLX4_RC_TIMEOUT: ACK timeout 4.096 us << n
+    uint8_t rc_retry_count = 6;          // FI_MLX4_RC_RETRY_COUNT
+    uint8_t rnr_retry = 7;               // FI_MLX4_RNR_RETRY: 7 forever
+    uint8_t rnr_timer = 12;              // FI_MLX4_RNR_TIMER: RNR NAK timer code
+    uint32_t connect_retry_ms = 200;     // FI_MLX4_CONNECT_RETRY_MS
+    uint32_t connect_timeout_ms = 120000; // FI_MLX4_CONNECT_TIMEOUT_MS
+    uint32_t peer_retry_ms = 1000;       // FI_MLX4_PEER_RETRY_MS
+    uint32_t keepalive_ms = 1000;        // FI_MLX4_KEEPALIVE_MS
+    // A value the provider cannot run with (e.g. an eager limit below the
+    // inject size): the provider offers nothing and says why, once, at the
+    // default log level. Empty when every value is usable.
+    std::string refused;
 };
 
+inline constexpr size_t min_eager_limit = 64; // inject_size: every endpoint takes it eagerly
 inline constexpr size_t max_eager_limit = 65536;
 inline constexpr size_t max_inline_size = 912; // ConnectX-3's largest inline send
 

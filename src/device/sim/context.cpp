@@ -265,10 +265,10 @@ result<uint64_t> context::arena_alloc(size_t bytes, size_t align) noexcept
     } catch (...) {
         return err_nomem;
     }
-    MLX4_WARN(FI_LOG_CORE,
-              "software HCA %s: shared arena exhausted (%zu bytes wanted); raise "
-              "FI_MLX4_SIM_ARENA_MB\n",
-              attr_->name.c_str(), bytes);
+    MLX4_REFUSE(FI_LOG_CORE,
+                "software HCA %s: shared arena exhausted (%zu bytes wanted, %zu MiB in all); "
+                "raise FI_MLX4_SIM_ARENA_MB\n",
+                attr_->name.c_str(), bytes, static_cast<size_t>(header()->arena_size >> 20));
     return err_nomem;
 }
 

@@ -53,9 +53,6 @@ sim_qp::sim_qp(std::shared_ptr<context> ctx, qp_type type, uint8_t port, sim_cq 
     port_lid_ = p.lid;
     port_mtu_ = p.mtu;
     port_gid_ = chosen_gid(p);
-    knobs k = read_knobs();
-    rnr_timeout_ms_.store(k.rnr_timeout_ms);
-    retry_timeout_ms_ = k.retry_timeout_ms;
 }
 
 result<std::unique_ptr<queue_pair>> sim_qp::create(std::shared_ptr<context> ctx, qp_type type,
@@ -103,6 +100,7 @@ result<std::unique_ptr<queue_pair>> sim_qp::create(std::shared_ptr<context> ctx,
         e->type = static_cast<uint8_t>(type);
         e->port = port;
         e->qkey = default_qkey;
+        e->roce_mode.store(0, std::memory_order_relaxed);
         e->remote_qpn.store(0, std::memory_order_relaxed);
         e->rq_off = srq ? srq->ring_off() : qp->rq_off_;
         e->recv_cq_off = recv_cq.ring_off();
@@ -183,6 +181,13 @@ status sim_qp::connect(const rc_remote &remote) noexcept
         remote_ = t;
     }
     remote_qpn_ = remote.qpn;
+    retry_budget_ns_ = retry_budget_ns(remote.timing);
+    rnr_budget_ns_ = rnr_budget_ns(remote.timing);
+    uint8_t mode = 0;
+    if (remote.addr.link == link_layer::ethernet)
+        for (const gid_entry &g : c_->attr().ports[port_ - 1].gids)
+            if (g.index == remote.addr.gid_index) mode = static_cast<uint8_t>(g.type);
+    entry_->roce_mode.store(mode, std::memory_order_relaxed);
     entry_->remote_qpn.store(remote.qpn, std::memory_order_release);
     // Through RTR to RTS, unless its port went down meanwhile (the QP is in
     // error then, and stays there).
@@ -321,15 +326,15 @@ void sim_qp::run_locked() noexcept
             }
             continue;
         }
-        // The receiver is not ready: retry later, up to the retry budget.
+        // Nothing answers, or the receiver is not ready: retry later, up to
+        // the budget the QP's timing gives (as the HCA does, in time).
         uint64_t now = now_ns();
         if (!stall_since_) stall_since_ = now;
-        uint64_t limit_ms =
-            o == outcome::rnr ? rnr_timeout_ms_.load(std::memory_order_relaxed) : retry_timeout_ms_;
-        if (limit_ms && now - stall_since_ >= limit_ms * 1000000ull) {
+        uint64_t limit = o == outcome::rnr ? rnr_budget_ns_ : retry_budget_ns_;
+        if (limit != UINT64_MAX && now - stall_since_ >= limit) {
             MLX4_INFO(FI_LOG_EP_DATA, "software HCA: QP %#x -> %#x: %s after %llu ms\n", qpn_,
                       remote_qpn_, o == outcome::rnr ? "receiver not ready" : "no answer",
-                      static_cast<unsigned long long>(limit_ms));
+                      static_cast<unsigned long long>(limit / 1000000));
             complete(w,
                      o == outcome::rnr ? wc_status::rnr_retry_exc_err : wc_status::retry_exc_err);
             ++exec_;
@@ -402,14 +407,6 @@ void sim_qp::complete(const sq_wqe &w, wc_status st, uint64_t len, uint64_t due)
     if (!send_cq_.push(e))
         // Overrun: hardware raises an async error and the QP stops.
         entry_->state.store(static_cast<uint8_t>(qp_state::error), std::memory_order_release);
-}
-
-status set_rnr_timeout(queue_pair &qp, uint32_t ms) noexcept
-{
-    auto *q = dynamic_cast<sim_qp *>(&qp);
-    if (!q) return err_inval;
-    q->set_rnr_timeout_ms(ms);
-    return status::ok();
 }
 
 sim_qp::outcome sim_qp::fail(const sq_wqe &w, wc_status st) noexcept

@@ -97,10 +97,6 @@ knobs read_knobs() noexcept
     knobs k;
     k.rate_scale = env_rate_scale();
     k.faults = env_faults();
-    k.rnr_timeout_ms =
-        static_cast<uint32_t>(env_u64("FI_MLX4_SIM_RNR_TIMEOUT_MS", k.rnr_timeout_ms, 3600000));
-    k.retry_timeout_ms =
-        static_cast<uint32_t>(env_u64("FI_MLX4_SIM_RETRY_TIMEOUT_MS", k.retry_timeout_ms, 3600000));
     k.arena_bytes = size_t(env_u64("FI_MLX4_SIM_ARENA_MB", k.arena_bytes >> 20, 1 << 16) << 20);
     if (k.arena_bytes == 0) k.arena_bytes = size_t(1) << 20;
     return k;

@@ -54,9 +54,7 @@ inline constexpr uint32_t max_port_gids = 4;
 // Tunables read from the environment at set-up (documented in
 // include/mlx4fi/device/sim.hpp).
 struct knobs {
-    uint32_t rnr_timeout_ms = 0;     // FI_MLX4_SIM_RNR_TIMEOUT_MS; 0: retry forever (rnr_retry=7)
-    uint32_t retry_timeout_ms = 500; // FI_MLX4_SIM_RETRY_TIMEOUT_MS: remote QP not ready yet
-    size_t arena_bytes = size_t(64) << 20; // FI_MLX4_SIM_ARENA_MB
+    size_t arena_bytes = size_t(256) << 20; // FI_MLX4_SIM_ARENA_MB
     double rate_scale = 0;                 // FI_MLX4_SIM_RATE_SCALE; 0: no shaping
     std::vector<fault_spec> faults;        // FI_MLX4_SIM_FAULT, every device's
 };
@@ -67,7 +65,7 @@ knobs read_knobs() noexcept;
 // ---------------------------------------------------------------- segment layout
 
 inline constexpr uint64_t segment_magic = 0x31534d4934584c4dull; // "MLX4IMS1"
-inline constexpr uint32_t layout_version = 2; // 2: live port state, completion due times
+inline constexpr uint32_t layout_version = 3; // 3: QPs carry their RoCE mode
 
 struct seg_port {
     uint8_t num;
@@ -123,7 +121,7 @@ struct seg_qp {
     std::atomic<uint8_t> state; // qp_state
     uint8_t type;               // qp_type
     uint8_t port;
-    uint8_t pad0;
+    std::atomic<uint8_t> roce_mode; // RC on RoCE: the GID type it sends with (roce_v1/v2), else 0
     uint32_t qkey;
     std::atomic<uint32_t> remote_qpn; // RC: the QP it is connected to
     uint64_t rq_off;                  // the receive ring (own RQ or the SRQ's)
@@ -508,11 +506,13 @@ class sim_qp final : public queue_pair
     // From CQ polls: flushes once another process moved this QP to error.
     void sync_state() noexcept;
     void retire(uint32_t n) noexcept { sq_retired_.fetch_add(n, std::memory_order_release); }
-    void set_rnr_timeout_ms(uint32_t ms) noexcept { rnr_timeout_ms_.store(ms); }
 
   private:
     struct sq_wqe;
-    enum class outcome : uint8_t { done, failed, rnr, not_ready };
+    // not_ready: the remote QP is not in RTR yet; no_answer: nothing
+    // acknowledges (its process is gone, the QP was destroyed, the RoCE
+    // modes differ). Both are retried up to the QP's retry budget.
+    enum class outcome : uint8_t { done, failed, rnr, not_ready, no_answer };
 
     sim_qp(std::shared_ptr<context> ctx, qp_type type, uint8_t port, sim_cq &send_cq,
            sim_cq &recv_cq, sim_srq *srq, const qp_caps &caps) noexcept;
@@ -569,8 +569,10 @@ class sim_qp final : public queue_pair
     uint64_t last_due_ = 0;       // shaping: the latest due time of a send completion
     std::atomic<bool> pending_{false};
     bool flushed_ = false;
-    std::atomic<uint32_t> rnr_timeout_ms_{0};
-    uint32_t retry_timeout_ms_ = 500;
+    // From the connection's rc_timing: how long a request retries a silent
+    // responder and a receiver that is not ready (UINT64_MAX: forever).
+    uint64_t retry_budget_ns_ = 0;
+    uint64_t rnr_budget_ns_ = UINT64_MAX;
 };
 
 // A send WR as the QP keeps it until it has executed; followed in the send

@@ -193,15 +193,15 @@ sim_qp::outcome sim_qp::execute(sq_wqe &w) noexcept
 
 sim_qp::outcome sim_qp::execute_rc(sq_wqe &w) noexcept
 {
-    // Unreachable, gone or not connected to us: the requester's retries run
-    // out (retry_exc_err). A remote QP still on its way to RTR gets time.
-    if (!peer_) return fail(w, wc_status::retry_exc_err);
+    // Unreachable, gone or not connected to us: nothing acknowledges, and
+    // the requester's retries run out (retry_exc_err) after the QP's budget.
+    // A remote QP still on its way to RTR gets the same time.
+    if (!peer_) return outcome::no_answer;
     peer &p = *peer_;
     if (!p.alive(stall_since_ ? retry_liveness_interval_ns : liveness_interval_ns))
-        return fail(w, wc_status::retry_exc_err);
+        return outcome::no_answer;
     seg_qp *t = remote_;
-    if (t->qpn.load(std::memory_order_acquire) != remote_qpn_)
-        return fail(w, wc_status::retry_exc_err);
+    if (t->qpn.load(std::memory_order_acquire) != remote_qpn_) return outcome::no_answer;
     // A port that is down (FI_MLX4_SIM_FAULT) at either end: nothing answers.
     if (!port_up(c_->header()->ports[port_ - 1]) || !port_up(p.hdr, t->port))
         return fail(w, wc_status::retry_exc_err);
@@ -209,6 +209,11 @@ sim_qp::outcome sim_qp::execute_rc(sq_wqe &w) noexcept
     if (ts == qp_state::reset || ts == qp_state::init) return outcome::not_ready;
     if (ts == qp_state::error || t->remote_qpn.load(std::memory_order_acquire) != qpn_)
         return fail(w, wc_status::retry_exc_err);
+    // RoCE v1 and v2 packets are different encapsulations: a QP sending v2
+    // to one that expects v1 is never answered.
+    if (t->roce_mode.load(std::memory_order_relaxed) !=
+        entry_->roce_mode.load(std::memory_order_relaxed))
+        return outcome::no_answer;
 
     // The request that would take the port past its fault budget moves
     // nothing: the port goes down under it.

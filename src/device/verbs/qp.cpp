@@ -163,20 +163,20 @@ result<qp_transition> rc_rtr(const port_attr &local, const rc_remote &remote,
     t.attr.dest_qp_num = remote.qpn;
     t.attr.rq_psn = remote.psn & psn_mask;
     t.attr.max_dest_rd_atomic = max_dest_rd_atomic;
-    t.attr.min_rnr_timer = rc_min_rnr_timer;
+    t.attr.min_rnr_timer = remote.timing.min_rnr_timer;
     t.attr.ah_attr = av.value();
     t.mask = IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
              IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER;
     return t;
 }
 
-qp_transition rc_rts(uint32_t sq_psn, uint8_t max_rd_atomic) noexcept
+qp_transition rc_rts(uint32_t sq_psn, const rc_timing &timing, uint8_t max_rd_atomic) noexcept
 {
     qp_transition t;
     t.attr.qp_state = IBV_QPS_RTS;
-    t.attr.timeout = rc_timeout;
-    t.attr.retry_cnt = rc_retry_cnt;
-    t.attr.rnr_retry = rc_rnr_retry;
+    t.attr.timeout = timing.timeout;
+    t.attr.retry_cnt = timing.retry_cnt;
+    t.attr.rnr_retry = timing.rnr_retry;
     t.attr.sq_psn = sq_psn & psn_mask;
     t.attr.max_rd_atomic = max_rd_atomic;
     t.mask = IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN |
@@ -342,7 +342,7 @@ status verbs_qp::connect(const rc_remote &remote) noexcept
         return rtr.error();
     }
     const qp_transition steps[] = {rc_init(port.num), rtr.value(),
-                                   rc_rts(s_.psn, s_.max_rd_atomic)};
+                                   rc_rts(s_.psn, remote.timing, s_.max_rd_atomic)};
     const char *names[] = {"INIT", "RTR", "RTS"};
     const qp_state reached[] = {qp_state::init, qp_state::rtr, qp_state::rts};
     for (size_t i = state_ == qp_state::init ? 1 : 0; i < std::size(steps); ++i) {

@@ -23,10 +23,6 @@ namespace mlx4fi::device::verbs
 // RC connection parameters. ConnectX-3 allows 16 outstanding RDMA READs per QP
 // in each direction; devices that allow fewer are clamped at device open.
 inline constexpr uint8_t rc_rd_atomic = 16;
-inline constexpr uint8_t rc_min_rnr_timer = 12; // 0.64 ms between receiver-not-ready retries
-inline constexpr uint8_t rc_timeout = 14;       // 4.096 us << 14 = 67 ms local ACK timeout
-inline constexpr uint8_t rc_retry_cnt = 7;      // transport retries before retry_exc_err
-inline constexpr uint8_t rc_rnr_retry = 7;      // 7: retry a receiver-not-ready forever
 inline constexpr uint8_t grh_hop_limit = 64;    // RoCE, and IB across subnets
 inline constexpr uint32_t psn_mask = 0xffffff;  // PSNs are 24 bits
 
@@ -83,14 +79,15 @@ struct qp_transition {
 [[nodiscard]] qp_transition rc_init(uint8_t port) noexcept;
 
 // RC INIT -> RTR towards remote: path MTU, dest QPN, RQ PSN, responder
-// resources, RNR timer and the address vector. Errors as path_mtu and
+// resources, RNR timer (remote.timing) and the address vector. Errors as path_mtu and
 // make_ah_attr.
 [[nodiscard]] result<qp_transition> rc_rtr(const port_attr &local, const rc_remote &remote,
                                            uint8_t max_dest_rd_atomic = rc_rd_atomic,
                                            uint8_t traffic_class = 0) noexcept;
 
-// RC RTR -> RTS: ACK timeout, retry counts, SQ PSN, initiator depth.
-[[nodiscard]] qp_transition rc_rts(uint32_t sq_psn, uint8_t max_rd_atomic = rc_rd_atomic) noexcept;
+// RC RTR -> RTS: ACK timeout and retry counts (timing), SQ PSN, initiator depth.
+[[nodiscard]] qp_transition rc_rts(uint32_t sq_psn, const rc_timing &timing = {},
+                                   uint8_t max_rd_atomic = rc_rd_atomic) noexcept;
 
 // Any state -> ERR: outstanding work flushes.
 [[nodiscard]] qp_transition to_error_state() noexcept;

@@ -1,0 +1,437 @@
+// Connections under real application timing, over the software HCA: a side
+// that stops calling into the provider (an MPI compute phase) at any point,
+// a peer that dies, one that comes back, two sides configured differently.
+//
+// Time is scaled: connections give a silent peer 6 x 16.8 ms (engine_fixture
+// scaled()) instead of 7 x 1.07 s, and stalls last 3x that budget or more;
+// each test stands for the same case at full scale (a stall of 3x 7.5 s,
+// and the minute-long compute phases of tests/integration/mpi_compute.c).
+#include "engine_fixture.hpp"
+
+#include <cstring>
+
+using namespace engine_testing;
+using namespace std::chrono_literals;
+using proto::event;
+using proto::event_kind;
+
+namespace
+{
+
+enum class first_op { eager, rendezvous, rma_write, rma_read };
+enum class who { initiator, responder };
+
+const char *name_of(first_op f)
+{
+    switch (f) {
+    case first_op::eager:
+        return "eager";
+    case first_op::rendezvous:
+        return "rendezvous";
+    case first_op::rma_write:
+        return "rma_write";
+    case first_op::rma_read:
+        return "rma_read";
+    }
+    return "?";
+}
+
+struct stall_case {
+    first_op op;
+    who stalls;
+};
+
+// Everything a side expects and checks at the end.
+struct ledger {
+    int expected = 0, seen = 0, errors = 0;
+    std::vector<int> recv_order; // tags of receives as they completed
+    void drain(node &n)
+    {
+        while (!n.sink.events.empty()) {
+            event ev = n.sink.events.front();
+            n.sink.events.pop_front();
+            ++seen;
+            if (ev.err) {
+                ++errors;
+                ADD_FAILURE() << "error completion " << ev.err << " (kind "
+                              << static_cast<int>(ev.kind) << ")";
+            }
+            if (ev.kind == event_kind::recv) recv_order.push_back(static_cast<int>(ev.tag));
+        }
+    }
+};
+
+class stall_test : public ::testing::TestWithParam<stall_case>
+{
+  protected:
+    void SetUp() override
+    {
+        util::config uc;
+        uc.sim_spec = "mlx4_0:ib/fdr";
+        devices = device::sim::discover(uc);
+        ASSERT_EQ(devices.size(), 1u);
+        ec = scaled();
+        ec.eager_limit = 1024;
+        for (node *n : {&a, &b})
+            open_node(*n, rails_of(devices, *n), ec);
+        introduce(a, b);
+    }
+    void TearDown() override
+    {
+        for (node *n : {&a, &b})
+            if (n->eng) n->eng->shutdown();
+    }
+    // Opens a again with the current ec (for tests that change it).
+    void reopen_a()
+    {
+        a.eng->shutdown();
+        a = node{};
+        open_node(a, rails_of(devices, a), ec);
+        introduce(a, b);
+    }
+    proto::registration reg(void *buf, size_t len)
+    {
+        proto::rail r{devices[0].get(), 1, devices[0]->attr().ports[0], 1.0};
+        auto m = proto::register_memory({r}, buf, len,
+                                        device::access_local_write | device::access_remote_read |
+                                            device::access_remote_write);
+        EXPECT_TRUE(m.ok());
+        return std::move(m).value();
+    }
+
+    device::device_list devices;
+    proto::engine_config ec;
+    node a, b;
+};
+
+TEST_P(stall_test, nothing_is_lost_when_a_side_stops_calling_in_after_its_first_send)
+{
+    const stall_case c = GetParam();
+    // a is the initiator: its first operation to b starts the connection.
+    const size_t big = 256 * 1024, small = 200;
+    auto a_big = pattern(big, 1), a_small = pattern(small, 2);
+    auto b_big = pattern(big, 3), b_small = pattern(small, 4);
+    std::vector<uint8_t> a_got_big(big), a_got_small(small), b_got_big(big), b_got_small(small);
+    std::vector<uint8_t> window = pattern(big, 5), window_copy = window;
+    auto mr = reg(window.data(), window.size());
+    std::vector<uint8_t> rma_local(big), rma_src = pattern(big, 9); // alive until completion
+    int ctx[16];
+    ledger la, lb;
+
+    // Receives on both sides first, in the order the messages will be sent.
+    ASSERT_TRUE(recv_from(b, b_got_small.data(), small, 10, &ctx[0]).is_ok());
+    ASSERT_TRUE(recv_from(b, b_got_big.data(), big, 11, &ctx[1]).is_ok());
+    ASSERT_TRUE(recv_from(a, a_got_small.data(), small, 20, &ctx[2]).is_ok());
+    ASSERT_TRUE(recv_from(a, a_got_big.data(), big, 21, &ctx[3]).is_ok());
+    lb.expected += 2;
+    la.expected += 2;
+
+    // a's first operation: it sends the REQ.
+    switch (c.op) {
+    case first_op::eager:
+        ASSERT_TRUE(send_to(a, a_small.data(), small, 10, &ctx[4]).is_ok());
+        ASSERT_TRUE(send_to(a, a_big.data(), big, 11, &ctx[5]).is_ok());
+        la.expected += 2;
+        break;
+    case first_op::rendezvous:
+        ASSERT_TRUE(send_to(a, a_big.data(), big, 11, &ctx[5]).is_ok());
+        ASSERT_TRUE(send_to(a, a_small.data(), small, 10, &ctx[4]).is_ok());
+        la.expected += 2;
+        break;
+    case first_op::rma_write:
+    case first_op::rma_read: {
+        const bool rd = c.op == first_op::rma_read;
+        iovec iov{rd ? rma_local.data() : rma_src.data(), big};
+        proto::rma_args r{&iov,   1, a.peer,        reinterpret_cast<uint64_t>(window.data()),
+                          mr.key, 0, FI_COMPLETION, &ctx[6],
+                          rd};
+        ASSERT_TRUE(a.eng->rma(r).is_ok());
+        if (!rd) window_copy = rma_src;
+        ASSERT_TRUE(send_to(a, a_small.data(), small, 10, &ctx[4]).is_ok());
+        ASSERT_TRUE(send_to(a, a_big.data(), big, 11, &ctx[5]).is_ok());
+        la.expected += 3;
+        break;
+    }
+    }
+    // b sends too (both directions queued), without having seen a yet.
+    ASSERT_TRUE(send_to(b, b_small.data(), small, 20, &ctx[7]).is_ok());
+    ASSERT_TRUE(send_to(b, b_big.data(), big, 21, &ctx[8]).is_ok());
+    lb.expected += 2;
+
+    // The stall: for three times the RC retry budget, only one side runs.
+    const auto stall = 3 * rc_budget(ec) + 100ms;
+    progress_for({c.stalls == who::initiator ? &b : &a}, stall);
+    la.drain(a);
+    lb.drain(b);
+    EXPECT_EQ(la.errors + lb.errors, 0) << "a side failed while its peer was away";
+
+    ASSERT_TRUE(run_until({&a, &b}, [&] {
+        la.drain(a);
+        lb.drain(b);
+        return la.seen >= la.expected && lb.seen >= lb.expected;
+    }));
+    EXPECT_EQ(la.seen, la.expected);
+    EXPECT_EQ(lb.seen, lb.expected);
+    EXPECT_TRUE(b_got_small == a_small);
+    EXPECT_TRUE(b_got_big == a_big);
+    EXPECT_TRUE(a_got_small == b_small);
+    EXPECT_TRUE(a_got_big == b_big);
+    if (c.op == first_op::rma_read) {
+        EXPECT_TRUE(rma_local == window);
+    }
+    if (c.op == first_op::rma_write) {
+        EXPECT_TRUE(window == window_copy);
+    }
+    for (node *n : {&a, &b})
+        EXPECT_EQ(n->counters[0]->failovers.load(), 0u) << "no connection broke";
+}
+
+INSTANTIATE_TEST_SUITE_P(cases, stall_test,
+                         ::testing::Values(stall_case{first_op::eager, who::initiator},
+                                           stall_case{first_op::eager, who::responder},
+                                           stall_case{first_op::rendezvous, who::initiator},
+                                           stall_case{first_op::rendezvous, who::responder},
+                                           stall_case{first_op::rma_write, who::initiator},
+                                           stall_case{first_op::rma_read, who::initiator},
+                                           stall_case{first_op::rma_write, who::responder}),
+                         [](const ::testing::TestParamInfo<stall_case> &i) {
+                             return std::string(name_of(i.param.op)) +
+                                    (i.param.stalls == who::initiator ? "_initiator_stalls"
+                                                                      : "_responder_stalls");
+                         });
+
+class timing_test : public stall_test
+{
+};
+
+TEST_F(timing_test, a_sender_that_stops_in_the_middle_of_a_rendezvous_loses_nothing)
+{
+    // Connected first; then a sends 1 MiB (RTS), runs just long enough to
+    // post it, and stops. b reads the data (the HCA serves the read without
+    // a), completes, sends FIN and more messages into a's receive buffers.
+    char one = 1, got1 = 0;
+    int ctx[8];
+    ASSERT_TRUE(recv_from(b, &got1, 1, 1, &ctx[0]).is_ok());
+    ASSERT_TRUE(send_to(a, &one, 1, 1, &ctx[1]).is_ok());
+    ASSERT_TRUE(
+        run_until({&a, &b}, [&] { return a.sink.events.size() + b.sink.events.size() == 2; }));
+    a.sink.events.clear();
+    b.sink.events.clear();
+
+    const size_t len = 1 << 20;
+    auto msg = pattern(len, 7);
+    std::vector<uint8_t> got(len);
+    std::vector<std::vector<uint8_t>> back;
+    ASSERT_TRUE(recv_from(b, got.data(), len, 2, &ctx[2]).is_ok());
+    ASSERT_TRUE(send_to(a, msg.data(), len, 2, &ctx[3]).is_ok());
+    a.eng->progress(); // the RTS goes out
+    std::vector<std::vector<uint8_t>> a_got(4, std::vector<uint8_t>(500));
+    for (int i = 0; i < 4; ++i)
+        ASSERT_TRUE(recv_from(a, a_got[i].data(), 500, 30 + i, &ctx[4]).is_ok());
+    for (int i = 0; i < 4; ++i) {
+        back.push_back(pattern(500, uint8_t(60 + i)));
+        ASSERT_TRUE(send_to(b, back[i].data(), 500, 30 + i, &ctx[5]).is_ok());
+    }
+    progress_for({&b}, 3 * rc_budget(ec) + 100ms);
+    // b's receive completed while a was away; its sends are in a's buffers.
+    int b_recv = 0, b_sent = 0;
+    for (const event &ev : b.sink.events) {
+        EXPECT_EQ(ev.err, 0);
+        (ev.kind == event_kind::recv ? b_recv : b_sent)++;
+    }
+    EXPECT_EQ(b_recv, 1) << "the read needs nothing from the sender's process";
+    EXPECT_TRUE(got == msg);
+    ASSERT_TRUE(run_until({&a, &b}, [&] { return a.sink.events.size() == 5; }));
+    for (const event &ev : a.sink.events)
+        EXPECT_EQ(ev.err, 0);
+    for (int i = 0; i < 4; ++i)
+        EXPECT_TRUE(a_got[i] == back[i]) << i;
+}
+
+TEST_F(timing_test, a_killed_peer_fails_its_operations_and_directed_receives_then_fails_fast)
+{
+    ec.peer_retry_ms = 5000; // the whole test runs within the back-off
+    reopen_a();
+    // Connected, then b is gone (its engine and QPs destroyed, as when its
+    // process is killed); a has a receive directed at b posted.
+    char one = 1, got1 = 0;
+    int ctx[8];
+    ASSERT_TRUE(recv_from(b, &got1, 1, 1, &ctx[0]).is_ok());
+    ASSERT_TRUE(send_to(a, &one, 1, 1, &ctx[1]).is_ok());
+    ASSERT_TRUE(
+        run_until({&a, &b}, [&] { return a.sink.events.size() + b.sink.events.size() == 2; }));
+    a.sink.events.clear();
+    char buf[64];
+    ASSERT_TRUE(recv_from(a, buf, sizeof buf, 5, &ctx[2], a.peer).is_ok()); // directed at b
+    ASSERT_TRUE(recv_from(a, buf, sizeof buf, 6, &ctx[3]).is_ok());         // from anyone
+    b.eng->shutdown();
+    b.eng.reset();
+
+    ASSERT_TRUE(send_to(a, buf, sizeof buf, 9, &ctx[4]).is_ok());
+    // The send fails after the RC retry budget, and the directed receive
+    // with it; the undirected one stays posted.
+    ASSERT_TRUE(run_until(
+        {&a}, [&] { return a.sink.events.size() >= 2; }, 5s));
+    int failed_send = 0, failed_recv = 0;
+    for (const event &ev : a.sink.events) {
+        EXPECT_EQ(ev.err, FI_EIO);
+        if (ev.kind == event_kind::send) {
+            ++failed_send;
+            EXPECT_EQ(ev.context, &ctx[4]);
+        } else {
+            ++failed_recv;
+            EXPECT_EQ(ev.context, &ctx[2]) << "only the receive directed at the dead peer";
+        }
+    }
+    EXPECT_EQ(failed_send, 1);
+    EXPECT_EQ(failed_recv, 1);
+    a.sink.events.clear();
+    // During the back-off it fails at once: reported before send returns.
+    ASSERT_TRUE(send_to(a, buf, sizeof buf, 9, &ctx[5]).is_ok());
+    ASSERT_EQ(a.sink.events.size(), 1u);
+    EXPECT_EQ(a.sink.events.front().err, FI_EIO);
+    a.sink.events.clear();
+    ASSERT_TRUE(recv_from(a, buf, sizeof buf, 5, &ctx[6], a.peer).is_ok());
+    ASSERT_EQ(a.sink.events.size(), 1u) << "a directed receive fails at once too";
+    EXPECT_EQ(a.sink.events.front().err, FI_EIO);
+    a.sink.events.clear();
+}
+
+TEST_F(timing_test, a_peer_that_failed_is_tried_again_after_the_back_off)
+{
+    // b stops calling in longer than the wire-up budget: a gives up on it,
+    // fails fast for the back-off, and the first send after that connects
+    // again (b is back by then) and everything flows.
+    ec.connect_timeout_ms = 150;
+    ec.peer_retry_ms = 100;
+    reopen_a();
+    char msg[100] = "first", got[100] = {};
+    int ctx[8];
+    ASSERT_TRUE(send_to(a, msg, sizeof msg, 1, &ctx[0]).is_ok());
+    ASSERT_TRUE(run_until(
+        {&a}, [&] { return !a.sink.events.empty(); }, 5s));
+    EXPECT_EQ(a.sink.events.front().err, FI_EIO) << "b did not answer within the budget";
+    a.sink.events.clear();
+    // b comes back; it may find a's old requests: they belong to a session a
+    // gave up, and must not confuse the new one.
+    progress_for({&b}, 20ms);
+    std::this_thread::sleep_for(120ms); // past the back-off
+    ASSERT_TRUE(recv_from(b, got, sizeof got, 2, &ctx[1]).is_ok());
+    std::strcpy(msg, "second");
+    ASSERT_TRUE(send_to(a, msg, sizeof msg, 2, &ctx[2]).is_ok());
+    ASSERT_TRUE(
+        run_until({&a, &b}, [&] { return !a.sink.events.empty() && !b.sink.events.empty(); }));
+    EXPECT_EQ(a.sink.events.front().err, 0);
+    EXPECT_EQ(b.sink.events.front().err, 0);
+    EXPECT_STREQ(got, "second");
+    // And back the other way, in the new session.
+    b.sink.events.clear();
+    a.sink.events.clear();
+    char reply[16] = "reply", rgot[16] = {};
+    ASSERT_TRUE(recv_from(a, rgot, sizeof rgot, 3, &ctx[3]).is_ok());
+    ASSERT_TRUE(send_to(b, reply, sizeof reply, 3, &ctx[4]).is_ok());
+    ASSERT_TRUE(
+        run_until({&a, &b}, [&] { return !a.sink.events.empty() && !b.sink.events.empty(); }));
+    EXPECT_EQ(a.sink.events.front().err, 0);
+    EXPECT_STREQ(rgot, "reply");
+}
+
+TEST_F(timing_test, peers_with_different_eager_limits_use_the_smaller_both_ways)
+{
+    // a takes 1024 bytes eagerly, b 8192. Messages of 4000 bytes: from a
+    // (over its own limit) by rendezvous; from b, which may queue its first
+    // before it knows a's limit, by rendezvous too, never as an eager
+    // message a has no buffer for.
+    b.eng->shutdown();
+    b = node{};
+    proto::engine_config big = ec;
+    big.eager_limit = 8192;
+    open_node(b, rails_of(devices, b), big);
+    introduce(a, b);
+    const size_t len = 4000;
+    for (int round = 0; round < 2; ++round) { // before and after the handshake
+        auto ab = pattern(len, uint8_t(round)), ba = pattern(len, uint8_t(round + 10));
+        std::vector<uint8_t> got_b(len), got_a(len);
+        int ctx[4];
+        uint64_t a_read = a.counters[0]->rx_bytes, b_read = b.counters[0]->rx_bytes;
+        ASSERT_TRUE(recv_from(b, got_b.data(), len, 1, &ctx[0]).is_ok());
+        ASSERT_TRUE(recv_from(a, got_a.data(), len, 2, &ctx[1]).is_ok());
+        ASSERT_TRUE(send_to(b, ba.data(), len, 2, &ctx[2]).is_ok()); // b first: it initiates
+        ASSERT_TRUE(send_to(a, ab.data(), len, 1, &ctx[3]).is_ok());
+        ASSERT_TRUE(run_until(
+            {&a, &b}, [&] { return a.sink.events.size() == 2 && b.sink.events.size() == 2; }));
+        for (node *n : {&a, &b})
+            for (const event &ev : n->sink.events)
+                EXPECT_EQ(ev.err, 0);
+        a.sink.events.clear();
+        b.sink.events.clear();
+        EXPECT_TRUE(got_b == ab);
+        EXPECT_TRUE(got_a == ba);
+        EXPECT_EQ(a.counters[0]->rx_bytes - a_read, len) << "a read b's message (rendezvous)";
+        EXPECT_EQ(b.counters[0]->rx_bytes - b_read, len) << "b read a's message (rendezvous)";
+    }
+}
+
+// RoCE: two endpoints of one port that advertise different GID types.
+class roce_test : public ::testing::Test
+{
+  protected:
+    void open_with(int gid_a, int gid_b)
+    {
+        util::config uc;
+        uc.sim_spec = "mlx4_0:roce/40g";
+        devices = device::sim::discover(uc);
+        ASSERT_EQ(devices.size(), 1u);
+        ec = scaled();
+        int idx[2] = {gid_a, gid_b};
+        node *ns[2] = {&a, &b};
+        for (int i = 0; i < 2; ++i) {
+            auto rails = rails_of(devices, *ns[i]);
+            rails[0].attr.gid_index = idx[i];
+            open_node(*ns[i], rails, ec);
+        }
+        introduce(a, b);
+    }
+    void TearDown() override
+    {
+        for (node *n : {&a, &b})
+            if (n->eng) n->eng->shutdown();
+    }
+    device::device_list devices;
+    proto::engine_config ec;
+    node a, b;
+};
+
+// The sim's RoCE port table: 0 fe80:: v1, 1 fe80:: v2, 2 ::ffff:IPv4 v1, 3 ::ffff:IPv4 v2.
+TEST_F(roce_test, v2_and_v1_peers_agree_on_v1)
+{
+    open_with(3, 2);
+    EXPECT_EQ(a.eng->name().rails[0].gid_type, device::gid_type::roce_v2);
+    EXPECT_EQ(b.eng->name().rails[0].gid_type, device::gid_type::roce_v1);
+    char msg[32] = "over RoCE v1", got[32] = {}, back[32] = {};
+    int ctx[4];
+    ASSERT_TRUE(recv_from(b, got, sizeof got, 1, &ctx[0]).is_ok());
+    ASSERT_TRUE(recv_from(a, back, sizeof back, 2, &ctx[1]).is_ok());
+    ASSERT_TRUE(send_to(a, msg, sizeof msg, 1, &ctx[2]).is_ok());
+    ASSERT_TRUE(send_to(b, msg, sizeof msg, 2, &ctx[3]).is_ok());
+    ASSERT_TRUE(run_until(
+        {&a, &b}, [&] { return a.sink.events.size() == 2 && b.sink.events.size() == 2; }, 5s));
+    for (node *n : {&a, &b})
+        for (const event &ev : n->sink.events)
+            EXPECT_EQ(ev.err, 0) << "RC between RoCE v2 and v1 QPs is never answered";
+    EXPECT_STREQ(got, msg);
+    EXPECT_STREQ(back, msg);
+}
+
+TEST_F(roce_test, different_address_families_fail_at_once_with_a_reason)
+{
+    open_with(3, 1); // IPv4-mapped against link-local IPv6
+    char msg[8] = {};
+    int ctx;
+    ASSERT_TRUE(send_to(a, msg, sizeof msg, 1, &ctx).is_ok());
+    // Not after a timeout: the names already say it cannot work.
+    ASSERT_EQ(a.sink.events.size(), 1u);
+    EXPECT_EQ(a.sink.events.front().err, FI_EIO);
+}
+
+} // namespace
