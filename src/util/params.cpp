@@ -357,6 +357,8 @@ config load_config(const fi_provider *prov) noexcept
         load_int("CONNECT_TIMEOUT_MS", 1, 86400000, cfg.connect_timeout_ms, cfg);
         load_int("PEER_RETRY_MS", 0, 3600000, cfg.peer_retry_ms, cfg);
         load_int("KEEPALIVE_MS", 1, 3600000, cfg.keepalive_ms, cfg);
+        load_int("RESOLVE_TIMEOUT_MS", 0, 3600000, cfg.resolve_timeout_ms, cfg);
+        load_int("WAIT_POLL_US", 1, 1000000, cfg.wait_poll_us, cfg);
     } catch (...) {
         cfg.refused = "out of memory reading the parameters";
     }
@@ -397,20 +399,6 @@ config load_config(const fi_provider *prov) noexcept
                   "FI_MLX4_STRIPE_MIN_RATIO='%s' is not a number in (0,1]; using "
                   "%g\n",
                   str, cfg.stripe_min_ratio);
-    if (fi_param_get_int(p, "RESOLVE_TIMEOUT_MS", &v) == FI_SUCCESS) {
-        if (v < 0)
-            MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RESOLVE_TIMEOUT_MS=%d is negative; using %u\n", v,
-                      cfg.resolve_timeout_ms);
-        else
-            cfg.resolve_timeout_ms = static_cast<uint32_t>(v);
-    }
-    if (fi_param_get_int(p, "WAIT_POLL_US", &v) == FI_SUCCESS) {
-        if (v < 1)
-            MLX4_WARN(FI_LOG_CORE, "FI_MLX4_WAIT_POLL_US=%d is below 1; using %u\n", v,
-                      cfg.wait_poll_us);
-        else
-            cfg.wait_poll_us = static_cast<uint32_t>(v);
-    }
     int info = 0;
     int ret = fi_param_get_bool(p, "RAIL_INFO", &info);
     if (ret == FI_SUCCESS)
