@@ -75,9 +75,18 @@ bool ip_consistent(const ip_addr &ip) noexcept
     return all_zero(ip.bytes.data(), ip.bytes.data() + ip.bytes.size());
 }
 
-const char *link_text(device::link_layer l) noexcept
+// IB, or RoCE with the GID's type when the name states it.
+const char *link_text(const proto::rail_name &r) noexcept
 {
-    return l == device::link_layer::ib ? "IB" : "RoCE";
+    if (r.link == device::link_layer::ib) return "IB";
+    switch (r.gid_type) {
+    case device::gid_type::roce_v1:
+        return "RoCEv1";
+    case device::gid_type::roce_v2:
+        return "RoCEv2";
+    default:
+        return "RoCE";
+    }
 }
 
 std::string rails_text(const proto::rail_name *rails, size_t count)
@@ -87,7 +96,7 @@ std::string rails_text(const proto::rail_name *rails, size_t count)
         const proto::rail_name &r = rails[i];
         char buf[160];
         std::snprintf(buf, sizeof buf, "%s%s:lid=0x%x,qpn=0x%x,mtu=%u,gid=%s", i ? ";" : "",
-                      link_text(r.link), unsigned(r.lid), unsigned(r.ud_qpn), unsigned(r.mtu),
+                      link_text(r), unsigned(r.lid), unsigned(r.ud_qpn), unsigned(r.mtu),
                       device::gid_to_string(r.gid_value).c_str());
         s += buf;
     }
@@ -114,17 +123,22 @@ template <class T> bool parse_number(std::string_view text, T &out, int base) no
     return true;
 }
 
-// "IB:lid=0x1,qpn=0x48,mtu=4096,gid=fe80::1": every key once, nothing else.
+// "IB:lid=0x1,qpn=0x48,mtu=4096,gid=fe80::1" (or RoCE, RoCEv1, RoCEv2):
+// every key once, nothing else.
 bool parse_rail(std::string_view text, proto::rail_name &r, std::string *why)
 {
     size_t colon = text.find(':');
     std::string_view link = text.substr(0, colon);
+    r.link = device::link_layer::ethernet;
+    r.gid_type = device::gid_type::ib; // IB, or a RoCE GID of unstated type
     if (link == "IB")
         r.link = device::link_layer::ib;
-    else if (link == "RoCE")
-        r.link = device::link_layer::ethernet;
-    else
-        return fail(why, "rail '" + std::string(text) + "' is not IB:... or RoCE:...");
+    else if (link == "RoCEv1")
+        r.gid_type = device::gid_type::roce_v1;
+    else if (link == "RoCEv2")
+        r.gid_type = device::gid_type::roce_v2;
+    else if (link != "RoCE")
+        return fail(why, "rail '" + std::string(text) + "' is not IB, RoCE, RoCEv1 or RoCEv2");
     if (colon == std::string_view::npos) return fail(why, "rail without fields");
     unsigned seen = 0;
     for (std::string_view field : util::split(text.substr(colon + 1), ',')) {

@@ -1,7 +1,8 @@
 // The addresses the provider hands out besides endpoint names, and the text
 // form of all of them (docs/addressing.md). Every address starts with a byte
 // that says what it is:
-//   0x01  an endpoint name (fi_getname, proto/address.hpp), 60 bytes
+//   0x02  an endpoint name (fi_getname, proto/address.hpp; its version
+//         byte), 60 bytes
 //   0x80  a service address: an IP host and a TCP port where an endpoint's
 //         name service answers; fi_getinfo's dest_addr for node + service,
 //         resolved to a name by fi_av_insert. 60 bytes, so it can stand in an
@@ -10,7 +11,7 @@
 //         the service (and IP) it answers at; fi_getinfo's src_addr. Local
 //         only: fi_av_insert refuses it.
 // Text (FI_ADDR_STR, fi_av_straddr, fi_getinfo's node):
-//   fi_addr_mlx4://<nonce>/IB:lid=0x1,qpn=0x48,mtu=4096,gid=fe80::1;RoCE:...
+//   fi_addr_mlx4://<nonce>/IB:lid=0x1,qpn=0x48,mtu=4096,gid=fe80::1;RoCEv2:...
 //   fi_addr_mlx4://127.0.0.1:9228        fi_addr_mlx4://[::1]:9228
 //   fi_addr_mlx4://source/127.0.0.1:9228/IB:lid=0x1,...   (printed only)
 #pragma once

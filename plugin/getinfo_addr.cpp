@@ -55,6 +55,9 @@ proto::rail_name port_name(const device::port_attr &p)
     n.port = p.num;
     n.lid = p.lid;
     n.gid_value = device::chosen_gid(p);
+    for (const device::gid_entry &g : p.gids)
+        if (p.link == device::link_layer::ethernet && static_cast<int>(g.index) == p.gid_index)
+            n.gid_type = g.type;
     n.mtu = p.mtu;
     return n;
 }

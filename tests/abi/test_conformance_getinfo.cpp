@@ -188,7 +188,7 @@ TEST(addressing, roce_ip_addresses)
     for (fi_info *i : l.items()) {
         EXPECT_EQ(std::string(i->fabric_attr->name).rfind("RoCE", 0), 0u) << i->fabric_attr->name;
         std::string s = source_string(i);
-        EXPECT_NE(s.find("RoCE:"), std::string::npos) << s;
+        EXPECT_NE(s.find("RoCEv2:"), std::string::npos) << s;
         EXPECT_NE(s.find("gid=::ffff:198.18.1.1"), std::string::npos) << s;
         EXPECT_EQ(s.find("IB:"), std::string::npos) << s;
     }

@@ -135,7 +135,7 @@ TEST(name_service, roce_port_ip)
     std::string port = std::to_string(free_port());
     peer server("server", {{"MLX4_SRC_NODE", "198.18.1.1"}, {"MLX4_SERVICE", port}});
     std::string server_name = after_ready(server.wait_line());
-    ASSERT_NE(server_name.find("RoCE:"), std::string::npos) << server_name;
+    ASSERT_NE(server_name.find("RoCEv2:"), std::string::npos) << server_name;
 
     hints_ptr h;
     info_list l;

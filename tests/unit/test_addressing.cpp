@@ -29,6 +29,7 @@ proto::ep_name sample_name(uint8_t rails)
         r.lid = i ? 0 : 0x17;
         r.ud_qpn = 0x4800u + i;
         r.mtu = i ? 1024 : 4096;
+        r.gid_type = i ? device::gid_type::roce_v2 : device::gid_type::ib;
         inet_pton(AF_INET6, i ? "::ffff:198.18.1.1" : "fe80::2:c9ff:5e00:1", r.gid_value.data());
     }
     return n;
