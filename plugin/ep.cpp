@@ -239,8 +239,8 @@ int bind_cntr(ep_obj &ep, cntr_obj *cntr, uint64_t flags)
         all |= f;
     if (flags & (FI_REMOTE_READ | FI_REMOTE_WRITE)) {
         // fi_endpoint(3): these need an endpoint with FI_RMA_EVENT. RDMA READs
-        // never reach the target's CPU, and WRITE_WITH_IMM's 32 bits carry
-        // the application's remote CQ data, so there is nothing to count with.
+        // and WRITEs never reach the target's CPU; only fi_writedata's header
+        // does (fi_mlx4(7), FI_RMA_EVENT).
         MLX4_WARN(FI_LOG_EP_CTRL, "fi_ep_bind(cntr): FI_REMOTE_READ/FI_REMOTE_WRITE counters "
                                   "need FI_RMA_EVENT, which mlx4 does not offer\n");
         return -FI_EINVAL;

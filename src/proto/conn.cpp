@@ -414,6 +414,8 @@ void engine_impl::link_ready(uint32_t pi, unsigned r) noexcept
     peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     p.ready_mask |= 1u << r;
+    if (p.st == peer::state::connecting && !p.settle_ns)
+        p.settle_ns = now_ns() + uint64_t(cfg_.connect_retry_ms) * ms_ns;
     MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx connected on rail %u (QP %u -> %u)\n", nonce_of(p), r,
              pr.qp->qp_num(), pr.hs.remote_qpn());
     if (p.st != peer::state::connected) peer_settled(pi);
@@ -435,18 +437,21 @@ void engine_impl::flush_pending(uint32_t pi) noexcept
     }
 }
 
-void engine_impl::peer_settled(uint32_t pi) noexcept
+void engine_impl::peer_settled(uint32_t pi, bool force) noexcept
 {
     // A peer is connected once no handshake of its rails is under way: its
     // first transfers then see every rail that could be had (the first large
     // message is striped), as UCX completes all lanes of an endpoint first.
+    // A rail that does not answer is not waited for long once another is
+    // up (one resend interval): it joins later.
     peer &p = peers_[pi];
     if (p.st != peer::state::connecting) return;
     unsigned up = max_rails;
     for (unsigned k = 0; k < p.nrails; ++k) {
-        if (p.rails[k].hs.waiting()) return;
+        if (p.rails[k].hs.waiting() && !force) return;
         if (p.rails[k].ready() && up == max_rails) up = k;
     }
+    if (force && up == max_rails) return;
     if (up == max_rails) {
         MLX4_WARN(FI_LOG_EP_CTRL,
                   "peer %016llx did not answer the connection request within %u ms "
@@ -458,6 +463,7 @@ void engine_impl::peer_settled(uint32_t pi) noexcept
     // Headers go on the primary rail both ends agree on, unless it is not up.
     if (!p.rails[p.primary].ready()) p.primary = up;
     p.st = peer::state::connected;
+    p.settle_ns = 0;
     p.live = true;
     p.backoff_ns = uint64_t(cfg_.peer_retry_ms) * ms_ns; // a success ends the back-off
     // Rails learnt from the handshake (beyond the name's), for striping and
@@ -499,6 +505,7 @@ void engine_impl::restart_peer(uint32_t pi, int err, int prov_errno) noexcept
     }
     p.live = false;
     p.ready_mask = 0;
+    p.settle_ns = 0;
     p.tx_seq = p.rx_seq = 0;
     p.early.clear();
     p.agreed = false;
@@ -550,6 +557,13 @@ void engine_impl::check_timers() noexcept
     const wireup::timing t = wireup_timing();
     bool any = false;
     for (uint32_t i = 0; i < peers_.size(); ++i) {
+        peer &p = peers_[i];
+        if (p.st == peer::state::connecting && p.settle_ns && now >= p.settle_ns) {
+            MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: connected before all its rails answered\n",
+                      nonce_of(p));
+            peer_settled(i, true);
+            flush_pending(i);
+        }
         for (unsigned r = 0; r < peers_[i].nrails && r < max_rails; ++r) {
             peer_rail &pr = peers_[i].rails[r];
             if (!pr.hs.waiting()) continue;

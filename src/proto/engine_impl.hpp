@@ -218,6 +218,7 @@ struct peer {
     uint32_t session = 1, remote_session = 0;
     bool live = false; // the sequence window belongs to a session the peer may still have
     uint64_t retry_ns = 0;   // failed: operations fail fast until then
+    uint64_t settle_ns = 0;  // connecting with a rail up: the others are waited for until then
     uint64_t backoff_ns = 0; // the next failure's wait
     // What both sides agreed in the handshake: the smaller of the two.
     uint32_t eager_limit = 0, inline_size = 0;
@@ -320,9 +321,10 @@ class engine_impl final : public engine
     void handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) noexcept;
     void link_ready(uint32_t pi, unsigned r) noexcept;
     void link_gave_up(uint32_t pi, unsigned r) noexcept;
-    // A connecting peer whose handshakes are all over: connected over the
-    // rails that came up, or unreachable.
-    void peer_settled(uint32_t pi) noexcept;
+    // A connecting peer whose handshakes are all over (or, with force, that
+    // has a rail up and waited long enough for the others): connected over
+    // the rails that came up, or unreachable.
+    void peer_settled(uint32_t pi, bool force = false) noexcept;
     // Posts what waits for the peer's connection, in order.
     void flush_pending(uint32_t pi) noexcept;
     // The peer's rails in ready_rails are ready on its side: ours that wait

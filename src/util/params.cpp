@@ -159,10 +159,12 @@ void load_int(const char *name, long lo, long hi, uint32_t &value, config &cfg)
     std::string s(t);
     errno = 0;
     long v = std::strtol(s.c_str(), &end, 10);
-    if (errno || end == s.c_str() || *end || v < lo || v > hi) {
+    const bool malformed = errno || end == s.c_str() || *end;
+    if (malformed || v < lo || v > hi) {
         if (cfg.refused.empty())
-            cfg.refused = "FI_MLX4_" + std::string(name) + "='" + s + "' is not an integer in " +
-                          std::to_string(lo) + ".." + std::to_string(hi);
+            cfg.refused = "FI_MLX4_" + std::string(name) + "='" + s + "' " +
+                          (malformed ? "is not an integer" : "is outside") + " (valid: " +
+                          std::to_string(lo) + ".." + std::to_string(hi) + ")";
         return;
     }
     value = static_cast<uint32_t>(v);

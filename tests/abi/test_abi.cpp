@@ -456,3 +456,59 @@ TEST(no_devices, nodata)
     get(l);
     EXPECT_EQ(l.ret, -FI_ENODATA);
 }
+
+// FI_MLX4_EAGER_LIMIT at its documented maximum: endpoints open (several of
+// them, as processes with a few endpoints do) and a message of the limit's
+// size goes through, eagerly.
+TEST(eager_max, largest_eager_limit_opens_endpoints_and_sends)
+{
+    info_list l;
+    get(l);
+    ASSERT_EQ(l.ret, 0);
+    open_domain d(l.head);
+    ASSERT_NE(d.domain, nullptr);
+    fid_av *av = nullptr;
+    fi_av_attr av_attr{};
+    av_attr.type = FI_AV_TABLE;
+    ASSERT_EQ(fi_av_open(d.domain, &av_attr, &av, nullptr), 0);
+    constexpr int count = 4;
+    fid_cq *cq[count] = {};
+    fid_ep *ep[count] = {};
+    fi_addr_t addr[count] = {};
+    for (int i = 0; i < count; ++i) {
+        fi_cq_attr cq_attr{};
+        cq_attr.format = FI_CQ_FORMAT_TAGGED;
+        ASSERT_EQ(fi_cq_open(d.domain, &cq_attr, &cq[i], nullptr), 0);
+        ASSERT_EQ(fi_endpoint(d.domain, l.head, &ep[i], nullptr), 0) << "endpoint " << i;
+        ASSERT_EQ(fi_ep_bind(ep[i], &av->fid, 0), 0);
+        ASSERT_EQ(fi_ep_bind(ep[i], &cq[i]->fid, FI_TRANSMIT | FI_RECV), 0);
+        ASSERT_EQ(fi_enable(ep[i]), 0);
+        char name[FI_NAME_MAX];
+        size_t len = sizeof name;
+        ASSERT_EQ(fi_getname(&ep[i]->fid, name, &len), 0);
+        ASSERT_EQ(fi_av_insert(av, name, 1, &addr[i], 0, nullptr), 1);
+    }
+    const size_t len = 65536;
+    std::vector<char> src(len), dst(len, 0);
+    for (size_t i = 0; i < len; ++i)
+        src[i] = char(i * 7 + 1);
+    ASSERT_EQ(fi_trecv(ep[1], dst.data(), len, nullptr, addr[0], 7, 0, nullptr), 0);
+    ASSERT_EQ(fi_tsend(ep[0], src.data(), len, nullptr, addr[1], 7, nullptr), 0);
+    int done = 0;
+    for (int spin = 0; done < 2 && spin < 5000000; ++spin)
+        for (int i = 0; i < 2; ++i) {
+            fi_cq_tagged_entry e;
+            if (fi_cq_read(cq[i], &e, 1) == 1) ++done;
+        }
+    ASSERT_EQ(done, 2);
+    EXPECT_EQ(src, dst);
+    uint64_t read = 0;
+    for (const fi_mlx4_rail_stats &s : stats_of(d))
+        read += s.rx_bytes;
+    EXPECT_EQ(read, 0u) << "eager: nothing was read by RDMA";
+    for (int i = 0; i < count; ++i) {
+        EXPECT_EQ(fi_close(&ep[i]->fid), 0);
+        EXPECT_EQ(fi_close(&cq[i]->fid), 0);
+    }
+    EXPECT_EQ(fi_close(&av->fid), 0);
+}

@@ -435,3 +435,140 @@ TEST_F(roce_test, different_address_families_fail_at_once_with_a_reason)
 }
 
 } // namespace
+
+namespace
+{
+
+// Two HCAs (FDR + QDR): the same stall in the middle of a striped rendezvous.
+TEST(striped_stall, a_sender_that_stops_in_the_middle_of_a_striped_rendezvous_loses_nothing)
+{
+    util::config uc;
+    uc.sim_spec = "mlx4_0:ib/fdr;mlx4_1:ib/qdr";
+    auto devices = device::sim::discover(uc);
+    ASSERT_EQ(devices.size(), 2u);
+    proto::engine_config ec = scaled();
+    ec.eager_limit = 1024;
+    node a, b;
+    for (node *n : {&a, &b})
+        open_node(*n, rails_of(devices, *n, {52.0, 32.0}), ec);
+    introduce(a, b);
+    char one = 1, got1 = 0;
+    int ctx[4];
+    ASSERT_TRUE(recv_from(b, &got1, 1, 1, &ctx[0]).is_ok());
+    ASSERT_TRUE(send_to(a, &one, 1, 1, &ctx[1]).is_ok());
+    ASSERT_TRUE(
+        run_until({&a, &b}, [&] { return a.sink.events.size() + b.sink.events.size() == 2; }));
+    a.sink.events.clear();
+    b.sink.events.clear();
+
+    const size_t len = 4 << 20;
+    auto msg = pattern(len, 8);
+    std::vector<uint8_t> got(len);
+    ASSERT_TRUE(recv_from(b, got.data(), len, 2, &ctx[2]).is_ok());
+    ASSERT_TRUE(send_to(a, msg.data(), len, 2, &ctx[3]).is_ok());
+    a.eng->progress(); // the RTS goes out; then a computes
+    progress_for({&b}, 3 * rc_budget(ec) + 100ms);
+    ASSERT_EQ(b.sink.events.size(), 1u) << "the striped read needs nothing from the sender";
+    EXPECT_EQ(b.sink.events.front().err, 0);
+    EXPECT_TRUE(got == msg);
+    EXPECT_GT(b.counters[0]->rx_bytes.load(), 0u);
+    EXPECT_GT(b.counters[1]->rx_bytes.load(), 0u) << "both rails carried part of it";
+    ASSERT_TRUE(run_until({&a, &b}, [&] { return !a.sink.events.empty(); }));
+    EXPECT_EQ(a.sink.events.front().err, 0);
+    for (node *n : {&a, &b}) {
+        EXPECT_EQ(n->counters[0]->failovers.load() + n->counters[1]->failovers.load(), 0u);
+        n->eng->shutdown();
+    }
+}
+
+// A port that goes down and comes back: the pair (one rail) fails, then the
+// first operation after the back-off connects again and traffic flows.
+TEST(transient_fault, a_peer_lost_to_a_port_fault_is_reconnected_after_the_back_off)
+{
+    setenv("FI_MLX4_SIM_FAULT", "mlx4_0:1:64K:300", 1); // down after 64 KiB, up 300 ms later
+    util::config uc;
+    uc.sim_spec = "mlx4_0:ib/fdr";
+    auto devices = device::sim::discover(uc);
+    ASSERT_EQ(devices.size(), 1u);
+    proto::engine_config ec = scaled();
+    ec.eager_limit = 1024;
+    ec.peer_retry_ms = 400;
+    node a, b;
+    for (node *n : {&a, &b})
+        open_node(*n, rails_of(devices, *n), ec);
+    unsetenv("FI_MLX4_SIM_FAULT");
+    introduce(a, b);
+    // Stream 1000-byte messages until the port goes down under them.
+    std::vector<uint8_t> msg = pattern(1000, 3), sink_buf(1000);
+    int ctx;
+    int errors = 0;
+    for (int i = 0; i < 200 && !errors; ++i) {
+        ASSERT_TRUE(recv_from(b, sink_buf.data(), 1000, 5, &ctx).is_ok());
+        ASSERT_TRUE(send_to(a, msg.data(), 1000, 5, &ctx).is_ok());
+        run_until(
+            {&a, &b}, [&] { return !a.sink.events.empty(); }, 3s);
+        while (!a.sink.events.empty()) {
+            errors += a.sink.events.front().err != 0;
+            a.sink.events.pop_front();
+        }
+    }
+    ASSERT_GT(errors, 0) << "the port fault failed the pair";
+    // Back after the port is up and the back-off is over.
+    std::this_thread::sleep_for(700ms);
+    progress_for({&a, &b}, 150ms); // the health checks see the port up
+    b.sink.events.clear();
+    std::vector<uint8_t> fresh = pattern(5000, 9), got(5000);
+    ASSERT_TRUE(recv_from(b, got.data(), got.size(), 6, &ctx).is_ok());
+    ASSERT_TRUE(send_to(a, fresh.data(), fresh.size(), 6, &ctx).is_ok());
+    bool done = run_until({&a, &b}, [&] {
+        for (const proto::event &ev : b.sink.events)
+            if (ev.tag == 6) return !a.sink.events.empty();
+        return false;
+    });
+    ASSERT_TRUE(done);
+    EXPECT_EQ(a.sink.events.front().err, 0);
+    EXPECT_TRUE(got == fresh);
+    for (node *n : {&a, &b})
+        n->eng->shutdown();
+}
+
+} // namespace
+
+namespace
+{
+
+// A rail of the peer that never answers (here: its address is wrong) must not
+// hold the pair back for the whole wire-up budget once another rail is up.
+TEST(silent_rail, the_rails_that_answer_carry_the_traffic_without_waiting_for_the_others)
+{
+    util::config uc;
+    uc.sim_spec = "mlx4_0:ib/fdr;mlx4_1:ib/qdr";
+    auto devices = device::sim::discover(uc);
+    ASSERT_EQ(devices.size(), 2u);
+    proto::engine_config ec = scaled();
+    ec.eager_limit = 1024;
+    ec.connect_timeout_ms = 600000; // ten minutes: the test would time out long before
+    node a, b;
+    for (node *n : {&a, &b})
+        open_node(*n, rails_of(devices, *n), ec);
+    proto::ep_name bn = b.eng->name(), an = a.eng->name();
+    bn.rails[0].ud_qpn = bn.rails[1].ud_qpn = 0xfffff0;  // nobody there on either rail...
+    unsigned good = unsigned((an.nonce ^ bn.nonce) % 2); // ...but the pair's primary
+    bn.rails[good].ud_qpn = b.eng->name().rails[good].ud_qpn;
+    a.peer = a.av.insert(bn);
+    b.peer = b.av.insert(an);
+    std::vector<uint8_t> msg = pattern(300000, 1), got(300000);
+    int ctx[2];
+    ASSERT_TRUE(recv_from(b, got.data(), got.size(), 1, &ctx[0]).is_ok());
+    ASSERT_TRUE(send_to(a, msg.data(), msg.size(), 1, &ctx[1]).is_ok());
+    ASSERT_TRUE(run_until(
+        {&a, &b}, [&] { return !a.sink.events.empty() && !b.sink.events.empty(); }, 20s))
+        << "the pair waited for a rail that does not answer";
+    EXPECT_EQ(a.sink.events.front().err, 0);
+    EXPECT_EQ(b.sink.events.front().err, 0);
+    EXPECT_TRUE(got == msg);
+    for (node *n : {&a, &b})
+        n->eng->shutdown();
+}
+
+} // namespace

@@ -49,7 +49,8 @@ out=$(run fi_info -e 2>&1 | tr -d '\0')
 missing=""
 for p in SIM LINK ANY_DEVICE GID_INDEX EAGER_LIMIT INLINE_SIZE MR_CACHE_SIZE RAILS RAIL_WEIGHTS \
          STRIPE_THRESHOLD STRIPE_MIN_CHUNK STRIPE_MIN_RATIO RAIL_INFO SIM_RATE_SCALE SIM_FAULT \
-         RESOLVE_TIMEOUT_MS WAIT_POLL_US; do
+         RC_TIMEOUT RC_RETRY_COUNT RNR_RETRY RNR_TIMER CONNECT_RETRY_MS CONNECT_TIMEOUT_MS \
+         PEER_RETRY_MS KEEPALIVE_MS RESOLVE_TIMEOUT_MS WAIT_POLL_US; do
     grep -aq "^# FI_MLX4_$p: " <<<"$out" || missing="$missing $p"
     help=$(grep -a -A1 "^# FI_MLX4_$p: " <<<"$out" | tail -1)
     [ ${#help} -gt 20 ] || missing="$missing $p(help)"
@@ -116,6 +117,19 @@ out=$(run FI_MLX4_SIM="$two" FI_MLX4_STRIPE_THRESHOLD=12junk FI_MLX4_RAIL_INFO=1
 [ $rc -eq 0 ] && grep -aq "mlx4.*FI_MLX4_STRIPE_THRESHOLD='12junk'" <<<"$out" \
     && grep -aq 'striping: transfers >= 262144 bytes' <<<"$out"
 check "a malformed FI_MLX4_STRIPE_THRESHOLD: a warning, the default kept" $? "rc=$rc" "$out"
+
+# Values the provider cannot run with are refused, visibly at libfabric's
+# default log level (which prints nothing otherwise): an eager limit below the
+# inject size would let a peer read an injected buffer after the call returned.
+for bad in FI_MLX4_EAGER_LIMIT=32 FI_MLX4_EAGER_LIMIT=100000 FI_MLX4_RC_RETRY_COUNT=7 \
+           FI_MLX4_RC_TIMEOUT=0 FI_MLX4_CONNECT_TIMEOUT_MS=12junk; do
+    out=$(run FI_MLX4_SIM=1 env "$bad" fi_info -p mlx4 2>&1); rc=$?
+    [ $rc -eq 61 ] && grep -aq "mlx4.*${bad%%=*}='${bad#*=}' is \(not an integer\|outside\) (valid: .*offers nothing" <<<"$out"
+    check "$bad is refused with a line naming it, at the default log level" $? "rc=$rc" "$out"
+done
+out=$(run FI_MLX4_SIM=1 FI_MLX4_EAGER_LIMIT=64 FI_MLX4_RC_RETRY_COUNT=6 fi_info -p mlx4 2>&1); rc=$?
+[ $rc -eq 0 ] && ! grep -aq 'refused\|offers nothing' <<<"$out"
+check "the smallest eager limit (64) and the largest retry count (6) are taken" $? "rc=$rc" "$out"
 
 # meson install: the plugin lands in libfabric's provider folder, from where
 # libfabric loads it (staged under DESTDIR so the test leaves the host alone).

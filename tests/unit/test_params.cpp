@@ -188,3 +188,19 @@ TEST_F(params_env, stripe_sizes_good_and_malformed)
     setenv("FI_MLX4_STRIPE_THRESHOLD", "-5", 1);
     EXPECT_EQ(load_config(log_provider()).stripe_threshold, 262144u);
 }
+
+TEST(params, table_lists_the_connection_parameters_with_defaults)
+{
+    const char *wanted[] = {"RC_TIMEOUT",       "RC_RETRY_COUNT",     "RNR_RETRY",
+                            "RNR_TIMER",        "CONNECT_RETRY_MS",   "CONNECT_TIMEOUT_MS",
+                            "PEER_RETRY_MS",    "KEEPALIVE_MS",       "EAGER_LIMIT"};
+    for (const char *name : wanted) {
+        const param_def *found = nullptr;
+        for (const param_def &p : param_table())
+            if (std::string(p.name) == name) found = &p;
+        ASSERT_NE(found, nullptr) << name;
+        EXPECT_NE(std::string(found->help).find("(default: "), std::string::npos) << name;
+    }
+    for (const param_def &p : param_table()) // replaced by the QPs' own timing
+        EXPECT_NE(std::string(p.name), "SIM_RETRY_TIMEOUT_MS");
+}

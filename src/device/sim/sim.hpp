@@ -534,6 +534,7 @@ class sim_qp final : public queue_pair
     void complete(const sq_wqe &w, wc_status st, uint64_t len = 0, uint64_t due = 0) noexcept;
     uint64_t payload_bytes(sq_wqe &w) noexcept; // what w moves, unchecked
     outcome fail(const sq_wqe &w, wc_status st) noexcept;
+    outcome gone(peer &p) noexcept; // the peer's process exited
     void push_recv_cqe(seg_cqe &e) noexcept; // onto this QP's recv CQ
     // Receiver side done by the sender: a completion onto t's recv CQ; an
     // overrun moves t to error.

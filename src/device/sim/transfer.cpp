@@ -245,6 +245,15 @@ sim_qp::outcome sim_qp::execute_rc(sq_wqe &w) noexcept
     return o;
 }
 
+sim_qp::outcome sim_qp::gone(peer &p) noexcept
+{
+    // Its process exited under the transfer: from now on nothing answers
+    // (the liveness check says so before anything else is tried), and the
+    // request fails once the QP's retry budget is spent, as on hardware.
+    p.mark_dead();
+    return outcome::no_answer;
+}
+
 uint64_t sim_qp::payload_bytes(sq_wqe &w) noexcept
 {
     if (w.inline_data) return w.inline_len;
@@ -262,7 +271,7 @@ sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t, uint64_t start) n
     uint64_t len = 0;
     if (!gather(w, 0, iov, n, len)) return fail(w, wc_status::loc_prot_err);
     seg_rq *rq = p.rq_of(t);
-    if (!rq) return fail(w, wc_status::retry_exc_err);
+    if (!rq) return outcome::no_answer;
     rwqe r;
     if (!rq_pop(rq, r)) return outcome::rnr;
 
@@ -281,7 +290,7 @@ sim_qp::outcome sim_qp::rc_send(sq_wqe &w, peer &p, seg_qp *t, uint64_t start) n
         local = wc_status::rem_inv_req_err;
         remote = wc_status::loc_len_err;
     } else if (int rc = copy_to_peer(p, iov, n, r.sg, r.num_sge, 0, len)) {
-        if (rc == -ESRCH) return fail(w, wc_status::retry_exc_err);
+        if (rc == -ESRCH) return gone(p);
         local = wc_status::rem_op_err;
         remote = wc_status::loc_prot_err;
     }
@@ -318,12 +327,12 @@ sim_qp::outcome sim_qp::rc_write(sq_wqe &w, peer &p, seg_qp *t, uint64_t start) 
     rwqe r;
     if (imm) {
         seg_rq *rq = p.rq_of(t);
-        if (!rq) return fail(w, wc_status::retry_exc_err);
+        if (!rq) return outcome::no_answer;
         if (!rq_pop(rq, r)) return outcome::rnr;
     }
     sge dst{w.remote_addr, static_cast<uint32_t>(len), w.rkey};
     if (int rc = copy_to_peer(p, iov, n, &dst, 1, 0, len)) {
-        if (rc == -ESRCH) return fail(w, wc_status::retry_exc_err);
+        if (rc == -ESRCH) return gone(p);
         remote_error(p, t);
         return fail(w, wc_status::rem_access_err);
     }
@@ -357,7 +366,7 @@ sim_qp::outcome sim_qp::rc_read(sq_wqe &w, peer &p, seg_qp *t, uint64_t start) n
     }
     sge src{w.remote_addr, static_cast<uint32_t>(len), w.rkey};
     if (int rc = copy_from_peer(p, &src, 1, iov, n, len)) {
-        if (rc == -ESRCH) return fail(w, wc_status::retry_exc_err);
+        if (rc == -ESRCH) return gone(p);
         remote_error(p, t);
         return fail(w, wc_status::rem_access_err);
     }
