@@ -211,13 +211,7 @@ bool cntr_waiter::ready() noexcept
 
 int cntr_trywait(cntr_obj &c) noexcept
 {
-    if (!c.wait.object) {
-        MLX4_WARN(FI_LOG_CNTR, "fi_trywait: the counter has no wait object (FI_WAIT_NONE or "
-                               "FI_WAIT_YIELD)\n");
-        return -FI_EINVAL;
-    }
-    waiter *self = &c.waiter;
-    return c.wait.object->try_block({&self, 1});
+    return try_block_one(c.wait, c.waiter, "counter");
 }
 
 cntr_obj *as_cntr(fid *f) noexcept

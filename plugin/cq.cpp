@@ -365,13 +365,7 @@ bool cq_ready(cq_obj &cq) noexcept
 
 int cq_trywait(cq_obj &cq) noexcept
 {
-    if (!cq.wait.object) {
-        MLX4_WARN(FI_LOG_CQ, "fi_trywait: the CQ has no wait object (FI_WAIT_NONE or "
-                             "FI_WAIT_YIELD)\n");
-        return -FI_EINVAL;
-    }
-    waiter *self = &cq.waiter;
-    return cq.wait.object->try_block({&self, 1});
+    return try_block_one(cq.wait, cq.waiter, "CQ");
 }
 
 cq_obj *as_cq(fid *f) noexcept

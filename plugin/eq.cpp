@@ -180,13 +180,12 @@ fi_ops_eq eq_ops = {
 
 int eq_trywait(fid *f) noexcept
 {
-    eq_obj *q = reinterpret_cast<eq_obj *>(f);
-    if (f->ops != &eq_fi_ops || !q->wait.object) {
-        MLX4_WARN(FI_LOG_EQ, "fi_trywait: not an EQ of this provider with a wait object\n");
+    if (f->ops != &eq_fi_ops) {
+        MLX4_WARN(FI_LOG_EQ, "fi_trywait: not an EQ of this provider\n");
         return -FI_EINVAL;
     }
-    waiter *self = &q->waiter;
-    return q->wait.object->try_block({&self, 1});
+    eq_obj *q = reinterpret_cast<eq_obj *>(f);
+    return try_block_one(q->wait, q->waiter, "EQ");
 }
 
 int eq_open(fid_fabric *, fi_eq_attr *attr, fid_eq **eq, void *context) noexcept

@@ -270,6 +270,17 @@ status choose_wait(int wait_obj, fid_wait *wait_set, const char *what, wait_choi
     return err_nosys;
 }
 
+int try_block_one(const wait_choice &w, waiter &self, const char *what) noexcept
+{
+    if (!w.object) {
+        MLX4_WARN(FI_LOG_CORE, "fi_trywait: the %s has no wait object (%s)\n", what,
+                  wait_name(w.type));
+        return -FI_EINVAL;
+    }
+    waiter *members[] = {&self};
+    return w.object->try_block(members);
+}
+
 int wait_control(const wait_choice &w, int command, void *arg, const char *what) noexcept
 {
     switch (command) {

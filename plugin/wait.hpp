@@ -106,6 +106,10 @@ struct wait_choice {
 };
 status choose_wait(int wait_obj, fid_wait *wait_set, const char *what, wait_choice &out);
 
+// fi_trywait on one CQ, counter or EQ: its wait object's try_block with
+// itself as the only member; -FI_EINVAL (logged, naming what) without one.
+int try_block_one(const wait_choice &w, waiter &self, const char *what) noexcept;
+
 // fi_control(FI_GETWAIT / FI_GETWAITOBJ) of a CQ, counter, EQ or wait set.
 int wait_control(const wait_choice &w, int command, void *arg, const char *what) noexcept;
 
