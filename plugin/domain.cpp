@@ -13,6 +13,8 @@
 #include "poll.hpp"
 #include "provider.hpp"
 
+#include "mlx4fi/rail/policy.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -169,7 +171,8 @@ fi_mlx4_rail_attr to_rail_attr(const rail::rail_desc &r, const device::device_at
     a.link_layer = r.link == device::link_layer::ib ? FI_MLX4_LINK_IB : FI_MLX4_LINK_ETHERNET;
     for (const device::port_attr &p : dev.ports) {
         if (p.num != r.port) continue;
-        a.active_speed = p.active_speed;
+        // The public struct keeps verbs' 8-bit field: XDR (256) reads as 0 there.
+        a.active_speed = static_cast<uint8_t>(p.active_speed);
         a.active_width = p.active_width;
         a.lid = p.lid;
         a.gid_index = static_cast<int16_t>(p.gid_index);
@@ -194,6 +197,12 @@ void print_rail_info(const domain_obj &dom, const provider_state &st) noexcept
         std::snprintf(prefix, sizeof prefix, "[mlx4 %ld] ", static_cast<long>(getpid()));
         std::string text = rail::describe_domain(dom.fabric->desc.name, dom.desc, st.attrs,
                                                  stripe_config(st.cfg), prefix);
+        text += prefix;
+        text += "  ";
+        text += rail::describe_choice(dom.fabric->desc, st.cfg.sharing,
+                                      rail::rank_place{st.rank.rank, st.numa_node}, st.rank.source,
+                                      dom.desc.name);
+        text += "\n";
         std::fwrite(text.data(), 1, text.size(), stderr);
         std::fflush(stderr);
     } catch (const std::exception &e) {
@@ -252,6 +261,7 @@ int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *co
         dom->lock.set_enabled(dom->threading != FI_THREAD_DOMAIN &&
                               dom->threading != FI_THREAD_COMPLETION);
         dom->api_version = fab->fid.api_version;
+        dom->rail_stats = st.cfg.rail_stats;
         dom->fid.fid.fclass = FI_CLASS_DOMAIN;
         dom->fid.fid.context = context;
         dom->fid.fid.ops = &domain_fi_ops;

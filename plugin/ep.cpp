@@ -8,6 +8,7 @@
 #include "getinfo_addr.hpp"
 #include "nosys.hpp"
 #include "provider.hpp"
+#include "rail_stats.hpp"
 
 #include <rdma/fi_atomic.h>
 #include <rdma/fi_cm.h>
@@ -364,6 +365,7 @@ int ep_close(fid *f) noexcept
                 if (c) c->detach(ep);
             if (ep->av) --ep->av->bound_eps;
             ep->engine.reset();
+            if (dom->rail_stats) print_rail_stats(*dom);
         }
         ep->name_service.reset(); // joins its thread: outside the lock
         delete ep;
@@ -565,6 +567,9 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
         ec.connect_timeout_ms = cfg.connect_timeout_ms;
         ec.peer_retry_ms = cfg.peer_retry_ms;
         ec.keepalive_ms = cfg.keepalive_ms;
+        ec.srq_depth = cfg.rx_queue_size;
+        ec.tx_queue_size = cfg.tx_queue_size;
+        ec.tx_buffers = cfg.tx_buffers;
         auto engine = proto::engine::open(dom->proto_rails, ec, ep->sink);
         if (!engine.ok()) {
             MLX4_WARN(FI_LOG_EP_CTRL, "fi_endpoint: engine: %s\n",

@@ -3,6 +3,8 @@
 
 #include "barrier.hpp"
 #include "getinfo_addr.hpp"
+#include "nic.hpp"
+#include "offers.hpp"
 #include "provider.hpp"
 
 #include <rdma/fi_domain.h>
@@ -143,9 +145,9 @@ fi_info *make_info(const rail::fabric_desc &fabric, const rail::domain_desc &dom
     i.ep_attr->protocol_version = 1;
     i.ep_attr->max_msg_size = max_msg_size;
     i.ep_attr->msg_prefix_size = 0;
-    i.ep_attr->max_order_raw_size = max_msg_size;
-    i.ep_attr->max_order_war_size = max_msg_size;
-    i.ep_attr->max_order_waw_size = max_msg_size;
+    i.ep_attr->max_order_raw_size = 0; // no RMA ordering (msg_order)
+    i.ep_attr->max_order_war_size = 0;
+    i.ep_attr->max_order_waw_size = 0;
     // 0xAAAA...: sixty-four one-bit fields, libfabric's "generic" format: every
     // tag bit is the caller's to use (Open MPI then picks its widest layout).
     i.ep_attr->mem_tag_format = 0xAAAAAAAAAAAAAAAAull;
@@ -348,10 +350,12 @@ int getinfo(uint32_t version, const char *node, const char *service, uint64_t fl
         if (status s = parse_addr_request(node, service, flags, hints, st, req); !s.is_ok())
             return s.code();
         fi_info *list = nullptr;
-        if (status s = build_infos(st.fabrics, version, hints, &list); !s.is_ok()) return s.code();
+        if (int rc = build_infos(offered_fabrics(st, hints), version, hints, &list).code())
+            return rc;
         status s;
         try {
-            s = apply_addr_request(list, req, st);
+            s = attach_nics(list, st);
+            if (s.is_ok()) s = apply_addr_request(list, req, st);
         } catch (...) {
             fi_freeinfo(list);
             throw;

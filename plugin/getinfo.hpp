@@ -38,8 +38,11 @@ inline constexpr size_t inject_size = 64;
 static_assert(inject_size <= util::min_eager_limit, "an inject must fit every eager limit");
 inline constexpr size_t queue_size = 1024;
 inline constexpr size_t cq_data_size = 4; // RDMA WRITE immediate data is 32 bits
-inline constexpr uint64_t msg_order = FI_ORDER_SAS | FI_ORDER_RAR | FI_ORDER_RAW | FI_ORDER_WAW |
-                                      FI_ORDER_WAR | FI_ORDER_SAW | FI_ORDER_SAR;
+// Only what is kept: sends to a peer are matched in order (one rail for
+// headers, sequence numbers across failover). RMA and rendezvous data are
+// striped over rails without fences, and even on one RC QP a WRITE may pass
+// an earlier READ, so no RMA ordering (RAR, RAW, WAR, WAW, SAR, SAW) is claimed.
+inline constexpr uint64_t msg_order = FI_ORDER_SAS;
 
 // A fresh fi_info describing one domain of a fabric with everything the
 // provider can do; free it with fi_freeinfo. Throws std::bad_alloc.

@@ -62,6 +62,18 @@ int choose_gid_index(std::span<const gid_entry> table, link_layer link, int over
     return best;
 }
 
+int ud_gid_index(std::span<const gid_entry> table, int chosen, bool mlx4) noexcept
+{
+    if (!mlx4 || chosen < 0) return chosen;
+    const gid_entry *c = nullptr;
+    for (const gid_entry &e : table)
+        if (static_cast<int>(e.index) == chosen) c = &e;
+    if (!c || c->type != gid_type::roce_v2) return chosen;
+    for (const gid_entry &e : table)
+        if (e.type == gid_type::roce_v1 && e.value == c->value) return static_cast<int>(e.index);
+    return chosen; // no v1 twin: UD from v2 (and a warning from discovery)
+}
+
 std::string gid_network(const gid &g, unsigned prefix_len)
 {
     char buf[INET6_ADDRSTRLEN + 8];

@@ -4,7 +4,6 @@
 namespace mlx4fi::device
 {
 
-
 unsigned width_lanes(uint8_t w) noexcept
 {
     switch (static_cast<ib_width>(w)) {
@@ -22,7 +21,7 @@ unsigned width_lanes(uint8_t w) noexcept
     return 0;
 }
 
-double lane_signal_gbaud(uint8_t s) noexcept
+double lane_signal_gbaud(uint16_t s) noexcept
 {
     switch (static_cast<ib_speed>(s)) {
     case ib_speed::sdr:
@@ -39,11 +38,15 @@ double lane_signal_gbaud(uint8_t s) noexcept
         return 25.78125;
     case ib_speed::hdr:
         return 53.125; // beyond mlx4, listed so a newer HCA under ANY_DEVICE weighs right
+    case ib_speed::ndr:
+        return 106.25;
+    case ib_speed::xdr:
+        return 212.5;
     }
     return 0.0;
 }
 
-double encoding_efficiency(uint8_t s) noexcept
+double encoding_efficiency(uint16_t s) noexcept
 {
     switch (static_cast<ib_speed>(s)) {
     case ib_speed::sdr:
@@ -56,11 +59,15 @@ double encoding_efficiency(uint8_t s) noexcept
         return 64.0 / 66.0;
     case ib_speed::hdr:
         return 50.0 / 53.125; // PAM4 with FEC: 50 Gb/s of data per lane
+    case ib_speed::ndr:
+        return 100.0 / 106.25; // 100 Gb/s of data per lane
+    case ib_speed::xdr:
+        return 200.0 / 212.5; // 200 Gb/s of data per lane
     }
     return 0.0;
 }
 
-double port_data_gbps(link_layer link, uint8_t speed, uint8_t width) noexcept
+double port_data_gbps(link_layer link, uint16_t speed, uint8_t width) noexcept
 {
     unsigned lanes = width_lanes(width);
     if (link == link_layer::ethernet) {
@@ -82,8 +89,14 @@ double port_data_gbps(link_layer link, uint8_t speed, uint8_t width) noexcept
         case ib_speed::edr:
             lane = 25.0;
             break;
-        case ib_speed::hdr:
+        case ib_speed::hdr: // 200GbE: 4 x 50
             lane = 50.0;
+            break;
+        case ib_speed::ndr: // 400GbE: 4 x 100
+            lane = 100.0;
+            break;
+        case ib_speed::xdr: // 800GbE: 4 x 200
+            lane = 200.0;
             break;
         }
         return lane * lanes;

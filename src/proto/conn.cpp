@@ -164,7 +164,7 @@ status engine_impl::prepare_qp(uint32_t pi, unsigned r) noexcept
     auto ah = rr.r.dev->create_ah(rr.r.port, dest);
     if (!ah.ok()) return ah.error();
     device::qp_caps caps;
-    caps.max_send_wr = 1024;
+    caps.max_send_wr = cfg_.tx_queue_size;
     caps.max_inline = cfg_.inline_size;
     auto qp =
         rr.r.dev->create_qp(device::qp_type::rc, rr.r.port, *rr.cq, *rr.cq, rr.srq.get(), caps);
@@ -184,7 +184,7 @@ void engine_impl::drop_qp(peer &p, unsigned r) noexcept
 {
     peer_rail &pr = p.rails[r];
     if (pr.qp) peer_by_qpn_.erase((uint64_t(r) << 32) | pr.qp->qp_num());
-    pr.qp.reset();
+    retire_qp(std::move(pr.qp), r); // destroyed once its last SRQ receive is done
     pr.ah.reset();
 }
 

@@ -5,6 +5,7 @@
 #include "mlx4fi/util/log.hpp"
 
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -53,8 +54,8 @@ engine_impl::engine_impl(const engine_config &cfg, event_sink &sink)
 {
     size_t body = std::max({cfg_.eager_limit, sizeof(wire::rts_body), sizeof(wire::fin_body)});
     buf_size_ = (sizeof(wire::msg_hdr) + body + 63) & ~size_t(63);
-    tx_slots_ = static_cast<uint32_t>(
-        std::clamp<size_t>(tx_bytes / buf_size_, 64, max_tx_slots));
+    tx_slots_ = static_cast<uint32_t>(std::clamp<size_t>(
+        std::min<size_t>(cfg_.tx_buffers, tx_bytes / buf_size_), 64, max_tx_slots));
     txs_.resize(max_tx);
     tx_free_.reserve(max_tx);
     for (uint32_t i = max_tx; i-- > 0;)
@@ -65,6 +66,36 @@ engine_impl::engine_impl(const engine_config &cfg, event_sink &sink)
 engine_impl::~engine_impl()
 {
     if (!shut_) shutdown();
+}
+
+size_t engine_impl::pinned_bytes_per_rail() const noexcept
+{
+    return size_t(cfg_.srq_depth) * buf_size_ + size_t(tx_slots_) * buf_size_ +
+           size_t(ud_depth) * ud_buf_size;
+}
+
+status engine_impl::setup_failed(const device::device &dev, const char *what, status s) noexcept
+{
+    if (s != err_nomem) {
+        MLX4_WARN(FI_LOG_EP_CTRL, "%s: cannot create %s: %s\n", dev.attr().name.c_str(), what,
+                  fi_strerror(-s.code()));
+        return s;
+    }
+    // Registered (pinned) memory counts against RLIMIT_MEMLOCK: the usual
+    // reason, and one the user can fix.
+    rlimit lim{};
+    const size_t need = pinned_bytes_per_rail();
+    if (getrlimit(RLIMIT_MEMLOCK, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY)
+        MLX4_WARN(FI_LOG_EP_CTRL,
+                  "%s: cannot create %s: out of memory; this endpoint pins about %zu KiB per "
+                  "rail (%u rails) and RLIMIT_MEMLOCK is %llu KiB (ulimit -l): raise the limit "
+                  "or lower FI_MLX4_RX_QUEUE_SIZE, FI_MLX4_TX_BUFFERS or FI_MLX4_EAGER_LIMIT\n",
+                  dev.attr().name.c_str(), what, need >> 10, unsigned(name_.rail_count),
+                  static_cast<unsigned long long>(lim.rlim_cur >> 10));
+    else
+        MLX4_WARN(FI_LOG_EP_CTRL, "%s: cannot create %s: out of memory (about %zu KiB per rail)\n",
+                  dev.attr().name.c_str(), what, need >> 10);
+    return s;
 }
 
 status engine_impl::init(const std::vector<rail> &rails)
@@ -84,32 +115,35 @@ status engine_impl::init(const std::vector<rail> &rails)
         rr->local_gid = device::gid_at(pa, rr->gid_index);
         device::device &dev = *rr->r.dev;
 
-        auto cq = dev.create_cq(cfg_.cq_depth);
-        if (!cq.ok()) return cq.error();
+        // Everything that completes on the rail's CQ: SRQ and UD receives,
+        // connection datagrams, and the RC sends the credits let through.
+        auto cq = dev.create_cq(cfg_.srq_depth + ud_depth + ud_send_depth + cfg_.cq_depth);
+        if (!cq.ok()) return setup_failed(dev, "a completion queue", cq.error());
         rr->cq = std::move(cq).value();
+        rr->cq_credits = cfg_.cq_depth;
         auto srq = dev.create_srq(cfg_.srq_depth, 1);
-        if (!srq.ok()) return srq.error();
+        if (!srq.ok()) return setup_failed(dev, "a shared receive queue", srq.error());
         rr->srq = std::move(srq).value();
         device::qp_caps caps;
-        caps.max_send_wr = 256;
+        caps.max_send_wr = ud_send_depth;
         caps.max_recv_wr = ud_depth;
         auto ud = dev.create_qp(device::qp_type::ud, rr->r.port, *rr->cq, *rr->cq, nullptr, caps);
-        if (!ud.ok()) return ud.error();
+        if (!ud.ok()) return setup_failed(dev, "the connection QP", ud.error());
         rr->ud = std::move(ud).value();
 
         auto rx = dev.alloc_buffer(size_t(cfg_.srq_depth) * buf_size_);
+        if (!rx.ok()) return setup_failed(dev, "receive buffers", rx.error());
         auto udb = dev.alloc_buffer(size_t(ud_depth) * ud_buf_size);
+        if (!udb.ok()) return setup_failed(dev, "connection buffers", udb.error());
         auto tx = dev.alloc_buffer(size_t(tx_slots_) * buf_size_);
-        if (!rx.ok() || !udb.ok() || !tx.ok()) {
-            MLX4_WARN(FI_LOG_EP_CTRL, "%s: cannot allocate receive/bounce buffers\n",
-                      dev.attr().name.c_str());
-            return err_nomem;
-        }
+        if (!tx.ok()) return setup_failed(dev, "bounce buffers", tx.error());
         rr->rx_bufs = std::move(rx).value();
         rr->ud_bufs = std::move(udb).value();
         rr->tx_bufs = std::move(tx).value();
-        rr->registrar = std::make_unique<rail_registrar>(&dev);
+        rr->registrar = std::make_unique<rail_registrar>(&dev, device::access_local_write);
         rr->cache = std::make_unique<util::mr_cache>(*rr->registrar, cfg_.mr_cache);
+        rr->src_registrar = std::make_unique<rail_registrar>(&dev, device::access_remote_read);
+        rr->src_cache = std::make_unique<util::mr_cache>(*rr->src_registrar, cfg_.mr_cache);
         rr->tx_free.reserve(tx_slots_);
         for (uint32_t s = tx_slots_; s-- > 0;)
             rr->tx_free.push_back(s);
@@ -130,6 +164,12 @@ status engine_impl::init(const std::vector<rail> &rails)
             repost_srq(ref, b);
         for (uint32_t b = 0; b < ud_depth; ++b)
             repost_ud(ref, b);
+    }
+    for (const auto &rr : rails_) {
+        device::device *dev = rr->r.dev;
+        if (std::none_of(event_sources_.begin(), event_sources_.end(),
+                         [&](const event_source &e) { return e.dev == dev; }))
+            event_sources_.push_back({dev, dev->event_cursor()});
     }
     MLX4_INFO(FI_LOG_EP_CTRL, "endpoint %016llx: %zu rail(s), eager limit %zu\n",
               static_cast<unsigned long long>(name_.nonce), rails_.size(), cfg_.eager_limit);
@@ -303,8 +343,11 @@ bool engine_impl::post_tx(tx_entry *tx) noexcept
         wr.imm_data = d.imm;
         wr.remote_addr = d.remote_addr;
         wr.rkey = d.rkey;
+        rail_res &rr = *rails_[tx->rail];
+        if (rr.cq_credits == 0) return false; // the CQ is full of our sends: wait
         status s = qp.post_send(wr);
         if (s == err_again) return false;
+        if (s.is_ok()) --rr.cq_credits;
         if (!s.is_ok()) {
             MLX4_WARN(FI_LOG_EP_DATA, "post to peer %016llx on rail %u failed: %d\n", nonce_of(p),
                       tx->rail, s.code());
@@ -424,11 +467,15 @@ void engine_impl::progress() noexcept
     }
     if (!deferred_reads_.empty()) retry_deferred();
     if ((++purge_tick_ & 63) == 0) {
-        check_rails(now_ns());     // port states and reconnections (rate-limited inside)
+        const uint64_t now = now_ns();
+        poll_device_events(now);   // a port error fails its rail over at once
+        check_rails(now);          // port states and reconnections (rate-limited inside)
         if (purge_tick_ == 4096) { // let go of registrations of freed memory
             purge_tick_ = 0;
-            for (auto &rr : rails_)
+            for (auto &rr : rails_) {
                 rr->cache->purge();
+                rr->src_cache->purge();
+            }
         }
     }
     if (wiring_) check_timers();
@@ -495,6 +542,7 @@ void engine_impl::handle_wc(rail_res &rr, const device::work_completion &wc) noe
         return;
     }
     case wr_kind::tx:
+        if (wc.qp_num != rr.ud->qp_num()) ++rr.cq_credits; // an RC send's slot is free
         handle_tx_wc(wc);
         return;
     }
@@ -583,15 +631,17 @@ util::mr_cache_stats engine_impl::cache_stats() const noexcept
 {
     util::mr_cache_stats sum;
     for (const auto &rr : rails_) {
-        if (!rr->cache) continue;
-        util::mr_cache_stats s = rr->cache->stats();
-        sum.hits += s.hits;
-        sum.misses += s.misses;
-        sum.uncached += s.uncached;
-        sum.evictions += s.evictions;
-        sum.invalidations += s.invalidations;
-        sum.entries += s.entries;
-        sum.bytes += s.bytes;
+        for (const util::mr_cache *c : {rr->cache.get(), rr->src_cache.get()}) {
+            if (!c) continue;
+            util::mr_cache_stats s = c->stats();
+            sum.hits += s.hits;
+            sum.misses += s.misses;
+            sum.uncached += s.uncached;
+            sum.evictions += s.evictions;
+            sum.invalidations += s.invalidations;
+            sum.entries += s.entries;
+            sum.bytes += s.bytes;
+        }
     }
     return sum;
 }
@@ -630,8 +680,10 @@ void engine_impl::shutdown() noexcept
         }
     }
     peers_.clear(); // QPs before the CQs and SRQs they use
+    retired_.clear();
     for (auto &rr : rails_) {
         rr->cache.reset(); // every lease went with its transfer
+        rr->src_cache.reset();
         rr->ud.reset();
         rr->srq.reset();
         rr->cq.reset();

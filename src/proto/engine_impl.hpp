@@ -53,26 +53,32 @@ inline uint32_t wr_id_index(uint64_t id) noexcept
 }
 
 inline constexpr uint32_t ud_depth = 64;
+inline constexpr uint32_t ud_send_depth = 256; // connection datagrams in flight per rail
 inline constexpr uint32_t ud_buf_size = 256;
-// Bounce buffers per rail: up to 1024, fewer for large eager limits so a
-// rail's bounce memory stays within tx_bytes (at least 64 of them).
+// Bounce buffers per rail: FI_MLX4_TX_BUFFERS (up to 1024), fewer for large
+// eager limits so a rail's bounce memory stays within tx_bytes (at least 64).
 inline constexpr uint32_t max_tx_slots = 1024;
 inline constexpr size_t tx_bytes = size_t(16) << 20;
-inline constexpr uint32_t max_tx = 4096;   // tx entries per engine
+inline constexpr uint32_t max_tx = 4096; // tx entries per engine
 inline constexpr uint32_t max_wr_sge = 4;
 inline constexpr size_t max_early_msgs = 4096; // per peer, held for a resend to fill a gap
 
 // Registers ranges on one rail's device for the registration cache. The
 // handle is the device::memory_region (owned by the cache's entry).
+// Each registration asks for what its use needs, no more: the kernel pins a
+// registration with local (or remote) write for writing, which fails for
+// read-only memory (const data, a PROT_READ mapping) and breaks
+// copy-on-write sharing. Receive buffers and RDMA READ destinations get local
+// write; rendezvous and RMA-write sources only remote read (the sender's
+// buffer is what the peer reads; an RMA source's key is never published).
+// Never remote write: peers only read these.
 class rail_registrar final : public util::mr_registrar
 {
   public:
-    explicit rail_registrar(device::device *dev) : dev_(dev) {}
+    rail_registrar(device::device *dev, uint32_t access) : dev_(dev), access_(access) {}
     result<void *> reg(void *addr, size_t len) noexcept override
     {
-        // Local write for receive buffers and read destinations, remote read
-        // for rendezvous sources; never remote write (peers only read these).
-        auto mr = dev_->reg_mr(addr, len, device::access_local_write | device::access_remote_read);
+        auto mr = dev_->reg_mr(addr, len, access_);
         if (!mr.ok()) return mr.error();
         return static_cast<void *>(std::move(mr).value().release());
     }
@@ -83,6 +89,7 @@ class rail_registrar final : public util::mr_registrar
 
   private:
     device::device *dev_; // not owned
+    uint32_t access_;     // device::access bits
 };
 
 inline const device::memory_region &region_of(const util::mr_cache::lease &l) noexcept
@@ -104,8 +111,14 @@ struct rail_res {
     std::unique_ptr<device::memory_region> tx_bufs; // tx_slots_ x buf_size
     std::vector<uint32_t> tx_free;                  // free tx_bufs slots
     std::unique_ptr<rail_registrar> registrar;      // used by cache
-    std::unique_ptr<util::mr_cache> cache;          // user buffers (rendezvous, RMA)
-    bool down = false;                              // the local port is down (health check)
+    std::unique_ptr<util::mr_cache> cache;          // user buffers written: read destinations
+    std::unique_ptr<rail_registrar> src_registrar;  // used by src_cache
+    std::unique_ptr<util::mr_cache> src_cache;      // user buffers only read: send/write sources
+    // The cache for a local buffer the HCA writes (true) or only reads.
+    util::mr_cache &cache_for(bool written) noexcept { return written ? *cache : *src_cache; }
+    bool down = false;       // the local port is down (health check)
+    bool broken = false;     // its CQ or device failed (async event): out of service for good
+    uint32_t cq_credits = 0; // RC sends that may still be posted without overrunning cq
     uint8_t *rx_base() const noexcept { return static_cast<uint8_t *>(rx_bufs->addr()); }
     uint8_t *ud_base() const noexcept { return static_cast<uint8_t *>(ud_bufs->addr()); }
     uint8_t *tx_base() const noexcept { return static_cast<uint8_t *>(tx_bufs->addr()); }
@@ -191,8 +204,8 @@ struct peer_rail {
     wireup::handshake hs;
     std::unique_ptr<device::queue_pair> qp;
     std::unique_ptr<device::address_handle> ah;
-    uint8_t gid_index = 0;   // RoCE: the local GID entry this peer is reached from
-    uint64_t retry_ns = 0;   // down: when the health check may connect it again
+    uint8_t gid_index = 0; // RoCE: the local GID entry this peer is reached from
+    uint64_t retry_ns = 0; // down: when the health check may connect it again
     bool ready() const noexcept { return hs.st() == wireup::state::ready; }
 };
 
@@ -216,13 +229,13 @@ struct peer {
     // session from the peer means it gave up on us, and sequence numbers
     // start again on both sides.
     uint32_t session = 1, remote_session = 0;
-    bool live = false; // the sequence window belongs to a session the peer may still have
+    bool live = false;       // the sequence window belongs to a session the peer may still have
     uint64_t retry_ns = 0;   // failed: operations fail fast until then
     uint64_t settle_ns = 0;  // connecting with a rail up: the others are waited for until then
     uint64_t backoff_ns = 0; // the next failure's wait
     // What both sides agreed in the handshake: the smaller of the two.
     uint32_t eager_limit = 0, inline_size = 0;
-    bool agreed = false; // the peer's limits are known
+    bool agreed = false;      // the peer's limits are known
     ilist<tx_entry> pending;  // prepared, waiting for the connection
     ilist<tx_entry> inflight; // posted, waiting for completions (or FIN)
     // Header messages that arrived ahead of their turn after a failover
@@ -236,6 +249,8 @@ class engine_impl final : public engine
     engine_impl(const engine_config &cfg, event_sink &sink);
     ~engine_impl() override;
     status init(const std::vector<rail> &rails);
+    // Receive, bounce and connection buffers one rail registers (pinned).
+    size_t pinned_bytes_per_rail() const noexcept;
 
     void bind_av(const av_table *av) noexcept override { av_ = av; }
     const ep_name &name() const noexcept override { return name_; }
@@ -251,6 +266,9 @@ class engine_impl final : public engine
 
   private:
     // engine.cpp
+    // Logs why creating what on dev failed (with the memlock limit when out
+    // of memory) and returns s.
+    status setup_failed(const device::device &dev, const char *what, status s) noexcept;
     void handle_wc(rail_res &rr, const device::work_completion &wc) noexcept;
     void handle_tx_wc(const device::work_completion &wc) noexcept;
     void repost_srq(rail_res &rr, uint32_t idx) noexcept;
@@ -304,6 +322,23 @@ class engine_impl final : public engine
     // rails; with none, it waits for a handshake under way, or the peer fails.
     void evacuate(uint32_t pi, unsigned r, int err, int prov_errno) noexcept;
     void check_rails(uint64_t now) noexcept;
+
+    // events.cpp: the devices' async events
+    // Reads every rail device's pending events and acts on them: a port error
+    // fails its rail over at once, a port that comes up rejoins, QP and CQ
+    // errors fail what they touch, LAST_WQE_REACHED frees a retired QP.
+    void poll_device_events(uint64_t now) noexcept;
+    void handle_device_event(device::device *dev, const device::async_event &e) noexcept;
+    // The local port of rr went down / came up (async event or health check).
+    void local_rail_down(rail_res &rr) noexcept;
+    void local_rail_up(rail_res &rr) noexcept;
+    // A GID or LID change: the port's address is read again for new peers.
+    void refresh_rail_address(rail_res &rr) noexcept;
+    // An RC QP taken out of use: in the error state until the device says its
+    // last SRQ receive is done (LAST_WQE_REACHED) or a bound passes, then
+    // destroyed (destroying it earlier may lose an SRQ receive in use).
+    void retire_qp(std::unique_ptr<device::queue_pair> qp, unsigned rail) noexcept;
+    void reap_retired(uint64_t now) noexcept;
     void count(unsigned r, const tx_entry::wr_desc &d) noexcept;
 
     // conn.cpp
@@ -386,7 +421,7 @@ class engine_impl final : public engine
     ep_name name_;
     size_t buf_size_ = 0;
     uint32_t tx_slots_ = max_tx_slots; // bounce buffers per rail
-    size_t min_multi_recv_ = 64; // FI_OPT_MIN_MULTI_RECV default
+    size_t min_multi_recv_ = 64;       // FI_OPT_MIN_MULTI_RECV default
     std::vector<std::unique_ptr<rail_res>> rails_;
     std::vector<tx_entry> txs_;
     std::vector<uint32_t> tx_free_;
@@ -405,6 +440,18 @@ class engine_impl final : public engine
     bool wiring_ = false;             // a handshake may be waiting: check_timers looks
     bool rails_down_ = false;         // a peer rail may be down: the health check reconnects
     uint64_t next_health_ns_ = 0;
+    // Async events: each rail device once, with this engine's cursor.
+    struct event_source {
+        device::device *dev = nullptr; // not owned
+        uint64_t cursor = 0;
+    };
+    std::vector<event_source> event_sources_;
+    struct retired_qp {
+        std::unique_ptr<device::queue_pair> qp;
+        unsigned rail = 0;
+        uint64_t deadline_ns = 0;
+    };
+    std::vector<retired_qp> retired_; // destroyed before the rails' CQs and SRQs
     bool shut_ = false;
     uint32_t purge_tick_ = 0; // progress calls since the caches were last purged
 };

@@ -44,8 +44,7 @@ uint32_t engine_impl::usable_rails(const peer &p, uint32_t key_mask) const noexc
 {
     uint32_t m = 0;
     for (unsigned r = 0; r < p.nrails; ++r)
-        if (p.rails[r].ready() && !rails_[r]->down && (key_mask >> r & 1))
-            m |= 1u << r;
+        if (p.rails[r].ready() && !rails_[r]->down && (key_mask >> r & 1)) m |= 1u << r;
     return m;
 }
 
@@ -63,7 +62,8 @@ bool engine_impl::build_chunk(tx_entry *c) noexcept
     for (uint32_t i = 0; i < xd.nlocal; ++i) {
         uint64_t len = xd.local[i].iov_len;
         if (len && pos < c->off + c->len && pos + len > c->off) {
-            auto mr = rr.cache->acquire(xd.local[i].iov_base, len);
+            auto mr = rr.cache_for(xd.opcode == device::wr_opcode::rdma_read)
+                          .acquire(xd.local[i].iov_base, len);
             if (!mr.ok()) {
                 MLX4_WARN(FI_LOG_EP_DATA, "rail %u: cannot register a %llu-byte buffer: %d\n", r,
                           static_cast<unsigned long long>(len), mr.error().code());
@@ -254,7 +254,9 @@ bool engine_impl::rehome(tx_entry *tx, unsigned r) noexcept
                 continue;
             }
             if (tx->kind != tx_kind::rma || !rdma || i >= std::size(tx->mr)) continue;
-            auto mr = rails_[r]->cache->acquire(reinterpret_cast<void *>(s.addr), s.length);
+            auto mr = rails_[r]
+                          ->cache_for(d.opcode == device::wr_opcode::rdma_read)
+                          .acquire(reinterpret_cast<void *>(s.addr), s.length);
             if (!mr.ok()) return false;
             s.lkey = region_of(mr.value()).lkey();
             tx->mr[i] = std::move(mr).value();
@@ -354,22 +356,15 @@ void engine_impl::check_rails(uint64_t now) noexcept
     next_health_ns_ = now + health_interval_ns;
     for (auto &rp : rails_) {
         rail_res &rr = *rp;
+        if (rr.broken) continue;
+        // A safety net under the async events (events.cpp), which usually
+        // said so already: a device that raises none is still followed.
         auto st = rr.r.dev->query_port_state(rr.r.port);
         bool active = st.ok() && st.value() == device::port_state::active;
-        if (!active && !rr.down) {
-            rr.down = true;
-            if (rr.r.counters) rr.r.counters->up.store(0, std::memory_order_relaxed);
-            MLX4_WARN(FI_LOG_EP_CTRL, "rail %u (%s port %u) is down\n", rr.index,
-                      rr.r.dev->attr().name.c_str(), rr.r.port);
-            for (uint32_t pi = 0; pi < peers_.size(); ++pi)
-                if (rr.index < peers_[pi].nrails && peers_[pi].rails[rr.index].ready())
-                    rail_failed(pi, rr.index, FI_EIO, 0);
-        } else if (active && rr.down) {
-            rr.down = false;
-            if (rr.r.counters) rr.r.counters->up.store(1, std::memory_order_relaxed);
-            MLX4_WARN(FI_LOG_EP_CTRL, "rail %u (%s port %u) is up again; it rejoins\n", rr.index,
-                      rr.r.dev->attr().name.c_str(), rr.r.port);
-        }
+        if (!active && !rr.down)
+            local_rail_down(rr);
+        else if (active && rr.down)
+            local_rail_up(rr);
     }
     if (!rails_down_) return;
     // Reconnect the rails peers lost, where the local port is up.

@@ -115,7 +115,7 @@ status engine_impl::rma(const rma_args &a) noexcept
     } else {
         for (size_t i = 0; i < a.count; ++i) {
             if (!a.iov[i].iov_len) continue;
-            auto mr = rr.cache->acquire(a.iov[i].iov_base, a.iov[i].iov_len);
+            auto mr = rr.cache_for(a.read).acquire(a.iov[i].iov_base, a.iov[i].iov_len);
             if (!mr.ok()) {
                 MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte RMA buffer\n",
                           a.iov[i].iov_len);

@@ -74,7 +74,7 @@ result<uint32_t> engine_impl::fill_rts(tx_entry *tx, const iovec *iov, size_t co
         for (unsigned r = 0; r < p.nrails; ++r) {
             if (!(mask >> r & 1)) continue;
             auto mr = nlease < std::size(tx->mr)
-                          ? rails_[r]->cache->acquire(iov[i].iov_base, iov[i].iov_len)
+                          ? rails_[r]->src_cache->acquire(iov[i].iov_base, iov[i].iov_len)
                           : result<util::mr_cache::lease>(err_nomem);
             if (!mr.ok() && r == tx->rail) { // the rail the message goes on: no rendezvous
                 MLX4_WARN(FI_LOG_EP_DATA, "cannot register a %zu-byte send buffer: %d\n",

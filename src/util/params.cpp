@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 
 namespace mlx4fi::util
@@ -59,6 +60,20 @@ constexpr param_def table[] = {
     {"KEEPALIVE_MS", param_type::integer,
      "Interval of keepalive probes to peers a rendezvous waits on, so a peer that died "
      "is noticed (default: 1000)"},
+    {"SL", param_type::integer,
+     "Service level of every connection, 0..15; on ConnectX-3 RoCE it sets the VLAN "
+     "priority (PCP), so the lossless (PFC) class needs it (default: 0)"},
+    {"TRAFFIC_CLASS", param_type::integer,
+     "GRH traffic class (RoCE: DSCP and ECN bits) of every connection, 0..255 (default: 0)"},
+    {"PKEY_INDEX", param_type::integer, "P_Key table index of every QP, 0..65535 (default: 0)"},
+    {"RX_QUEUE_SIZE", param_type::integer,
+     "Receive buffers (of the eager limit each) per rail and endpoint, 16..65536; pinned "
+     "memory, counted against RLIMIT_MEMLOCK (default: 256)"},
+    {"TX_QUEUE_SIZE", param_type::integer,
+     "Send work requests per connection and rail, 16..16384 (default: 256)"},
+    {"TX_BUFFERS", param_type::integer,
+     "Send bounce buffers (of the eager limit each) per rail and endpoint, 64..1024; "
+     "pinned memory (default: 256)"},
     {"SIM_ARENA_MB", param_type::integer,
      "Software HCA: MiB of shared memory per device and process for receive and bounce "
      "buffers; only pages in use cost memory (default: 256)"},
@@ -85,6 +100,13 @@ constexpr param_def table[] = {
     {"RAIL_INFO", param_type::boolean,
      "Print each domain opened to stderr: its rails with rates, PCIe share, NUMA node, "
      "weight and striping (default: no)"},
+    {"RAIL_SHARING", param_type::string,
+     "How the ranks of a job on one host share its HCAs: stripe (every rank stripes over "
+     "every rail of the fabric) or hca (each local rank gets one HCA, nearest NUMA node "
+     "first, round-robin by local rank) (default: stripe)"},
+    {"RAIL_STATS", param_type::boolean,
+     "At each endpoint close, print the per-rail byte and operation counts of its domain "
+     "to stderr (default: no)"},
     {"SIM_RATE_SCALE", param_type::string,
      "Software HCA: link-rate shaping; each port carries its data rate x this scale (e.g. "
      "0.05), so striping is measurable on one machine; 0 or unset: unshaped (default: 0)"},
@@ -115,7 +137,6 @@ fi_param_type to_fi(param_type t) noexcept
     }
     return FI_PARAM_STRING;
 }
-
 
 std::string quoted(std::string_view s)
 {
@@ -212,6 +233,26 @@ bool parse_link_filter(const char *text, link_filter &out) noexcept
     return true;
 }
 
+bool parse_rail_sharing(std::string_view text, rail_sharing &out) noexcept
+{
+    text = trim(text);
+    auto is = [&](const char *word) {
+        return text.size() == std::strlen(word) && !strncasecmp(text.data(), word, text.size());
+    };
+    if (is("stripe"))
+        out = rail_sharing::stripe;
+    else if (is("hca"))
+        out = rail_sharing::hca;
+    else
+        return false;
+    return true;
+}
+
+const char *to_string(rail_sharing s) noexcept
+{
+    return s == rail_sharing::hca ? "hca" : "stripe";
+}
+
 bool parse_rail_ref(std::string_view text, rail_ref &out) noexcept
 {
     text = trim(text);
@@ -270,7 +311,6 @@ bool parse_ratio(std::string_view text, double &out) noexcept
     out = v;
     return true;
 }
-
 
 bool parse_rail_weights(std::string_view text, weight_override &out, std::string *why)
 {
@@ -359,6 +399,18 @@ config load_config(const fi_provider *prov) noexcept
         load_int("CONNECT_TIMEOUT_MS", 1, 86400000, cfg.connect_timeout_ms, cfg);
         load_int("PEER_RETRY_MS", 0, 3600000, cfg.peer_retry_ms, cfg);
         load_int("KEEPALIVE_MS", 1, 3600000, cfg.keepalive_ms, cfg);
+        v = cfg.sl;
+        load_int("SL", 0, 15, v, cfg);
+        cfg.sl = static_cast<uint8_t>(v);
+        v = cfg.traffic_class;
+        load_int("TRAFFIC_CLASS", 0, 255, v, cfg);
+        cfg.traffic_class = static_cast<uint8_t>(v);
+        v = cfg.pkey_index;
+        load_int("PKEY_INDEX", 0, 65535, v, cfg);
+        cfg.pkey_index = static_cast<uint16_t>(v);
+        load_int("RX_QUEUE_SIZE", 16, 65536, cfg.rx_queue_size, cfg);
+        load_int("TX_QUEUE_SIZE", 16, 16384, cfg.tx_queue_size, cfg);
+        load_int("TX_BUFFERS", 64, 1024, cfg.tx_buffers, cfg);
         load_int("RESOLVE_TIMEOUT_MS", 0, 3600000, cfg.resolve_timeout_ms, cfg);
         load_int("WAIT_POLL_US", 1, 1000000, cfg.wait_poll_us, cfg);
     } catch (...) {
@@ -408,6 +460,18 @@ config load_config(const fi_provider *prov) noexcept
     else if (ret != -FI_ENODATA)
         MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RAIL_INFO is not a boolean (1/0, yes/no, on/off, "
                                "true/false); not printing rail info\n");
+    str = nullptr;
+    if (fi_param_get_str(p, "RAIL_SHARING", &str) == FI_SUCCESS && str && !trim(str).empty() &&
+        !parse_rail_sharing(str, cfg.sharing))
+        MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RAIL_SHARING='%s' is not stripe or hca; using stripe\n",
+                  str);
+    int stats = 0;
+    ret = fi_param_get_bool(p, "RAIL_STATS", &stats);
+    if (ret == FI_SUCCESS)
+        cfg.rail_stats = stats != 0;
+    else if (ret != -FI_ENODATA)
+        MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RAIL_STATS is not a boolean (1/0, yes/no, on/off, "
+                               "true/false); not printing rail statistics\n");
     return cfg;
 }
 

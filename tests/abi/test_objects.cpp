@@ -981,7 +981,11 @@ TEST_F(loopback, rma_write_read_and_bad_key)
     EXPECT_TRUE(back == local);
 
     // A wrong key is a remote access error, reported as an error completion.
-    ASSERT_EQ(fi_write(a.ep, local.data(), 64, nullptr, a_to_b, addr, key ^ 0xffff, &bctx), 0);
+    // Wrong on every rail: the key carries one rkey per rail (32 bits each),
+    // and on a two-rail domain the write may go over either.
+    ASSERT_EQ(
+        fi_write(a.ep, local.data(), 64, nullptr, a_to_b, addr, key ^ 0x0000ffff0000ffffull, &bctx),
+        0);
     fi_cq_err_entry err{};
     ASSERT_EQ(wait_err(a.tx, err), 1);
     EXPECT_NE(err.err, 0);

@@ -11,6 +11,7 @@
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -324,10 +325,8 @@ template <class Backend> class data_contract : public ::testing::Test
     {
         ASSERT_TRUE(make_end(d, qp_type::rc, false, a, caps).is_ok());
         ASSERT_TRUE(make_end(d, qp_type::rc, srq_b, b, caps).is_ok());
-        ASSERT_TRUE(
-            a.qp->connect(remote_of(*b.port, b.qp->qp_num(), b.qp->psn(), timing)).is_ok());
-        ASSERT_TRUE(
-            b.qp->connect(remote_of(*a.port, a.qp->qp_num(), a.qp->psn(), timing)).is_ok());
+        ASSERT_TRUE(a.qp->connect(remote_of(*b.port, b.qp->qp_num(), b.qp->psn(), timing)).is_ok());
+        ASSERT_TRUE(b.qp->connect(remote_of(*a.port, a.qp->qp_num(), a.qp->psn(), timing)).is_ok());
         EXPECT_EQ(a.qp->state(), qp_state::rts);
         EXPECT_EQ(b.qp->state(), qp_state::rts);
         p.add(*a.cq);
@@ -643,7 +642,12 @@ TYPED_TEST(data_contract, deregistered_rkey_is_rejected)
     EXPECT_EQ(remote[0], 0);
 }
 
-TYPED_TEST(data_contract, bad_lkey_is_local_protection_error)
+// Engine relies on: a send whose local buffer the HCA cannot read completes
+// with an error (never success), nothing reaches the peer, and the QP is in
+// the error state. It treats every such error alike (the rail fails over), so
+// which local error a device picks does not matter: ConnectX-3 (and the sim)
+// report loc_prot_err, Soft-RoCE loc_qp_op_err (6.1) or a flush (6.12).
+TYPED_TEST(data_contract, bad_lkey_is_a_local_error)
 {
     end_point a, b;
     this->rc_pair(this->dev(), a, b);
@@ -660,9 +664,34 @@ TYPED_TEST(data_contract, bad_lkey_is_local_protection_error)
     work_completion wc;
     ASSERT_TRUE(this->p.wait(*a.cq, wc));
     EXPECT_EQ(wc.wr_id, 4u);
-    EXPECT_EQ(wc.status, wc_status::loc_prot_err);
+    EXPECT_TRUE(wc.status == wc_status::loc_prot_err || wc.status == wc_status::loc_qp_op_err ||
+                wc.status == wc_status::wr_flush_err)
+        << int(wc.status);
+    if constexpr (TypeParam::kind == backend_kind::sim) {
+        EXPECT_EQ(wc.status, wc_status::loc_prot_err); // as ConnectX-3
+    }
     EXPECT_EQ(a.qp->state(), qp_state::error);
+    EXPECT_TRUE(this->p.quiet(*b.cq, 20));
     EXPECT_EQ(dst[0], 0);
+}
+
+// Engine relies on: read-only memory registers for remote read (rendezvous
+// and RMA-write sources), and a registration asking to write it is refused
+// (the kernel pins writable registrations for writing: EFAULT).
+TYPED_TEST(data_contract, read_only_memory_registers_for_reading_only)
+{
+    const size_t len = 65536;
+    void *m = mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(m, MAP_FAILED);
+    auto ro = this->dev().reg_mr(m, len, access_remote_read);
+    EXPECT_TRUE(ro.ok());
+    auto rw = this->dev().reg_mr(m, len, access_local_write);
+    EXPECT_FALSE(rw.ok());
+    if (!rw.ok()) {
+        EXPECT_EQ(rw.error(), err_inval);
+    }
+    ro = err_inval; // deregistered before the unmap
+    munmap(m, len);
 }
 
 TYPED_TEST(data_contract, read_into_memory_without_local_write_is_local_protection_error)
@@ -681,7 +710,14 @@ TYPED_TEST(data_contract, read_into_memory_without_local_write_is_local_protecti
     EXPECT_EQ(local[0], 0);
 }
 
-TYPED_TEST(data_contract, receive_too_small_is_length_error_on_both_ends)
+// Engine relies on: a message larger than the receive buffer it lands in
+// fails on both ends (never success, never a partial write reported as
+// whole) and both QPs end in the error state. The engine never sends more
+// than its receive buffers hold (both ends size them from the same eager
+// limit), so this is a defect path, met by failing the rail over. ConnectX-3
+// (and the sim) report loc_len_err / rem_inv_req_err; Soft-RoCE
+// loc_qp_op_err / rem_op_err.
+TYPED_TEST(data_contract, receive_too_small_fails_on_both_ends)
 {
     end_point a, b;
     this->rc_pair(this->dev(), a, b);
@@ -693,14 +729,31 @@ TYPED_TEST(data_contract, receive_too_small_is_length_error_on_both_ends)
     work_completion wc;
     ASSERT_TRUE(this->p.wait(*b.cq, wc));
     EXPECT_EQ(wc.wr_id, 1u);
-    EXPECT_EQ(wc.status, wc_status::loc_len_err);
+    EXPECT_TRUE(wc.status == wc_status::loc_len_err || wc.status == wc_status::loc_qp_op_err)
+        << int(wc.status);
+    if constexpr (TypeParam::kind == backend_kind::sim) {
+        EXPECT_EQ(wc.status, wc_status::loc_len_err);
+    }
     ASSERT_TRUE(this->p.wait(*a.cq, wc));
     EXPECT_EQ(wc.wr_id, 2u);
-    EXPECT_EQ(wc.status, wc_status::rem_inv_req_err);
+    EXPECT_TRUE(wc.status == wc_status::rem_inv_req_err || wc.status == wc_status::rem_op_err)
+        << int(wc.status);
+    if constexpr (TypeParam::kind == backend_kind::sim) {
+        EXPECT_EQ(wc.status, wc_status::rem_inv_req_err);
+    }
     EXPECT_EQ(a.qp->state(), qp_state::error);
     EXPECT_EQ(b.qp->state(), qp_state::error);
 }
 
+// Engine relies on: moving a QP to the error state flushes the receives and
+// sends it holds (each completes once, wr_flush_err), and a send posted
+// after it either is refused or flushes: the engine ignores those by epoch
+// and re-posts the work elsewhere. A receive posted to the QP's own queue
+// after the error is flushed on ConnectX-3 (and the sim) but kept, never
+// completing, on Soft-RoCE 6.1; the engine does not depend on either: its RC
+// QPs receive from an SRQ, which the error state does not touch, and its UD
+// QP never enters the error state. Asserted here: such a receive never
+// completes successfully.
 TYPED_TEST(data_contract, error_state_flushes_receives_and_posts)
 {
     end_point a, b;
@@ -717,16 +770,34 @@ TYPED_TEST(data_contract, error_state_flushes_receives_and_posts)
         EXPECT_EQ(wc.wr_id, id);
         EXPECT_EQ(wc.status, wc_status::wr_flush_err);
     }
-    ASSERT_TRUE(post_recv(b, 3, *mr, 0, 64).is_ok());
-    ASSERT_TRUE(this->p.wait(*b.cq, wc));
-    EXPECT_EQ(wc.wr_id, 3u);
-    EXPECT_EQ(wc.status, wc_status::wr_flush_err);
-    ASSERT_TRUE(post(*b.qp, wr_opcode::send, 4, *mr, 0, 8, 0, 0, 0, false).is_ok());
-    ASSERT_TRUE(this->p.wait(*b.cq, wc));
-    EXPECT_EQ(wc.wr_id, 4u);
-    EXPECT_EQ(wc.status, wc_status::wr_flush_err);
+    status late = post_recv(b, 3, *mr, 0, 64);
+    if constexpr (TypeParam::kind == backend_kind::sim) {
+        ASSERT_TRUE(late.is_ok());
+        ASSERT_TRUE(this->p.wait(*b.cq, wc));
+        EXPECT_EQ(wc.wr_id, 3u);
+        EXPECT_EQ(wc.status, wc_status::wr_flush_err);
+    } else if (late.is_ok() && this->p.wait(*b.cq, wc, 200)) {
+        EXPECT_EQ(wc.wr_id, 3u);
+        EXPECT_EQ(wc.status, wc_status::wr_flush_err);
+    }
+    status st = post(*b.qp, wr_opcode::send, 4, *mr, 0, 8, 0, 0, 0, false);
+    if (TypeParam::kind == backend_kind::sim || st.is_ok()) {
+        ASSERT_TRUE(st.is_ok());
+        ASSERT_TRUE(this->p.wait(*b.cq, wc));
+        EXPECT_EQ(wc.wr_id, 4u);
+        EXPECT_EQ(wc.status, wc_status::wr_flush_err);
+    }
+    EXPECT_TRUE(this->p.quiet(*b.cq, 10));
 }
 
+// Engine relies on: a QP takes at least max_send_wr outstanding work
+// requests without polling, unsignaled ones complete silently, and a post
+// never blocks: a queue the device finds full is err_again. When the device
+// says full is its own business: ConnectX-3 rounds the queue up to a power
+// of two plus headroom, Soft-RoCE 6.1 takes far more than asked (6.12 stops
+// at the size), the sim exactly what was asked. So the engine counts its own
+// outstanding work requests per QP (and per CQ) and never relies on
+// err_again to hold it back (docs/verbs-backends.md).
 TYPED_TEST(data_contract, unsignaled_sends_complete_silently_and_the_queue_fills)
 {
     qp_caps caps;
@@ -748,9 +819,12 @@ TYPED_TEST(data_contract, unsignaled_sends_complete_silently_and_the_queue_fills
         posted < 48 &&
         (st = post(*a.qp, wr_opcode::send, posted, *smr, 0, 64, 0, 0, 0, posted % 4 == 3)).is_ok())
         ++posted;
-    EXPECT_EQ(st, err_again);
+    if (!st.is_ok()) {
+        EXPECT_EQ(st, err_again);
+    }
     EXPECT_GE(posted, 4u);
     if constexpr (TypeParam::kind == backend_kind::sim) {
+        EXPECT_EQ(st, err_again);
         EXPECT_EQ(posted, 4u);
     }
     // Only the signaled ones complete, in order.
@@ -880,22 +954,34 @@ TYPED_TEST(data_contract, ud_qkey_mismatch_is_dropped)
     EXPECT_EQ(dst[ud_grh_bytes], 0);
 }
 
-TYPED_TEST(data_contract, ud_datagram_larger_than_mtu_is_length_error)
+// Engine relies on: a UD datagram larger than the path MTU is never
+// delivered. ConnectX-3 (and the sim) complete it with loc_len_err, some
+// providers refuse it at post time, Soft-RoCE completes it successfully and
+// drops it. The engine's connection datagrams are far below any MTU
+// (static_assert in engine_impl.hpp), so it never meets the difference.
+TYPED_TEST(data_contract, ud_datagram_larger_than_mtu_is_never_delivered)
 {
     end_point a, b;
     std::unique_ptr<address_handle> ah;
     ud_pair(*this, this->dev(), a, b, ah);
-    std::vector<uint8_t> src(8192, 1);
+    std::vector<uint8_t> src(8192, 1), dst(8192 + ud_grh_bytes, 0);
     auto smr = this->reg(this->dev(), src, 0);
-    // Refused at post time (some providers) or completed with loc_len_err.
+    auto dmr = this->reg(this->dev(), dst, access_local_write);
+    ASSERT_TRUE(post_recv(b, 1, *dmr, 0, uint32_t(dst.size())).is_ok());
     status st = ud_send(a, *ah, b.qp->qp_num(), default_qkey, *smr, a.port->mtu + 1, 1);
     if (!st.is_ok()) {
         EXPECT_EQ(st, err_inval);
-        return;
+    } else {
+        work_completion wc;
+        ASSERT_TRUE(this->p.wait(*a.cq, wc));
+        EXPECT_TRUE(wc.status == wc_status::loc_len_err || wc.status == wc_status::success)
+            << int(wc.status);
+        if constexpr (TypeParam::kind == backend_kind::sim) {
+            EXPECT_EQ(wc.status, wc_status::loc_len_err);
+        }
     }
-    work_completion wc;
-    ASSERT_TRUE(this->p.wait(*a.cq, wc));
-    EXPECT_EQ(wc.status, wc_status::loc_len_err);
+    EXPECT_TRUE(this->p.quiet(*b.cq, 50));
+    EXPECT_EQ(dst[ud_grh_bytes], 0);
 }
 
 // ---------------------------------------------------------------- two processes

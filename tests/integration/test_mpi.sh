@@ -10,11 +10,14 @@
 #               mlx4   this provider through mtl ofi, on the software HCA
 #                      (FI_MLX4_SIM, default "1": one FDR port; mlx4-env: FDR + QDR HCAs); needs PLUGIN_DIR,
 #                      the folder holding libmlx4-fi.so (build/plugin)
+#               mlx4-verbs  this provider on the host's verbs devices (Soft-RoCE in
+#                      the guest, scripts/guest.sh, or ConnectX-3), FI_MLX4_ANY_DEVICE passed on
 #   SEMANTICS   path of the mpi_semantics program
 #   PINGPONG    path of the mpi_pingpong program
 #
 # Environment: MPIRUN (default mpirun), MPI_TEST_TIMEOUT (seconds per mpirun,
-# default 120), MPI_NP (ranks for mpi_semantics, default 4).
+# default 120), MPI_NP (ranks for mpi_semantics, default 4), MPI_PINGPONG_ARGS
+# (mpi_pingpong's arguments, default "-n 20 -w 16 -m 16M").
 # Skips (TAP "# SKIP") when mpirun is not installed or, for mlx4, the plugin
 # has not been built.
 set -u
@@ -26,15 +29,8 @@ mpirun=${MPIRUN:-mpirun}
 limit=${MPI_TEST_TIMEOUT:-120}
 np=${MPI_NP:-4}
 
-n=0
-failed=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
-not_ok() {
-    n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; shift
-    printf '#   %s\n' "$@"
-}
-finish() { echo "1..$n"; [ "$failed" -eq 0 ]; exit $?; }
+# shellcheck source=tests/integration/tap.sh
+source "$(dirname "$0")/tap.sh"
 
 # What each transport means to mpirun, and semantics tests a transport is
 # known to fail for reasons outside this project (with the reason).
@@ -56,6 +52,10 @@ mlx4)
     mca=(--mca pml cm --mca mtl ofi --mca mtl_ofi_provider_include mlx4
          -x FI_PROVIDER_PATH="$plugin_dir" -x FI_MLX4_SIM="${FI_MLX4_SIM:-1}"
          -x FI_LOG_LEVEL="${FI_LOG_LEVEL:-warn}") ;; # its warnings explain failures
+mlx4-verbs)
+    mca=(--mca pml cm --mca mtl ofi --mca mtl_ofi_provider_include mlx4
+         -x FI_PROVIDER_PATH="$plugin_dir" -x FI_MLX4_ANY_DEVICE="${FI_MLX4_ANY_DEVICE:-0}"
+         -x FI_LOG_LEVEL="${FI_LOG_LEVEL:-warn}") ;;
 mlx4-env)
     # Open MPI's own choice: no include list, libfabric restricted by FI_PROVIDER;
     # on two HCAs (FDR + QDR), so messages of 256 KiB and up are striped.
@@ -63,7 +63,7 @@ mlx4-env)
          -x FI_PROVIDER_PATH="$plugin_dir" -x FI_MLX4_SIM="${FI_MLX4_SIM:-mlx4_0:ib/fdr;mlx4_1:ib/qdr}"
          -x FI_LOG_LEVEL="${FI_LOG_LEVEL:-warn}") ;;
 *)
-    echo "Bail out! unknown transport '$transport' (vader, tcp, mlx4 or mlx4-env)"; exit 2 ;;
+    echo "Bail out! unknown transport '$transport' (vader, tcp, mlx4, mlx4-env or mlx4-verbs)"; exit 2 ;;
 esac
 
 why_skip=""
@@ -115,9 +115,10 @@ fi
 
 # 2. mpi_pingpong: 0 B .. 16 MiB, every buffer checked; the table goes to the
 # log. Few iterations: this checks data, examples/bench_mpi.sh measures.
-out=$(run_mpi 2 "$pingpong" -n 20 -w 16 -m 16M 2>&1); rc=$?
-if [ $rc -eq 0 ] && grep -q '^ *16777216 ' <<<"$out" && grep -q '^# all .* verified' <<<"$out"; then
-    ok "mpi_pingpong over $transport, 0 B to 16 MiB, all data verified"
+read -ra pingpong_args <<<"${MPI_PINGPONG_ARGS:--n 20 -w 16 -m 16M}"
+out=$(run_mpi 2 "$pingpong" "${pingpong_args[@]}" 2>&1); rc=$?
+if [ $rc -eq 0 ] && grep -q '^# all .* verified' <<<"$out"; then
+    ok "mpi_pingpong over $transport (${pingpong_args[*]}), all data verified"
     # shellcheck disable=SC2001 # prefix every line
     sed 's/^/# /' <<<"$out"
 else

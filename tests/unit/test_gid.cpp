@@ -117,3 +117,24 @@ TEST(gid, network_names)
     EXPECT_EQ(gid_network(link_local(5), 64), "fe80::/64");
     EXPECT_EQ(gid_network(global6(), 32), "2001:db8::/32");
 }
+
+// UD on RoCE v2 on mlx4: the v1 entry with the same address, only on mlx4.
+TEST(gid, ud_gid_index_uses_the_v1_twin_on_mlx4)
+{
+    gid a4{};
+    a4[10] = a4[11] = 0xff;
+    a4[12] = 192, a4[13] = 0, a4[14] = 2, a4[15] = 7;
+    gid ll{};
+    ll[0] = 0xfe, ll[1] = 0x80, ll[15] = 1;
+    std::vector<gid_entry> t = {{0, gid_type::roce_v1, ll},
+                                {1, gid_type::roce_v2, ll},
+                                {2, gid_type::roce_v1, a4},
+                                {3, gid_type::roce_v2, a4}};
+    EXPECT_EQ(ud_gid_index(t, 3, true), 2);  // v2 chosen: its v1 twin for UD
+    EXPECT_EQ(ud_gid_index(t, 3, false), 3); // not mlx4: v2 as chosen
+    EXPECT_EQ(ud_gid_index(t, 2, true), 2);  // v1 chosen: itself
+    EXPECT_EQ(ud_gid_index(t, 1, true), 0);  // link-local v2: its v1 twin
+    EXPECT_EQ(ud_gid_index(t, -1, true), -1);
+    std::vector<gid_entry> only_v2 = {{1, gid_type::roce_v2, a4}};
+    EXPECT_EQ(ud_gid_index(only_v2, 1, true), 1); // no twin: stays
+}

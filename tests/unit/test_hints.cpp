@@ -239,6 +239,11 @@ TEST(hints, refusals_one_field_at_a_time)
         {"iov", [](fi_info *h) { h->tx_attr->iov_limit = 64; }},
         {"rx iov", [](fi_info *h) { h->rx_attr->iov_limit = 64; }},
         {"comp order", [](fi_info *h) { h->tx_attr->comp_order = FI_ORDER_STRICT; }},
+        // RMA is striped over rails without fences: only SAS is kept.
+        {"raw order", [](fi_info *h) { h->tx_attr->msg_order = FI_ORDER_SAS | FI_ORDER_RAW; }},
+        {"war order", [](fi_info *h) { h->tx_attr->msg_order = FI_ORDER_WAR; }},
+        {"waw order", [](fi_info *h) { h->rx_attr->msg_order = FI_ORDER_WAW; }},
+        {"sar order", [](fi_info *h) { h->tx_attr->msg_order = FI_ORDER_SAR; }},
         {"msg size", [](fi_info *h) { h->ep_attr->max_msg_size = size_t(1) << 40; }},
         {"sep", [](fi_info *h) { h->ep_attr->tx_ctx_cnt = 4; }},
         {"protocol", [](fi_info *h) { h->ep_attr->protocol = FI_PROTO_RXM; }},

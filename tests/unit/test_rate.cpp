@@ -15,12 +15,13 @@ namespace
 {
 double ib(ib_speed s, ib_width w)
 {
-    return device::port_data_gbps(link_layer::ib, static_cast<uint8_t>(s), static_cast<uint8_t>(w));
+    return device::port_data_gbps(link_layer::ib, static_cast<uint16_t>(s),
+                                  static_cast<uint8_t>(w));
 }
 double eth(ib_speed s, ib_width w)
 {
-    return device::port_data_gbps(link_layer::ethernet, static_cast<uint8_t>(s),
-                                static_cast<uint8_t>(w));
+    return device::port_data_gbps(link_layer::ethernet, static_cast<uint16_t>(s),
+                                  static_cast<uint8_t>(w));
 }
 } // namespace
 
@@ -93,4 +94,17 @@ TEST(rate, cap_scales_ports_of_one_device_proportionally)
     std::vector<double> uncapped{fdr, fdr};
     device::apply_cap(uncapped, 0.0); // unknown PCIe link: no cap
     EXPECT_EQ(uncapped[0], fdr);
+}
+
+// Devices beyond mlx4 (FI_MLX4_ANY_DEVICE): NDR/XDR InfiniBand and 200/400GbE
+// ports get their data rate, not 0 (a rate of 0 drops the port).
+TEST(rate, ndr_xdr_and_200_400_gbe)
+{
+    EXPECT_NEAR(ib(ib_speed::hdr, ib_width::x4), 200.0, 1e-9);
+    EXPECT_NEAR(ib(ib_speed::ndr, ib_width::x4), 400.0, 1e-9);
+    EXPECT_NEAR(ib(ib_speed::xdr, ib_width::x4), 800.0, 1e-9);
+    EXPECT_NEAR(ib(ib_speed::ndr, ib_width::x2), 200.0, 1e-9);
+    EXPECT_EQ(eth(ib_speed::hdr, ib_width::x4), 200.0);
+    EXPECT_EQ(eth(ib_speed::ndr, ib_width::x4), 400.0);
+    EXPECT_EQ(eth(ib_speed::hdr, ib_width::x2), 100.0);
 }

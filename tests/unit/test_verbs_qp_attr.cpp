@@ -795,3 +795,24 @@ TEST(verbs_errno, as_status)
 }
 
 } // namespace
+
+// FI_MLX4_SL / FI_MLX4_TRAFFIC_CLASS / FI_MLX4_PKEY_INDEX reach the address
+// vector (RC and UD) and the QPs' INIT transitions; an SL beyond 15 is refused.
+TEST(verbs_qp_attr, priority_sl_traffic_class_and_pkey_index)
+{
+    auto r = rc_rtr(roce_port(), roce_remote(ipv4_gid(10, 0, 0, 9)), 16, 106, 3);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r.value().attr.ah_attr.sl, 3u);
+    EXPECT_EQ(r.value().attr.ah_attr.grh.traffic_class, 106u);
+    port_address dest;
+    dest.link = link_layer::ethernet;
+    dest.gid_value = ipv4_gid(10, 0, 0, 9);
+    auto ah = make_ah_attr(roce_port(), dest, 32, 5);
+    ASSERT_TRUE(ah.ok());
+    EXPECT_EQ(ah.value().sl, 5u);
+    EXPECT_EQ(ah.value().grh.traffic_class, 32u);
+    EXPECT_FALSE(make_ah_attr(roce_port(), dest, 0, 16).ok());
+    EXPECT_EQ(rc_init(1, 7).attr.pkey_index, 7u);
+    EXPECT_EQ(ud_init(1, default_qkey, 9).attr.pkey_index, 9u);
+    EXPECT_EQ(rc_init(1).attr.pkey_index, 0u);
+}

@@ -53,16 +53,25 @@ TEST(verbs_util, mlx4_by_vendor_and_part)
     EXPECT_FALSE(is_mlx4_device("ibp3s0", 0x8086, 0x1003));
 }
 
-TEST(verbs_util, driver_from_name)
+TEST(verbs_util, driver_from_sysfs_not_from_the_name)
 {
-    EXPECT_EQ(driver_from_name("mlx5_0"), "mlx5");
-    EXPECT_EQ(driver_from_name("mlx5_bond_0"), "mlx5");
-    EXPECT_EQ(driver_from_name("rxe0"), "rxe");
-    EXPECT_EQ(driver_from_name("rxe_eth0"), "rxe");
-    EXPECT_EQ(driver_from_name("siw0"), "siw");
-    EXPECT_EQ(driver_from_name("hfi1_0"), "hfi1");
-    EXPECT_EQ(driver_from_name("qedr"), "qedr");
-    EXPECT_EQ(driver_from_name("42"), "42");
+    EXPECT_EQ(driver_from_link("../../../../bus/pci/drivers/mlx5_core"), "mlx5_core");
+    EXPECT_EQ(driver_from_link("../../../../bus/pci/drivers/efa"), "efa");
+    EXPECT_EQ(driver_from_link("bnxt_en"), "bnxt_en");
+    // A folder shaped like sysfs: an ibp3s0 device bound to mlx5_core, a
+    // software one on a netdev, one with neither.
+    char tmpl[] = "/tmp/mlx4fi-sysfs-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    std::string root = tmpl;
+    ASSERT_EQ(system(("mkdir -p " + root + "/ibp3s0/device " + root + "/rocep1s0 " + root +
+                      "/odd && ln -s /x/bus/pci/drivers/mlx5_core " + root +
+                      "/ibp3s0/device/driver && echo dummy0 > " + root + "/rocep1s0/parent")
+                         .c_str()),
+              0);
+    EXPECT_EQ(read_driver_name(root + "/ibp3s0"), "mlx5_core");
+    EXPECT_EQ(read_driver_name(root + "/rocep1s0"), "rxe");
+    EXPECT_EQ(read_driver_name(root + "/odd"), "unknown");
+    ASSERT_EQ(system(("rm -rf " + root).c_str()), 0);
 }
 
 TEST(verbs_util, mtu_bytes)
@@ -84,8 +93,11 @@ TEST(verbs_util, pick_active_speed)
     EXPECT_EQ(pick_active_speed(16, 16), 16); // both agree
     EXPECT_EQ(pick_active_speed(64, 0), 64);  // HDR through the extended field
     EXPECT_EQ(pick_active_speed(1, 4), 1);
-    EXPECT_EQ(pick_active_speed(128, 0), 0); // NDR: beyond ib_speed
-    EXPECT_EQ(pick_active_speed(3, 4), 4);   // not a single speed bit
+    EXPECT_EQ(pick_active_speed(128, 0), 128); // NDR through the extended field
+    EXPECT_EQ(pick_active_speed(0, 128), 128); // NDR in the 8-bit field (rdma-core 44)
+    EXPECT_EQ(pick_active_speed(256, 0), 256); // XDR: only the extended field holds it
+    EXPECT_EQ(pick_active_speed(512, 0), 0);   // beyond ib_speed
+    EXPECT_EQ(pick_active_speed(3, 4), 4);     // not a single speed bit
     EXPECT_EQ(pick_active_speed(0x10000, 32), 32);
 }
 
@@ -250,6 +262,36 @@ TEST_F(verbs_sysfs, numa_node)
     EXPECT_EQ(numa_node_from_text(" 3 \n"), 3);
     EXPECT_EQ(numa_node_from_text("x"), -1);
     EXPECT_EQ(numa_node_from_text(""), -1);
+}
+
+TEST(verbs_util, pci_address_from_text)
+{
+    pci_address a = pci_address_from_text("0000:03:00.0");
+    EXPECT_TRUE(a.known);
+    EXPECT_EQ(a, (pci_address{0, 3, 0, 0, true}));
+    EXPECT_EQ(pci_address_from_text("abcd:Ef:1f.7\n"), (pci_address{0xabcd, 0xef, 0x1f, 7, true}));
+    EXPECT_FALSE(pci_address_from_text("").known);
+    EXPECT_FALSE(pci_address_from_text("mlx4_0").known);
+    EXPECT_FALSE(pci_address_from_text("0000:03:00").known);    // no function
+    EXPECT_FALSE(pci_address_from_text("0000:03:20.0").known);  // device > 0x1f
+    EXPECT_FALSE(pci_address_from_text("0000:03:00.8").known);  // function > 7
+    EXPECT_FALSE(pci_address_from_text("10000:03:00.0").known); // 5-digit domain
+    EXPECT_FALSE(pci_address_from_text("0000:3g:00.0").known);
+    EXPECT_FALSE(pci_address_from_text("0000::00.0").known);
+    EXPECT_FALSE(pci_address_from_text("0000:03:00.0x").known);
+}
+
+TEST_F(verbs_sysfs, pci_address_from_the_device_link)
+{
+    // /sys/class/infiniband/mlx4_0/device is a link to the PCI device's directory.
+    fs::create_directories(root_ / "pci0000:00" / "0000:00:02.0" / "0000:81:00.1");
+    fs::create_directories(root_ / "ib" / "mlx4_0");
+    fs::create_directory_symlink(root_ / "pci0000:00" / "0000:00:02.0" / "0000:81:00.1",
+                                 root_ / "ib" / "mlx4_0" / "device");
+    EXPECT_EQ(read_pci_address(dir("ib/mlx4_0/device")), (pci_address{0, 0x81, 0, 1, true}));
+    EXPECT_FALSE(read_pci_address(dir("no/such/dir")).known);
+    fs::create_directories(root_ / "plain");
+    EXPECT_FALSE(read_pci_address(dir("plain")).known); // not a PCI device's name
 }
 
 // A getifaddrs-style list built by hand.

@@ -3,6 +3,7 @@
 // src/device names either backend; they obtain devices from discover().
 #pragma once
 
+#include "mlx4fi/device/events.hpp"
 #include "mlx4fi/device/queue.hpp"
 #include "mlx4fi/device/types.hpp"
 #include "mlx4fi/util/params.hpp"
@@ -49,10 +50,31 @@ class device
     // port number the device does not have. Not for the data path (verbs asks
     // the kernel).
     virtual result<port_state> query_port_state(uint8_t port) noexcept = 0;
+    // The port's attributes now (state, LID, GID table and the chosen GID
+    // index): what attr() said at open, read again after a GID or LID change.
+    // The default answers attr()'s copy with the live state.
+    virtual result<port_attr> query_port_attr(uint8_t port) noexcept;
+
+    // Async events, for every reader from its own cursor (start with
+    // event_cursor(): only events from then on). Takes what the backend has
+    // pending first, without blocking. Returns how many were copied into out;
+    // lost is set when older ones were overwritten before this reader saw them
+    // (it should then look at the port states itself). Thread-safe; not for
+    // every progress call (verbs: a read system call).
+    int read_events(uint64_t &cursor, async_event *out, int n, bool &lost) noexcept;
+    uint64_t event_cursor() noexcept;
 
   protected:
     explicit device(device_attr attr) : attr_(std::move(attr)) {}
+    // Moves what the backend has pending into the log (with push_event);
+    // called with the log's lock held.
+    virtual void fetch_events() noexcept {}
+    void push_event(const async_event &e) noexcept { events_.push(e); }
     device_attr attr_;
+
+  private:
+    std::mutex events_lock_;
+    event_log events_; // guarded by events_lock_
 };
 
 using device_list = std::vector<std::unique_ptr<device>>;

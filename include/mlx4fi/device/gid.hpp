@@ -27,6 +27,14 @@ namespace mlx4fi::device
 [[nodiscard]] int choose_gid_index(std::span<const gid_entry> table, link_layer link,
                                    int override_index = -1) noexcept;
 
+// The GID index UD datagrams are sent from. The kernel's mlx4 driver sets a
+// QP's RoCE mode only at INIT->RTR with an address vector (RC/UC): a user UD
+// QP stays in RoCE v1 mode, so a v2 source GID's datagrams are dropped. On an
+// mlx4 device whose chosen entry is RoCE v2, the RoCE v1 entry with the same
+// address is used for UD (RC keeps v2); otherwise the chosen index itself.
+// -1 when chosen is -1.
+[[nodiscard]] int ud_gid_index(std::span<const gid_entry> table, int chosen, bool mlx4) noexcept;
+
 // "198.18.0.0/16" for an IPv4-mapped GID and a prefix length; "fe80::/64" style
 // for IPv6 GIDs (prefix_len applies to the 128-bit address).
 [[nodiscard]] std::string gid_network(const gid &g, unsigned prefix_len);

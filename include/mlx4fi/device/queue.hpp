@@ -19,7 +19,8 @@
 #include <cstdint>
 #include <memory>
 
-namespace mlx4fi::device {
+namespace mlx4fi::device
+{
 
 // IBV_ACCESS_* bits.
 enum access : uint32_t {
@@ -29,7 +30,8 @@ enum access : uint32_t {
 };
 
 // Registered memory. Owned by whoever registered it; deregistered on destruction.
-class memory_region {
+class memory_region
+{
   public:
     virtual ~memory_region() = default;
     void *addr() const noexcept { return addr_; }
@@ -112,7 +114,8 @@ struct recv_wr {
     uint32_t num_sge = 0;
 };
 
-class completion_queue {
+class completion_queue
+{
   public:
     virtual ~completion_queue() = default;
     // Up to n completions into wc; returns how many (0 when empty). Drives the
@@ -120,7 +123,8 @@ class completion_queue {
     virtual int poll(work_completion *wc, int n) noexcept = 0;
 };
 
-class shared_receive_queue {
+class shared_receive_queue
+{
   public:
     virtual ~shared_receive_queue() = default;
     virtual status post_recv(const recv_wr &wr) noexcept = 0;
@@ -132,8 +136,8 @@ enum class qp_state : uint8_t { reset, init, rtr, rts, error };
 // Where a peer's port is: what an RC connection or a UD address handle needs.
 struct port_address {
     link_layer link = link_layer::ib;
-    uint16_t lid = 0; // IB
-    gid gid_value{};  // RoCE (and IB across subnets)
+    uint16_t lid = 0;      // IB
+    gid gid_value{};       // RoCE (and IB across subnets)
     uint8_t gid_index = 0; // the local port's GID index to send from
 };
 
@@ -175,7 +179,8 @@ struct rc_remote {
     rc_timing timing;
 };
 
-class queue_pair {
+class queue_pair
+{
   public:
     virtual ~queue_pair() = default;
     virtual uint32_t qp_num() const noexcept = 0;
@@ -189,12 +194,13 @@ class queue_pair {
     virtual void set_error() noexcept = 0;
 };
 
-class address_handle {
+class address_handle
+{
   public:
     virtual ~address_handle() = default;
 };
 
-inline constexpr uint32_t ud_grh_bytes = 40; // UD receive buffers start with room for a GRH
+inline constexpr uint32_t ud_grh_bytes = 40;         // UD receive buffers start with room for a GRH
 inline constexpr uint32_t default_qkey = 0x4d4c5834; // "MLX4"
 
 } // namespace mlx4fi::device

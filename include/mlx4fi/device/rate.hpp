@@ -15,16 +15,16 @@ namespace mlx4fi::device
 [[nodiscard]] unsigned width_lanes(uint8_t active_width) noexcept;
 
 // Per-lane signalling rate of an ibv active_speed value, Gbaud; 0 if unknown.
-[[nodiscard]] double lane_signal_gbaud(uint8_t active_speed) noexcept;
+[[nodiscard]] double lane_signal_gbaud(uint16_t active_speed) noexcept;
 
 // Encoding efficiency: 8b/10b for SDR/DDR/QDR, 64b/66b for FDR10/FDR/EDR and up.
-[[nodiscard]] double encoding_efficiency(uint8_t active_speed) noexcept;
+[[nodiscard]] double encoding_efficiency(uint16_t active_speed) noexcept;
 
 // A port's data rate. InfiniBand: lanes x lane signal rate x encoding (FDR 4x
 // = 54.55, QDR 4x = 32). Ethernet: mlx4 reports 10/40/56GbE through the IB
 // enums (1X QDR, 4X QDR, 4X FDR); the Ethernet data rate is the nominal one
 // (40GbE carries 40 Gb/s). 0 when the speed or width is unknown.
-[[nodiscard]] double port_data_gbps(link_layer link, uint8_t active_speed,
+[[nodiscard]] double port_data_gbps(link_layer link, uint16_t active_speed,
                                     uint8_t active_width) noexcept;
 
 // What a PCIe link moves for an HCA: lanes x transfer rate x encoding

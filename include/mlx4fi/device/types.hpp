@@ -18,14 +18,16 @@ enum class port_state : uint8_t { nop = 0, down = 1, init = 2, armed = 3, active
 
 // ibv_port_attr.active_speed bits (IB_SPEED_*). Ethernet ports on mlx4 report
 // through the same enums (40GbE is 4X QDR, 56GbE 4X FDR, 10GbE 1X QDR).
-enum class ib_speed : uint8_t {
+enum class ib_speed : uint16_t {
     sdr = 1,
     ddr = 2,
     qdr = 4,
     fdr10 = 8,
     fdr = 16,
     edr = 32,
-    hdr = 64
+    hdr = 64,
+    ndr = 128, // beyond mlx4: devices accepted with FI_MLX4_ANY_DEVICE
+    xdr = 256  // only in active_speed_ex (rdma-core 47+)
 };
 
 // ibv_port_attr.active_width bits.
@@ -47,18 +49,31 @@ struct pcie_link {
     uint8_t lanes = 0; // 1, 2, 4, 8, 16
 };
 
+// A device's PCI address (domain:bus:device.function), as sysfs names it
+// ("0000:03:00.0"). MPI libraries find a NIC's place in the machine (its
+// socket, hwloc's PCI object) from it. known is false when it cannot be read.
+struct pci_address {
+    uint16_t domain = 0;
+    uint8_t bus = 0;
+    uint8_t device = 0;   // 0..31
+    uint8_t function = 0; // 0..7
+    bool known = false;
+    bool operator==(const pci_address &) const = default;
+};
+
 struct port_attr {
     uint8_t num = 0; // 1-based, as in verbs
     link_layer link = link_layer::ib;
     port_state state = port_state::down;
-    uint8_t active_speed = 0; // ib_speed bit
-    uint8_t active_width = 0; // ib_width bit
-    uint16_t lid = 0;         // 0 on Ethernet ports
+    uint16_t active_speed = 0; // ib_speed bit
+    uint8_t active_width = 0;  // ib_width bit
+    uint16_t lid = 0;          // 0 on Ethernet ports
     uint8_t lmc = 0;
     uint32_t mtu = 0;            // active MTU in bytes
     uint64_t subnet_prefix = 0;  // IB: from GID 0, host byte order
     std::vector<gid_entry> gids; // valid entries of the GID table
     int gid_index = -1;          // the entry this provider uses; -1 when none fits
+    int ud_gid_index = -1;       // the entry UD datagrams go from (ud_gid_index()); -1: gid_index
     std::string network;         // RoCE: the IP network of the chosen GID ("198.18.0.0/16")
 };
 
@@ -83,6 +98,7 @@ struct device_attr {
     std::string fw_version;
     std::string driver; // "mlx4" for real mlx4, "sim" for the software HCA
     pcie_link pcie;
+    pci_address pci;    // verbs: from sysfs; sim: made up, distinct per device
     int numa_node = -1; // the NUMA node the HCA's PCIe slot hangs off; -1 unknown
     uint32_t max_qp_wr = 0;
     uint32_t max_sge = 0;

@@ -23,6 +23,15 @@ struct rd_atomic_limits {
     uint32_t responder = 16;
 };
 
+// The priority of this provider's traffic: the service level (IB SL; on mlx4
+// RoCE the VLAN priority, PCP, is derived from it: the lossless PFC class
+// needs it), the GRH traffic class (RoCE DSCP/ECN bits) and the P_Key index.
+struct path_qos {
+    uint8_t sl = 0;
+    uint8_t traffic_class = 0;
+    uint16_t pkey_index = 0;
+};
+
 // A verbs HCA. It keeps the context it was queried through open for its whole
 // life: discovery has to open it anyway, and the data-path objects (PD, QPs,
 // CQs, MRs) that come later are created on it, so reopening would only cost a
@@ -54,6 +63,12 @@ class verbs_device final : public device
                                                       const port_address &dest) override;
     // ibv_query_port on this device's context.
     result<port_state> query_port_state(uint8_t port) noexcept override;
+    // ibv_query_port and the GID table again, the GID chosen as at discovery.
+    result<port_attr> query_port_attr(uint8_t port) noexcept override;
+    // FI_MLX4_SL, FI_MLX4_TRAFFIC_CLASS, FI_MLX4_PKEY_INDEX.
+    void set_qos(const path_qos &q) noexcept { qos_ = q; }
+    // FI_MLX4_GID_INDEX, for query_port_attr's GID choice.
+    void set_gid_override(int index) noexcept { gid_override_ = index; }
 
     // The protection domain, allocated on first use; null (logged) when the
     // device refuses one. Owned by this object.
@@ -61,12 +76,18 @@ class verbs_device final : public device
     // The attributes of port num (1-based); null when the device has no such port.
     [[nodiscard]] const port_attr *port(uint8_t num) const noexcept;
 
+  protected:
+    // Reads the async fd (non-blocking) until it is empty; acks every event.
+    void fetch_events() noexcept override;
+
   private:
-    ibv_context *ctx_; // owned: ibv_close_device in the destructor
+    ibv_context *ctx_;         // owned: ibv_close_device in the destructor
+    bool async_ready_ = false; // the async fd is non-blocking
+    int gid_override_ = -1;
     std::mutex pd_lock_;
     ibv_pd *pd_ = nullptr; // owned: ibv_dealloc_pd before the context closes
     rd_atomic_limits rd_;
-    uint8_t traffic_class_ = 0; // RoCE/GRH traffic class; a parameter may set it later
+    path_qos qos_; // SL, traffic class, P_Key index of every QP and AH
 };
 
 // Opens and queries the host's verbs devices that cfg admits; ports that are
@@ -79,10 +100,15 @@ device_list discover(const util::config &cfg) noexcept;
 [[nodiscard]] bool is_mlx4_device(std::string_view name, uint32_t vendor_id,
                                   uint32_t part_id) noexcept;
 
-// The driver a non-mlx4 device belongs to, from its kernel name: the part before
-// the first '_' ("mlx5_0" -> "mlx5"), else the name without trailing digits
-// ("rxe0" -> "rxe"). The name itself when neither leaves anything.
-[[nodiscard]] std::string driver_from_name(std::string_view name);
+// The kernel driver of a non-mlx4 device, from sysfs (sysdir is
+// /sys/class/infiniband/<name>): the target of device/driver ("mlx5_core",
+// "efa"); "rxe" for a software device on a netdev (a parent, no bus device);
+// "unknown" otherwise. Never from the device's name: rdma-core names devices
+// after their bus address (ibp1s0, rocep1s0f0) whatever the driver.
+[[nodiscard]] std::string read_driver_name(const std::string &sysdir);
+// The last component of a device/driver link target ("../../bus/pci/drivers/
+// mlx5_core" -> "mlx5_core").
+[[nodiscard]] std::string driver_from_link(std::string_view link_target);
 
 // enum ibv_mtu (IBV_MTU_256 = 1 .. IBV_MTU_4096 = 5) in bytes; 0 for anything else.
 [[nodiscard]] uint32_t mtu_bytes(int ibv_mtu) noexcept;
@@ -90,7 +116,7 @@ device_list discover(const util::config &cfg) noexcept;
 // The ib_speed bit a port runs at. rdma-core 47+ reports speeds beyond HDR in
 // active_speed_ex (and sets active_speed 0 for them); use it when it is set and
 // is a speed this provider's enum knows, else the classic active_speed.
-[[nodiscard]] uint8_t pick_active_speed(uint32_t active_speed_ex, uint8_t active_speed) noexcept;
+[[nodiscard]] uint16_t pick_active_speed(uint32_t active_speed_ex, uint8_t active_speed) noexcept;
 
 // sysfs current_link_speed ("2.5 GT/s", "8.0 GT/s PCIe", "Unknown") -> PCIe
 // generation 1..5; 0 when unknown or unparsable.
@@ -110,6 +136,15 @@ device_list discover(const util::config &cfg) noexcept;
 // Reads numa_node under a PCI device's sysfs directory
 // (/sys/class/infiniband/<name>/device); -1 when the platform does not say.
 [[nodiscard]] int read_numa_node(const std::string &sysfs_device_dir) noexcept;
+
+// A sysfs PCI device name ("0000:03:00.0", domain and bus hexadecimal,
+// device 0..1f, function 0..7) -> the address; known false when it is not one.
+[[nodiscard]] pci_address pci_address_from_text(std::string_view text) noexcept;
+
+// The PCI address of the device a sysfs directory stands for
+// (/sys/class/infiniband/<name>/device is a link to .../0000:03:00.0): the
+// last component of its resolved path. known false when it cannot be read.
+[[nodiscard]] pci_address read_pci_address(const std::string &sysfs_device_dir) noexcept;
 
 // The prefix length of the address that g holds (IPv4-mapped or IPv6) in a
 // getifaddrs list, looking only at interface ifname (and its aliases, "eth0:1")

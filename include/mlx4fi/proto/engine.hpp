@@ -51,8 +51,13 @@ inline constexpr size_t min_eager_limit = util::min_eager_limit;
 struct engine_config {
     size_t eager_limit = 8192; // larger messages use the rendezvous (at least min_eager_limit)
     uint32_t inline_size = 64; // sends up to this size are posted inline
-    uint32_t srq_depth = 256;  // receive buffers per rail
+    uint32_t srq_depth = 256;  // receive buffers per rail (FI_MLX4_RX_QUEUE_SIZE)
+    // Send work requests of RC QPs in flight per rail: the CQ is sized for
+    // them plus every receive and connection datagram, and posting stops at
+    // this many (credits), so the CQ cannot overrun however many peers.
     uint32_t cq_depth = 4096;
+    uint32_t tx_queue_size = 256; // send WRs per RC QP (FI_MLX4_TX_QUEUE_SIZE)
+    uint32_t tx_buffers = 256;    // bounce buffers per rail (FI_MLX4_TX_BUFFERS)
     // RC transport timing of every connection (ACK timeout, retries, RNR).
     device::rc_timing timing;
     // Wire-up: the first resend interval of REQ/REP (doubling up to 16x), and

@@ -54,6 +54,12 @@ struct weight_override {
     std::vector<named_weight> per_rail; // weight_mode::per_rail
 };
 
+// FI_MLX4_RAIL_SHARING: how the ranks of a job on one host share its HCAs.
+enum class rail_sharing : uint8_t {
+    stripe, // every rank uses every rail of the fabric (the combined domain)
+    hca     // each local rank uses one HCA: nearest NUMA node first, round-robin
+};
+
 struct config {
     std::string sim_spec;                   // FI_MLX4_SIM; empty: no software HCA
     link_filter link = link_filter::any;    // FI_MLX4_LINK
@@ -71,18 +77,31 @@ struct config {
     uint32_t resolve_timeout_ms = 10000;    // FI_MLX4_RESOLVE_TIMEOUT_MS: node:service lookups
     uint32_t wait_poll_us = 1000;           // FI_MLX4_WAIT_POLL_US: blocked waiters' longest sleep
     // RC transport timing (IBTA codes) and wire-up, see engine_config.
-    uint8_t rc_timeout = 18;             // FI_MLX4_RC_TIMEOUT: ACK timeout 4.096 us << n
-    uint8_t rc_retry_count = 6;          // FI_MLX4_RC_RETRY_COUNT
-    uint8_t rnr_retry = 7;               // FI_MLX4_RNR_RETRY: 7 forever
-    uint8_t rnr_timer = 12;              // FI_MLX4_RNR_TIMER: RNR NAK timer code
-    uint32_t connect_retry_ms = 200;     // FI_MLX4_CONNECT_RETRY_MS
+    uint8_t rc_timeout = 18;              // FI_MLX4_RC_TIMEOUT: ACK timeout 4.096 us << n
+    uint8_t rc_retry_count = 6;           // FI_MLX4_RC_RETRY_COUNT
+    uint8_t rnr_retry = 7;                // FI_MLX4_RNR_RETRY: 7 forever
+    uint8_t rnr_timer = 12;               // FI_MLX4_RNR_TIMER: RNR NAK timer code
+    uint32_t connect_retry_ms = 200;      // FI_MLX4_CONNECT_RETRY_MS
     uint32_t connect_timeout_ms = 120000; // FI_MLX4_CONNECT_TIMEOUT_MS
-    uint32_t peer_retry_ms = 1000;       // FI_MLX4_PEER_RETRY_MS
-    uint32_t keepalive_ms = 1000;        // FI_MLX4_KEEPALIVE_MS
+    uint32_t peer_retry_ms = 1000;        // FI_MLX4_PEER_RETRY_MS
+    uint32_t keepalive_ms = 1000;         // FI_MLX4_KEEPALIVE_MS
+    // Traffic priority (verbs): SL (RoCE on mlx4: the VLAN PCP), GRH traffic
+    // class, P_Key index.
+    uint8_t sl = 0;            // FI_MLX4_SL: 0..15
+    uint8_t traffic_class = 0; // FI_MLX4_TRAFFIC_CLASS: 0..255
+    uint16_t pkey_index = 0;   // FI_MLX4_PKEY_INDEX
+    // Queue sizes (pinned memory: RLIMIT_MEMLOCK).
+    uint32_t rx_queue_size = 256; // FI_MLX4_RX_QUEUE_SIZE: receive buffers per rail
+    uint32_t tx_queue_size = 256; // FI_MLX4_TX_QUEUE_SIZE: send WRs per RC QP
+    uint32_t tx_buffers = 256;    // FI_MLX4_TX_BUFFERS: bounce buffers per rail
     // A value the provider cannot run with (e.g. an eager limit below the
     // inject size): the provider offers nothing and says why, once, at the
     // default log level. Empty when every value is usable.
     std::string refused;
+    // FI_MLX4_RAIL_SHARING: which HCAs each rank of a host uses.
+    rail_sharing sharing = rail_sharing::stripe;
+    // FI_MLX4_RAIL_STATS: print per-rail counts at every endpoint close.
+    bool rail_stats = false;
 };
 
 inline constexpr size_t min_eager_limit = 64; // inject_size: every endpoint takes it eagerly
@@ -106,6 +125,10 @@ void define_params(const fi_provider *prov) noexcept;
 // Reads every parameter through fi_param_get. A malformed value is logged and
 // the default kept.
 config load_config(const fi_provider *prov) noexcept;
+
+// Parses an FI_MLX4_RAIL_SHARING value ("stripe" or "hca", any case). False if bad.
+bool parse_rail_sharing(std::string_view text, rail_sharing &out) noexcept;
+[[nodiscard]] const char *to_string(rail_sharing s) noexcept;
 
 // Parses an FI_MLX4_LINK value ("ib", "roce", "any", any case). False if bad.
 bool parse_link_filter(const char *text, link_filter &out) noexcept;

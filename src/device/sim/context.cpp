@@ -522,3 +522,21 @@ port_state context::port_state_now(uint8_t port) noexcept
 }
 
 } // namespace mlx4fi::device::sim
+
+namespace mlx4fi::device::sim
+{
+
+void context::push_event(const async_event &e) noexcept
+{
+    std::lock_guard<std::mutex> g(events_lock_);
+    events_.push(e);
+}
+
+int context::take_events(async_event *out, int n) noexcept
+{
+    std::lock_guard<std::mutex> g(events_lock_);
+    bool lost = false;
+    return events_.read(events_read_, out, n, lost);
+}
+
+} // namespace mlx4fi::device::sim

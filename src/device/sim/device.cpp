@@ -25,6 +25,12 @@ constexpr uint64_t guid_base = 0x0002c9ff5e000000ull;
 // benchmarking (RFC 2544): never routed, so a simulated GID can't be mistaken
 // for a host's address.
 constexpr unsigned roce_prefix_len = 16;
+// Simulated PCI addresses live in PCI domain 0x5e5e ("sim"), which no real
+// host uses, so hwloc and MPI libraries never take one for a real device.
+// The bus is the device's NUMA node (0xff when the spec gives none), the
+// device number its index in the spec: stable, distinct, and the locality
+// can be read off the address ("5e5e:01:00.0" is the first HCA, on node 1).
+constexpr uint16_t sim_pci_domain = 0x5e5e;
 
 void put_u64(gid &g, size_t off, uint64_t v)
 {
@@ -50,6 +56,9 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
     a.driver = "sim";
     a.pcie = spec.pcie;
     a.numa_node = spec.numa_node;
+    a.pci = pci_address{sim_pci_domain,
+                        static_cast<uint8_t>(spec.numa_node >= 0 ? spec.numa_node : 0xff),
+                        static_cast<uint8_t>(index), 0, true};
     a.max_qp_wr = 16351;
     a.max_sge = 32;
     a.max_inline = 912;
@@ -61,7 +70,7 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
         p.num = static_cast<uint8_t>(i + 1);
         p.link = ps.link;
         p.state = port_state::active;
-        p.active_speed = static_cast<uint8_t>(ps.speed);
+        p.active_speed = static_cast<uint16_t>(ps.speed);
         p.active_width = static_cast<uint8_t>(ps.width);
         uint64_t port_guid = a.node_guid + p.num;
         gid link_local{};
@@ -176,6 +185,31 @@ result<port_state> sim_device::query_port_state(uint8_t port) noexcept
     // Without a context nothing in this process has moved data: no fault yet.
     if (!c) return attr_.ports[port - 1].state;
     return c->port_state_now(port);
+}
+
+void sim_device::fetch_events() noexcept
+{
+    std::shared_ptr<context> c;
+    {
+        std::lock_guard<std::mutex> g(lock_);
+        c = ctx_.lock();
+    }
+    if (!c) return; // nothing in this process has opened the device: no fault yet
+    const size_t ports = std::min<size_t>(attr_.ports.size(), 2);
+    for (size_t i = 0; i < ports; ++i) {
+        const auto num = static_cast<uint8_t>(i + 1);
+        const port_state now = c->port_state_now(num);
+        const bool up = now == port_state::active, was_up = seen_[i] == port_state::active;
+        seen_[i] = now;
+        if (up == was_up) continue;
+        MLX4_INFO(FI_LOG_CORE, "%s: async event %s (port %u)\n", attr_.name.c_str(),
+                  up ? "port active" : "port error", unsigned(num));
+        push_event({up ? async_kind::port_active : async_kind::port_error, num, 0});
+    }
+    async_event e[16];
+    for (int n; (n = c->take_events(e, 16)) > 0;)
+        for (int i = 0; i < n; ++i)
+            push_event(e[i]);
 }
 
 // ---------------------------------------------------------------- discovery

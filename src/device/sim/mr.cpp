@@ -6,6 +6,8 @@
 
 #include "mlx4fi/util/log.hpp"
 
+#include <cstdio>
+
 namespace mlx4fi::device::sim
 {
 
@@ -74,6 +76,34 @@ sim_mr::~sim_mr()
     if (arena_off_ != ~uint64_t(0)) ctx_->arena_free(arena_off_);
 }
 
+namespace
+{
+
+// True when every page of [addr, addr + len) is mapped writable, from
+// /proc/self/maps. The kernel pins a registration that asks for local or
+// remote write with FOLL_WRITE, which fails (EFAULT) on read-only memory;
+// the sim refuses the same registrations, so the engine is tested against it.
+bool range_writable(const void *addr, size_t len) noexcept
+{
+    std::FILE *f = std::fopen("/proc/self/maps", "re");
+    if (!f) return true; // cannot tell: do not refuse
+    uint64_t at = reinterpret_cast<uint64_t>(addr);
+    const uint64_t end = at + len;
+    char line[512];
+    while (at < end && std::fgets(line, sizeof line, f)) {
+        unsigned long long lo = 0, hi = 0;
+        char perms[5] = {};
+        if (std::sscanf(line, "%llx-%llx %4s", &lo, &hi, perms) != 3) continue;
+        if (hi <= at || lo > at) continue; // maps is sorted: the range must be covered in order
+        if (perms[1] != 'w') break;
+        at = hi;
+    }
+    std::fclose(f);
+    return at >= end;
+}
+
+} // namespace
+
 result<std::unique_ptr<memory_region>> sim_device::reg_mr(void *addr, size_t length,
                                                           uint32_t access)
 {
@@ -81,6 +111,12 @@ result<std::unique_ptr<memory_region>> sim_device::reg_mr(void *addr, size_t len
     if ((access & ~all_access) ||
         ((access & access_remote_write) && !(access & access_local_write)) || (!addr && length))
         return err_inval;
+    if ((access & (access_local_write | access_remote_write)) && length &&
+        !range_writable(addr, length)) {
+        MLX4_WARN(FI_LOG_MR, "%s: registering %p (%zu bytes) for writing: memory is read-only\n",
+                  attr_.name.c_str(), addr, length);
+        return err_inval; // verbs: EFAULT
+    }
     auto c = get_context();
     if (!c.ok()) return c.error();
     std::shared_ptr<context> ctx = std::move(c).value();

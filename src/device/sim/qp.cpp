@@ -358,6 +358,9 @@ void sim_qp::to_error_locked() noexcept
     if (!flushed_) {
         flushed_ = true;
         flush_rq_locked();
+        // The sender takes SRQ entries whole: none is in use once the QP is
+        // in error, so the last WQE is reached at once.
+        if (srq_) ctx_->push_event({async_kind::qp_last_wqe_reached, port_, qpn_});
     }
 }
 

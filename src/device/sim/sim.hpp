@@ -336,6 +336,12 @@ class context
     // The live state of port; a port whose down time is over is active again.
     port_state port_state_now(uint8_t port) noexcept;
 
+    // Async events the objects of this context raise (LAST_WQE_REACHED), for
+    // the device to hand to its readers.
+    void push_event(const async_event &e) noexcept;
+    // Moves the events raised since the last call to out (at most n); returns how many.
+    int take_events(async_event *out, int n) noexcept;
+
   private:
     context() = default;
     peer *map_peer_locked(uint32_t slot) noexcept;
@@ -384,6 +390,9 @@ class context
     bool shaped_ = false;
     link_clocks tx_, rx_;
     port_fault faults_[2];
+    std::mutex events_lock_;
+    event_log events_;     // guarded by events_lock_
+    uint64_t events_read_ = 0; // guarded by events_lock_
 };
 
 // ---------------------------------------------------------------- objects
@@ -618,7 +627,13 @@ class sim_device final : public device
     // The context's live state; what attr() says while no context is open.
     result<port_state> query_port_state(uint8_t port) noexcept override;
 
+  protected:
+    // Port events from the live port state (a fault taking a port down, its
+    // coming back), and what the context's objects raised.
+    void fetch_events() noexcept override;
+
   private:
+    port_state seen_[2] = {port_state::active, port_state::active}; // last reported
     // The context, opened on first use; every object holds it.
     result<std::shared_ptr<context>> get_context() noexcept;
     std::mutex lock_;

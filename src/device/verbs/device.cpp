@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <endian.h>
+#include <fcntl.h>
 #include <ifaddrs.h>
 #include <net/if.h>
 #include <netinet/in.h>
@@ -161,6 +162,7 @@ uint64_t be64_at(const uint8_t *p) noexcept
 struct port_work {
     port_attr attr;
     int gid_tbl_len = 0;
+    bool link_known = true; // IB or Ethernet
     std::map<uint32_t, uint32_t> ifindex;
 };
 
@@ -262,6 +264,11 @@ bool query_port(ibv_context *ctx, uint8_t num, port_work &p)
     port_attr &a = p.attr;
     a.num = num;
     a.link = pa.link_layer == IBV_LINK_LAYER_ETHERNET ? link_layer::ethernet : link_layer::ib;
+    // Old kernels report IB ports as "unspecified"; on an IB-transport device
+    // that is IB. Anything else is a link this provider cannot drive.
+    p.link_known = pa.link_layer == IBV_LINK_LAYER_ETHERNET ||
+                   pa.link_layer == IBV_LINK_LAYER_INFINIBAND ||
+                   pa.link_layer == IBV_LINK_LAYER_UNSPECIFIED;
     a.state = to_port_state(pa.state);
     a.active_speed = pick_active_speed(active_speed_ex(pa), pa.active_speed);
     a.active_width = pa.active_width;
@@ -270,6 +277,38 @@ bool query_port(ibv_context *ctx, uint8_t num, port_work &p)
     a.mtu = mtu_bytes(pa.active_mtu);
     p.gid_tbl_len = pa.gid_tbl_len;
     return true;
+}
+
+// Sorts a queried port's GIDs, picks the one to use (gid_override: the
+// FI_MLX4_GID_INDEX value, -1 to choose) and, on RoCE, its IP network.
+void finish_port(const char *name, port_work &p, int gid_override, bool mlx4, host_addrs &addrs)
+{
+    port_attr &pa = p.attr;
+    std::sort(pa.gids.begin(), pa.gids.end(),
+              [](const gid_entry &x, const gid_entry &y) { return x.index < y.index; });
+    if (!pa.gids.empty() && pa.gids.front().index == 0)
+        pa.subnet_prefix = be64_at(pa.gids.front().value.data());
+    pa.gid_index = choose_gid_index(pa.gids, pa.link, gid_override);
+    if (pa.link == link_layer::ethernet && pa.gid_index >= 0) {
+        auto g = std::find_if(pa.gids.begin(), pa.gids.end(), [&](const gid_entry &e) {
+            return e.index == uint32_t(pa.gid_index);
+        });
+        if (g != pa.gids.end()) pa.network = roce_network(name, p, g->value, addrs);
+    }
+    pa.ud_gid_index = ud_gid_index(pa.gids, pa.gid_index, mlx4);
+    if (pa.ud_gid_index != pa.gid_index)
+        MLX4_INFO(FI_LOG_CORE,
+                  "%s port %u: UD datagrams go from GID index %d (RoCE v1, the same address as "
+                  "RoCE v2 index %d): mlx4 keeps user UD QPs in RoCE v1 mode\n",
+                  name, unsigned(pa.num), pa.ud_gid_index, pa.gid_index);
+    else if (mlx4 && pa.link == link_layer::ethernet && pa.gid_index >= 0 &&
+             std::any_of(pa.gids.begin(), pa.gids.end(), [&](const gid_entry &e) {
+                 return int(e.index) == pa.gid_index && e.type == gid_type::roce_v2;
+             }))
+        MLX4_WARN(FI_LOG_CORE,
+                  "%s port %u: RoCE v2 GID index %d has no RoCE v1 twin; UD datagrams from it "
+                  "may be dropped by mlx4 (set FI_MLX4_GID_INDEX to a RoCE v1 entry)\n",
+                  name, unsigned(pa.num), pa.gid_index);
 }
 
 std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, host_addrs &addrs)
@@ -289,6 +328,18 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
         return nullptr;
     }
     const bool mlx4 = is_mlx4_device(name, da.vendor_id, da.vendor_part_id);
+    // The data path is RC and UD over InfiniBand transport (IB or RoCE):
+    // iWARP (iw_cxgb4, siw, irdma in iWARP mode), usNIC and EFA (transport
+    // "unspecified") have no such thing.
+    if (dev->transport_type != IBV_TRANSPORT_IB) {
+        MLX4_INFO(FI_LOG_CORE,
+                  "skipping %s: transport %s (this provider needs InfiniBand or RoCE)\n", name,
+                  dev->transport_type == IBV_TRANSPORT_IWARP       ? "iWARP"
+                  : dev->transport_type == IBV_TRANSPORT_USNIC     ? "usNIC"
+                  : dev->transport_type == IBV_TRANSPORT_USNIC_UDP ? "usNIC UDP"
+                                                                   : "unspecified (EFA?)");
+        return nullptr;
+    }
     if (!mlx4 && !cfg.any_device) {
         MLX4_DBG(FI_LOG_CORE,
                  "skipping %s (vendor 0x%04x, part 0x%04x): not an mlx4 device "
@@ -303,7 +354,13 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
     a.vendor_part_id = da.vendor_part_id;
     a.node_guid = be64toh(da.node_guid);
     a.fw_version = da.fw_ver;
-    a.driver = mlx4 ? "mlx4" : driver_from_name(name);
+    // ibdev_path is /sys/class/infiniband/<name> wherever sysfs is mounted.
+    std::string sysdir =
+        dev->ibdev_path[0] ? std::string(dev->ibdev_path) : "/sys/class/infiniband/" + a.name;
+    // The kernel driver bound to the device, from sysfs: rdma-core 44 names
+    // every device after its bus address (ibp1s0, rocep1s0f0) whatever its
+    // driver, so the name says nothing about it.
+    a.driver = mlx4 ? "mlx4" : read_driver_name(sysdir);
     a.max_qp_wr = uint32_t(std::max(da.max_qp_wr, 0));
     a.max_sge = uint32_t(std::max(da.max_sge, 0));
     // Verbs has no device-wide inline limit: the driver sets it per QP at
@@ -311,11 +368,9 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
     a.max_inline = 0;
     a.max_mr_size_log2 = da.max_mr_size ? uint32_t(std::bit_width(da.max_mr_size) - 1) : 0;
 
-    // ibdev_path is /sys/class/infiniband/<name> wherever sysfs is mounted.
-    std::string sysdir =
-        dev->ibdev_path[0] ? std::string(dev->ibdev_path) : "/sys/class/infiniband/" + a.name;
     a.pcie = read_pcie_link(sysdir + "/device");
     a.numa_node = read_numa_node(sysdir + "/device");
+    a.pci = read_pci_address(sysdir + "/device");
     if (a.pcie.gen == 0 || a.pcie.lanes == 0)
         MLX4_DBG(FI_LOG_CORE, "%s: PCIe link unknown (gen %u x%u) under %s/device\n", name,
                  unsigned(a.pcie.gen), unsigned(a.pcie.lanes), sysdir.c_str());
@@ -331,16 +386,11 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
 
     for (port_work &p : ports) {
         port_attr &pa = p.attr;
-        std::sort(pa.gids.begin(), pa.gids.end(),
-                  [](const gid_entry &x, const gid_entry &y) { return x.index < y.index; });
-        if (!pa.gids.empty() && pa.gids.front().index == 0)
-            pa.subnet_prefix = be64_at(pa.gids.front().value.data());
-        pa.gid_index = choose_gid_index(pa.gids, pa.link, cfg.gid_index);
-        if (pa.link == link_layer::ethernet && pa.gid_index >= 0) {
-            auto g = std::find_if(pa.gids.begin(), pa.gids.end(), [&](const gid_entry &e) {
-                return e.index == uint32_t(pa.gid_index);
-            });
-            if (g != pa.gids.end()) pa.network = roce_network(name, p, g->value, addrs);
+        finish_port(name, p, cfg.gid_index, mlx4, addrs);
+        if (!p.link_known) {
+            MLX4_INFO(FI_LOG_CORE, "%s port %u: link layer unspecified and not IB; skipped\n", name,
+                      unsigned(pa.num));
+            continue;
         }
         MLX4_DBG(FI_LOG_CORE,
                  "%s port %u: %s, state %u, speed %u width %u, lid %u, mtu %u, "
@@ -353,14 +403,89 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
     }
 
     MLX4_INFO(FI_LOG_CORE,
-              "found %s (%s, vendor 0x%04x part 0x%04x, fw %s, PCIe gen%u x%u), "
-              "%zu ports\n",
+              "found %s (%s, vendor 0x%04x part 0x%04x, fw %s, PCIe gen%u x%u at "
+              "%04x:%02x:%02x.%x), %zu ports\n",
               name, a.driver.c_str(), a.vendor_id, a.vendor_part_id, a.fw_version.c_str(),
-              unsigned(a.pcie.gen), unsigned(a.pcie.lanes), a.ports.size());
+              unsigned(a.pcie.gen), unsigned(a.pcie.lanes), unsigned(a.pci.domain),
+              unsigned(a.pci.bus), unsigned(a.pci.device), unsigned(a.pci.function),
+              a.ports.size());
     rd_atomic_limits rd;
     rd.initiator = uint32_t(std::max(da.max_qp_init_rd_atom, 0));
     rd.responder = uint32_t(std::max(da.max_qp_rd_atom, 0));
-    return std::make_unique<verbs_device>(std::move(a), ctx.release(), rd);
+    auto vd = std::make_unique<verbs_device>(std::move(a), ctx.release(), rd);
+    vd->set_gid_override(cfg.gid_index);
+    vd->set_qos({cfg.sl, cfg.traffic_class, cfg.pkey_index});
+    return vd;
+}
+
+// An ibv_async_event in the device layer's terms.
+async_event to_async_event(const ibv_async_event &ev) noexcept
+{
+    async_event e;
+    switch (ev.event_type) {
+    case IBV_EVENT_PORT_ACTIVE:
+        e.kind = async_kind::port_active;
+        break;
+    case IBV_EVENT_PORT_ERR:
+        e.kind = async_kind::port_error;
+        break;
+    case IBV_EVENT_GID_CHANGE:
+        e.kind = async_kind::gid_change;
+        break;
+    case IBV_EVENT_LID_CHANGE:
+        e.kind = async_kind::lid_change;
+        break;
+    case IBV_EVENT_CLIENT_REREGISTER:
+        e.kind = async_kind::client_reregister;
+        break;
+    case IBV_EVENT_PKEY_CHANGE:
+        e.kind = async_kind::pkey_change;
+        break;
+    case IBV_EVENT_QP_FATAL:
+    case IBV_EVENT_QP_REQ_ERR:
+    case IBV_EVENT_QP_ACCESS_ERR:
+        e.kind = async_kind::qp_fatal;
+        break;
+    case IBV_EVENT_QP_LAST_WQE_REACHED:
+        e.kind = async_kind::qp_last_wqe_reached;
+        break;
+    case IBV_EVENT_CQ_ERR:
+        e.kind = async_kind::cq_error;
+        break;
+    case IBV_EVENT_SRQ_ERR:
+        e.kind = async_kind::srq_error;
+        break;
+    case IBV_EVENT_DEVICE_FATAL:
+        e.kind = async_kind::device_fatal;
+        break;
+    default: // COMM_EST, SQ_DRAINED, PATH_MIG, SRQ_LIMIT_REACHED, SM_CHANGE, ...
+        e.kind = async_kind::other;
+        break;
+    }
+    switch (ev.event_type) {
+    case IBV_EVENT_PORT_ACTIVE:
+    case IBV_EVENT_PORT_ERR:
+    case IBV_EVENT_GID_CHANGE:
+    case IBV_EVENT_LID_CHANGE:
+    case IBV_EVENT_CLIENT_REREGISTER:
+    case IBV_EVENT_PKEY_CHANGE:
+    case IBV_EVENT_SM_CHANGE:
+        e.port = static_cast<uint8_t>(ev.element.port_num);
+        break;
+    case IBV_EVENT_QP_FATAL:
+    case IBV_EVENT_QP_REQ_ERR:
+    case IBV_EVENT_QP_ACCESS_ERR:
+    case IBV_EVENT_QP_LAST_WQE_REACHED:
+    case IBV_EVENT_COMM_EST:
+    case IBV_EVENT_SQ_DRAINED:
+    case IBV_EVENT_PATH_MIG:
+    case IBV_EVENT_PATH_MIG_ERR:
+        e.qp_num = ev.element.qp ? ev.element.qp->qp_num : 0;
+        break;
+    default:
+        break;
+    }
+    return e;
 }
 
 } // namespace
@@ -368,6 +493,57 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
 verbs_device::verbs_device(device_attr attr, ibv_context *ctx, rd_atomic_limits rd)
     : device(std::move(attr)), ctx_(ctx), rd_(rd)
 {
+    // Async events are read in passing (read_events), never waited for.
+    int flags = ctx_ ? fcntl(ctx_->async_fd, F_GETFL) : -1;
+    if (flags < 0 || fcntl(ctx_->async_fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+        int err = errno;
+        MLX4_WARN(FI_LOG_CORE, "%s: async events unavailable (async fd: %s)\n", attr_.name.c_str(),
+                  std::strerror(err));
+        return;
+    }
+    async_ready_ = true;
+}
+
+void verbs_device::fetch_events() noexcept
+{
+    if (!async_ready_) return;
+    ibv_async_event ev;
+    while (ibv_get_async_event(ctx_, &ev) == 0) {
+        async_event e = to_async_event(ev);
+        const char *type = ibv_event_type_str(ev.event_type);
+        ibv_ack_async_event(&ev); // before anything else: ibv_destroy_* waits for the ack
+        switch (e.kind) {
+        case async_kind::port_active:
+        case async_kind::port_error:
+        case async_kind::qp_fatal:
+        case async_kind::cq_error:
+        case async_kind::srq_error:
+        case async_kind::device_fatal:
+            MLX4_WARN(FI_LOG_CORE, "%s: async event %s (port %u, QP %#x)\n", attr_.name.c_str(),
+                      type, unsigned(e.port), e.qp_num);
+            break;
+        default:
+            MLX4_INFO(FI_LOG_CORE, "%s: async event %s (port %u, QP %#x)\n", attr_.name.c_str(),
+                      type, unsigned(e.port), e.qp_num);
+            break;
+        }
+        push_event(e);
+    }
+}
+
+result<port_attr> verbs_device::query_port_attr(uint8_t num) noexcept
+{
+    if (!port(num) || !ctx_) return err_inval;
+    try {
+        std::vector<port_work> one(1);
+        if (!query_port(ctx_, num, one[0])) return err_io;
+        if (!fill_gids_from_table(ctx_, one)) fill_gids_one_by_one(ctx_, one[0]);
+        host_addrs addrs;
+        finish_port(attr_.name.c_str(), one[0], gid_override_, attr_.driver == "mlx4", addrs);
+        return std::move(one[0].attr);
+    } catch (...) {
+        return err_nomem;
+    }
 }
 
 verbs_device::~verbs_device()
@@ -430,27 +606,17 @@ bool is_mlx4_device(std::string_view name, uint32_t vendor_id, uint32_t part_id)
                std::end(mlx4_part_ids);
 }
 
-std::string driver_from_name(std::string_view name)
-{
-    const size_t underscore = name.find('_');
-    std::string_view d = name.substr(0, underscore);
-    if (underscore == std::string_view::npos)
-        while (!d.empty() && d.back() >= '0' && d.back() <= '9')
-            d.remove_suffix(1);
-    return std::string(d.empty() ? name : d);
-}
-
 uint32_t mtu_bytes(int ibv_mtu) noexcept
 {
     return ibv_mtu >= IBV_MTU_256 && ibv_mtu <= IBV_MTU_4096 ? 128u << ibv_mtu : 0;
 }
 
-uint8_t pick_active_speed(uint32_t active_speed_ex, uint8_t active_speed) noexcept
+uint16_t pick_active_speed(uint32_t active_speed_ex, uint8_t active_speed) noexcept
 {
-    // A single bit no higher than HDR: exactly the values ib_speed names.
-    if (active_speed_ex != 0 && active_speed_ex <= uint32_t(ib_speed::hdr) &&
+    // A single bit no higher than XDR: exactly the values ib_speed names.
+    if (active_speed_ex != 0 && active_speed_ex <= uint32_t(ib_speed::xdr) &&
         std::has_single_bit(active_speed_ex))
-        return static_cast<uint8_t>(active_speed_ex);
+        return static_cast<uint16_t>(active_speed_ex);
     return active_speed;
 }
 

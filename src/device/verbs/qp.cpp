@@ -108,12 +108,12 @@ bool is_other_subnet(uint64_t local_prefix, const gid &dest) noexcept
 }
 
 result<ibv_ah_attr> make_ah_attr(const port_attr &local, const port_address &dest,
-                                 uint8_t traffic_class) noexcept
+                                 uint8_t traffic_class, uint8_t sl) noexcept
 {
-    if (dest.link != local.link || local.gid_index > 255) return err_inval;
+    if (dest.link != local.link || local.gid_index > 255 || sl > 15) return err_inval;
     ibv_ah_attr a{};
     a.port_num = local.num;
-    a.sl = 0;
+    a.sl = sl; // on mlx4 RoCE the VLAN priority (PCP) comes from the SL
     a.src_path_bits = 0;
     a.static_rate = 0;
     bool global = false;
@@ -137,11 +137,11 @@ result<ibv_ah_attr> make_ah_attr(const port_attr &local, const port_address &des
     return a;
 }
 
-qp_transition rc_init(uint8_t port) noexcept
+qp_transition rc_init(uint8_t port, uint16_t pkey_index) noexcept
 {
     qp_transition t;
     t.attr.qp_state = IBV_QPS_INIT;
-    t.attr.pkey_index = 0;
+    t.attr.pkey_index = pkey_index;
     t.attr.port_num = port;
     t.attr.qp_access_flags =
         IBV_ACCESS_REMOTE_READ | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_LOCAL_WRITE;
@@ -150,12 +150,12 @@ qp_transition rc_init(uint8_t port) noexcept
 }
 
 result<qp_transition> rc_rtr(const port_attr &local, const rc_remote &remote,
-                             uint8_t max_dest_rd_atomic, uint8_t traffic_class) noexcept
+                             uint8_t max_dest_rd_atomic, uint8_t traffic_class, uint8_t sl) noexcept
 {
     if (remote.qpn > psn_mask) return err_inval; // QP numbers are 24 bits too
     auto mtu = path_mtu(local.mtu, remote.mtu);
     if (!mtu.ok()) return mtu.error();
-    auto av = make_ah_attr(local, remote.addr, traffic_class);
+    auto av = make_ah_attr(local, remote.addr, traffic_class, sl);
     if (!av.ok()) return av.error();
     qp_transition t;
     t.attr.qp_state = IBV_QPS_RTR;
@@ -192,11 +192,11 @@ qp_transition to_error_state() noexcept
     return t;
 }
 
-qp_transition ud_init(uint8_t port, uint32_t qkey) noexcept
+qp_transition ud_init(uint8_t port, uint32_t qkey, uint16_t pkey_index) noexcept
 {
     qp_transition t;
     t.attr.qp_state = IBV_QPS_INIT;
-    t.attr.pkey_index = 0;
+    t.attr.pkey_index = pkey_index;
     t.attr.port_num = port;
     t.attr.qkey = qkey;
     t.mask = IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_QKEY;
@@ -288,9 +288,9 @@ status build_send_wr(const send_wr &wr, const send_limits &lim, ibv_ah *ah, ibv_
 
 // ---------------------------------------------------------------- QP
 
-int bring_up_ud(ibv_qp *qp, uint8_t port, uint32_t qkey, uint32_t psn) noexcept
+int bring_up_ud(ibv_qp *qp, uint8_t port, uint32_t qkey, uint32_t psn, uint16_t pkey_index) noexcept
 {
-    const qp_transition steps[] = {ud_init(port, qkey), ud_rtr(), ud_rts(psn)};
+    const qp_transition steps[] = {ud_init(port, qkey, pkey_index), ud_rtr(), ud_rts(psn)};
     const char *names[] = {"INIT", "RTR", "RTS"};
     for (size_t i = 0; i < std::size(steps); ++i) {
         if (int err = modify_qp(qp, steps[i])) {
@@ -331,7 +331,7 @@ status verbs_qp::connect(const rc_remote &remote) noexcept
         return err_inval;
     }
     // Everything is built before the QP is touched: a bad remote leaves it as it was.
-    auto rtr = rc_rtr(port, remote, s_.max_dest_rd_atomic, s_.traffic_class);
+    auto rtr = rc_rtr(port, remote, s_.max_dest_rd_atomic, s_.traffic_class, s_.sl);
     if (!rtr.ok()) {
         MLX4_WARN(FI_LOG_EP_CTRL,
                   "%s port %u (%s, MTU %u): QP %#x cannot connect to QP %#x (%s, LID %u, GID "
@@ -341,7 +341,7 @@ status verbs_qp::connect(const rc_remote &remote) noexcept
                   gid_text(remote.addr.gid_value).c_str(), remote.mtu);
         return rtr.error();
     }
-    const qp_transition steps[] = {rc_init(port.num), rtr.value(),
+    const qp_transition steps[] = {rc_init(port.num, s_.pkey_index), rtr.value(),
                                    rc_rts(s_.psn, remote.timing, s_.max_rd_atomic)};
     const char *names[] = {"INIT", "RTR", "RTS"};
     const qp_state reached[] = {qp_state::init, qp_state::rtr, qp_state::rts};
@@ -493,9 +493,12 @@ verbs_device::create_qp(qp_type type, uint8_t port_num, completion_queue &send_c
     s.psn = random_psn();
     s.max_rd_atomic = rd_depth(rd_.initiator);
     s.max_dest_rd_atomic = rd_depth(rd_.responder);
-    s.traffic_class = traffic_class_;
+    s.traffic_class = qos_.traffic_class;
+    s.sl = qos_.sl;
+    s.pkey_index = qos_.pkey_index;
 
-    if (type == qp_type::ud && bring_up_ud(qp, port_num, default_qkey, s.psn) != 0) {
+    if (type == qp_type::ud &&
+        bring_up_ud(qp, port_num, default_qkey, s.psn, qos_.pkey_index) != 0) {
         if (int rc = ibv_destroy_qp(qp))
             MLX4_WARN(FI_LOG_EP_CTRL, "%s: ibv_destroy_qp: %s\n", dev,
                       std::strerror(verbs_errno(rc)));
@@ -531,7 +534,11 @@ result<std::unique_ptr<address_handle>> verbs_device::create_ah(uint8_t port_num
                   unsigned(port_num));
         return err_inval;
     }
-    auto attr = make_ah_attr(*pa, dest, traffic_class_);
+    // UD datagrams go from the port's UD GID (the RoCE v1 twin of a v2 entry
+    // on mlx4, gid.hpp).
+    port_attr ud = *pa;
+    if (pa->ud_gid_index >= 0) ud.gid_index = pa->ud_gid_index;
+    auto attr = make_ah_attr(ud, dest, qos_.traffic_class, qos_.sl);
     if (!attr.ok()) {
         MLX4_WARN(FI_LOG_AV, "%s port %u (%s): cannot address %s LID %u GID %s\n", dev,
                   unsigned(port_num), link_name(pa->link), link_name(dest.link), unsigned(dest.lid),

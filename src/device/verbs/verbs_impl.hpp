@@ -23,8 +23,8 @@ namespace mlx4fi::device::verbs
 // RC connection parameters. ConnectX-3 allows 16 outstanding RDMA READs per QP
 // in each direction; devices that allow fewer are clamped at device open.
 inline constexpr uint8_t rc_rd_atomic = 16;
-inline constexpr uint8_t grh_hop_limit = 64;    // RoCE, and IB across subnets
-inline constexpr uint32_t psn_mask = 0xffffff;  // PSNs are 24 bits
+inline constexpr uint8_t grh_hop_limit = 64;   // RoCE, and IB across subnets
+inline constexpr uint32_t psn_mask = 0xffffff; // PSNs are 24 bits
 
 // SGEs a post translates in a fixed array on the stack (no allocation); QPs
 // and SRQs asking for more are refused at creation.
@@ -72,18 +72,20 @@ struct qp_transition {
 // cannot send from the link-local GID by accident.
 // err_inval when the link layers differ, an IB destination has no LID, or a
 // RoCE destination has no GID or the local port has no usable GID index.
+// traffic_class and sl (0..15; on mlx4 RoCE it sets the VLAN priority, PCP)
+// are FI_MLX4_TRAFFIC_CLASS and FI_MLX4_SL.
 [[nodiscard]] result<ibv_ah_attr> make_ah_attr(const port_attr &local, const port_address &dest,
-                                               uint8_t traffic_class = 0) noexcept;
+                                               uint8_t traffic_class = 0, uint8_t sl = 0) noexcept;
 
 // RC RESET -> INIT: pkey index 0, the port, remote read/write and local write.
-[[nodiscard]] qp_transition rc_init(uint8_t port) noexcept;
+[[nodiscard]] qp_transition rc_init(uint8_t port, uint16_t pkey_index = 0) noexcept;
 
 // RC INIT -> RTR towards remote: path MTU, dest QPN, RQ PSN, responder
 // resources, RNR timer (remote.timing) and the address vector. Errors as path_mtu and
 // make_ah_attr.
 [[nodiscard]] result<qp_transition> rc_rtr(const port_attr &local, const rc_remote &remote,
                                            uint8_t max_dest_rd_atomic = rc_rd_atomic,
-                                           uint8_t traffic_class = 0) noexcept;
+                                           uint8_t traffic_class = 0, uint8_t sl = 0) noexcept;
 
 // RC RTR -> RTS: ACK timeout and retry counts (timing), SQ PSN, initiator depth.
 [[nodiscard]] qp_transition rc_rts(uint32_t sq_psn, const rc_timing &timing = {},
@@ -94,7 +96,7 @@ struct qp_transition {
 
 // UD RESET -> INIT (pkey index 0, port, qkey), INIT -> RTR (state only),
 // RTR -> RTS (SQ PSN).
-[[nodiscard]] qp_transition ud_init(uint8_t port, uint32_t qkey) noexcept;
+[[nodiscard]] qp_transition ud_init(uint8_t port, uint32_t qkey, uint16_t pkey_index = 0) noexcept;
 [[nodiscard]] qp_transition ud_rtr() noexcept;
 [[nodiscard]] qp_transition ud_rts(uint32_t sq_psn) noexcept;
 
@@ -219,6 +221,8 @@ struct qp_setup {
     uint8_t max_rd_atomic = rc_rd_atomic;
     uint8_t max_dest_rd_atomic = rc_rd_atomic;
     uint8_t traffic_class = 0;
+    uint8_t sl = 0;
+    uint16_t pkey_index = 0;
 };
 
 // A QP: one ibv_qp, RC or UD. UD QPs are taken to RTS at creation; RC QPs
@@ -255,6 +259,7 @@ class verbs_qp final : public queue_pair
 
 // Takes a fresh ibv_qp (RESET) through ud_init/ud_rtr/ud_rts. The errno of the
 // first failing step (logged), 0 on success.
-int bring_up_ud(ibv_qp *qp, uint8_t port, uint32_t qkey, uint32_t psn) noexcept;
+int bring_up_ud(ibv_qp *qp, uint8_t port, uint32_t qkey, uint32_t psn,
+                uint16_t pkey_index = 0) noexcept;
 
 } // namespace mlx4fi::device::verbs
