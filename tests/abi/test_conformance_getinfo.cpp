@@ -544,20 +544,22 @@ TEST(attributes, modes_progress_threading_ordering_echoed)
         EXPECT_EQ(l.head->tx_attr->msg_order & order, order);
         EXPECT_EQ(l.head->rx_attr->msg_order & order, order);
     }
-    // raw/war/waw_ordering: sizes within ours are honoured.
+    // RAW/WAR/WAW ordering is not offered (only FI_ORDER_SAS, fi_mlx4(7)):
+    // asking for it is refused, the sizes say 0 without it, and a size hint
+    // above max_msg_size is refused.
     hints_ptr r;
     r->caps = FI_RMA;
     r->domain_attr->mr_mode = FI_MR_VIRT_ADDR | FI_MR_PROV_KEY;
     r->tx_attr->msg_order = r->rx_attr->msg_order = FI_ORDER_RAW;
     getinfo(l, nullptr, nullptr, 0, r);
-    ASSERT_EQ(l.ret, 0);
-    size_t raw = l.head->ep_attr->max_order_raw_size;
-    EXPECT_GT(raw, 0u);
-    r->ep_attr->max_order_raw_size = raw;
+    EXPECT_EQ(l.ret, -FI_ENODATA);
+    r->tx_attr->msg_order = r->rx_attr->msg_order = FI_ORDER_SAS;
     getinfo(l, nullptr, nullptr, 0, r);
     ASSERT_EQ(l.ret, 0);
-    EXPECT_GE(l.head->ep_attr->max_order_raw_size, raw);
-    r->ep_attr->max_order_raw_size = raw + 1;
+    EXPECT_EQ(l.head->ep_attr->max_order_raw_size, 0u);
+    EXPECT_EQ(l.head->ep_attr->max_order_war_size, 0u);
+    EXPECT_EQ(l.head->ep_attr->max_order_waw_size, 0u);
+    r->ep_attr->max_order_raw_size = l.head->ep_attr->max_msg_size + 1;
     getinfo(l, nullptr, nullptr, 0, r);
     EXPECT_EQ(l.ret, -FI_ENODATA);
 }
