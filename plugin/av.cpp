@@ -1,13 +1,20 @@
-// fi_av: address vectors. Synchronous only (no FI_EVENT); names are the
-// fixed-size wire form fi_getname returns (proto::max_name_bytes each).
+// fi_av: address vectors. Synchronous only (no FI_EVENT); entries are the
+// fixed-size wire form fi_getname returns (proto::max_name_bytes each), or
+// service addresses (fi_getinfo's dest_addr for a node and a service), which
+// the name service turns into names before they go in (docs/addressing.md).
 #include "av.hpp"
 
+#include "addressing.hpp"
 #include "barrier.hpp"
+#include "getinfo_addr.hpp"
+#include "name_service.hpp"
 #include "nosys.hpp"
+#include "provider.hpp"
 
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 namespace mlx4fi::ofi
 {
@@ -17,6 +24,46 @@ namespace
 av_obj *to_av(fid_av *a) noexcept
 {
     return reinterpret_cast<av_obj *>(a);
+}
+
+// A service address's endpoint name, asked of its name service: network
+// I/O, so never under the domain's lock. Failures are logged here.
+bool resolve_service(const av_obj &av, const uint8_t *a, proto::ep_name &out)
+{
+    addr::service_addr s;
+    if (!addr::unpack_service(a, addr::service_bytes, s).is_ok()) return false;
+    const provider_state &st = state();
+    std::string why;
+    if (!ns::resolve(s, service_route(s, st), st.cfg.resolve_timeout_ms, out, &why).is_ok()) {
+        MLX4_WARN(FI_LOG_AV, "fi_av_insert: no mlx4 endpoint answers at %s: %s\n",
+                  addr::to_string(s).c_str(), why.c_str());
+        return false;
+    }
+    if (!name_reachable(out, av.domain->desc, st.attrs)) {
+        MLX4_WARN(FI_LOG_AV,
+                  "fi_av_insert: the endpoint at %s (%s) is not reachable from "
+                  "domain %s (another fabric)\n",
+                  addr::to_string(s).c_str(), addr::to_string(out).c_str(),
+                  av.domain->desc.name.c_str());
+        return false;
+    }
+    return true;
+}
+
+// One entry of an fi_av_insert array as a name; false when it is none.
+bool entry_name(const av_obj &av, const uint8_t *a, proto::ep_name &out)
+{
+    switch (addr::kind_of(a)) {
+    case addr::kind_name:
+        return proto::unpack_name(a, proto::max_name_bytes, out).is_ok();
+    case addr::kind_service:
+        return resolve_service(av, a, out);
+    case addr::kind_source:
+        MLX4_WARN(FI_LOG_AV, "fi_av_insert: a source address (fi_info::src_addr) names local "
+                             "ports, not a peer\n");
+        return false;
+    }
+    return false;
 }
 
 int av_insert(fid_av *f, const void *addr, size_t count, fi_addr_t *fi_addr, uint64_t flags,
@@ -38,23 +85,24 @@ int av_insert(fid_av *f, const void *addr, size_t count, fi_addr_t *fi_addr, uin
             MLX4_WARN(FI_LOG_AV, "fi_av_insert: FI_SYNC_ERR without an error array\n");
             return -FI_EINVAL;
         }
-        const auto *names = static_cast<const uint8_t *>(addr);
+        const auto *entries = static_cast<const uint8_t *>(addr);
+        // Parse (and resolve) first, outside the lock; then insert.
+        std::vector<proto::ep_name> names(count);
+        std::vector<bool> good(count);
+        for (size_t i = 0; i < count; ++i)
+            good[i] = entry_name(av, entries + i * proto::max_name_bytes, names[i]);
         size_t inserted = 0, first_bad = count;
         lock_guard g(av.domain->lock);
         for (size_t i = 0; i < count; ++i) {
-            proto::ep_name n;
             fi_addr_t a = FI_ADDR_NOTAVAIL;
-            int err = -FI_EINVAL;
-            if (proto::unpack_name(names + i * proto::max_name_bytes, proto::max_name_bytes, n)
-                    .is_ok()) {
-                a = av.table.insert(n);
-                err = 0;
+            if (good[i]) {
+                a = av.table.insert(names[i]);
                 ++inserted;
             } else if (first_bad == count) {
                 first_bad = i;
             }
             if (fi_addr) fi_addr[i] = a;
-            if (errs) errs[i] = err;
+            if (errs) errs[i] = good[i] ? 0 : -FI_EINVAL;
         }
         if (inserted < count)
             MLX4_WARN(FI_LOG_AV,
@@ -62,6 +110,27 @@ int av_insert(fid_av *f, const void *addr, size_t count, fi_addr_t *fi_addr, uin
                       "(first at index %zu)\n",
                       count - inserted, count, first_bad);
         return static_cast<int>(inserted);
+    });
+}
+
+// fi_av_insertsvc: node and service as fi_getinfo takes them (a host and
+// the service an endpoint answers at, or an fi_addr_mlx4:// string).
+int av_insertsvc(fid_av *f, const char *node, const char *service, fi_addr_t *fi_addr,
+                 uint64_t flags, void *context) noexcept
+{
+    return call("fi_av_insertsvc", [&] {
+        if (!node && !service) {
+            MLX4_WARN(FI_LOG_AV, "fi_av_insertsvc: no node and no service\n");
+            return -FI_EINVAL;
+        }
+        addr_request req;
+        if (!parse_addr_request(node, service, 0, nullptr, state(), req).is_ok() ||
+            req.dest.empty()) {
+            if (fi_addr) *fi_addr = FI_ADDR_NOTAVAIL;
+            if ((flags & FI_SYNC_ERR) && context) *static_cast<int *>(context) = -FI_EINVAL;
+            return 0; // logged by parse_addr_request
+        }
+        return av_insert(f, req.dest.data(), 1, fi_addr, flags, context);
     });
 }
 
@@ -125,12 +194,12 @@ const char *av_straddr(fid_av *, const void *addr, char *buf, size_t *len) noexc
             MLX4_WARN(FI_LOG_AV, "fi_av_straddr: NULL address, length or buffer\n");
             return -FI_EINVAL;
         }
-        proto::ep_name n;
-        if (!proto::unpack_name(addr, proto::max_name_bytes, n).is_ok()) {
-            MLX4_WARN(FI_LOG_AV, "fi_av_straddr: not an mlx4 name\n");
+        // Reads no more than the kind byte says the address holds.
+        std::string s = ofi::addr::to_string(addr, ofi::addr::max_source_bytes);
+        if (s.empty()) {
+            MLX4_WARN(FI_LOG_AV, "fi_av_straddr: not an mlx4 address\n");
             return -FI_EINVAL;
         }
-        std::string s = proto::name_to_string(n);
         if (*len) {
             size_t copy = std::min(s.size(), *len - 1);
             std::memcpy(buf, s.data(), copy);
@@ -175,7 +244,7 @@ fi_ops av_fi_ops = {
 fi_ops_av av_ops = {
     .size = sizeof(fi_ops_av),
     .insert = av_insert,
-    .insertsvc = nosys,
+    .insertsvc = av_insertsvc,
     .insertsym = nosys,
     .remove = av_remove,
     .lookup = av_lookup,

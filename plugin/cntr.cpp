@@ -21,11 +21,15 @@ cntr_obj *to_cntr(fid_cntr *c) noexcept
     return reinterpret_cast<cntr_obj *>(c);
 }
 
-void progress_all(cntr_obj &c)
+void progress_all(cntr_obj &c) noexcept
 {
-    lock_guard g(c.domain->lock);
-    for (ep_obj *ep : c.eps)
-        ep_progress(*ep);
+    cntr_progress(c);
+}
+
+// Whatever changed a counter from the application's side wakes its waiters.
+void changed(cntr_obj &c) noexcept
+{
+    if (c.wait.object) c.wait.object->notify();
 }
 
 uint64_t cntr_read(fid_cntr *f) noexcept
@@ -35,6 +39,7 @@ uint64_t cntr_read(fid_cntr *f) noexcept
         cntr_obj &c = *to_cntr(f);
         progress_all(c);
         v = c.value.load();
+        if (c.wait.object) c.seen_value.store(v, std::memory_order_relaxed);
         return 0;
     });
     return v;
@@ -47,6 +52,7 @@ uint64_t cntr_readerr(fid_cntr *f) noexcept
         cntr_obj &c = *to_cntr(f);
         progress_all(c);
         v = c.errors.load();
+        if (c.wait.object) c.seen_errors.store(v, std::memory_order_relaxed);
         return 0;
     });
     return v;
@@ -55,7 +61,9 @@ uint64_t cntr_readerr(fid_cntr *f) noexcept
 int cntr_add(fid_cntr *f, uint64_t value) noexcept
 {
     return call("fi_cntr_add", [&] {
-        to_cntr(f)->value.fetch_add(value);
+        cntr_obj &c = *to_cntr(f);
+        c.value.fetch_add(value);
+        changed(c);
         return 0;
     });
 }
@@ -63,7 +71,9 @@ int cntr_add(fid_cntr *f, uint64_t value) noexcept
 int cntr_set(fid_cntr *f, uint64_t value) noexcept
 {
     return call("fi_cntr_set", [&] {
-        to_cntr(f)->value.store(value);
+        cntr_obj &c = *to_cntr(f);
+        c.value.store(value);
+        changed(c);
         return 0;
     });
 }
@@ -71,7 +81,9 @@ int cntr_set(fid_cntr *f, uint64_t value) noexcept
 int cntr_adderr(fid_cntr *f, uint64_t value) noexcept
 {
     return call("fi_cntr_adderr", [&] {
-        to_cntr(f)->errors.fetch_add(value);
+        cntr_obj &c = *to_cntr(f);
+        c.errors.fetch_add(value);
+        changed(c);
         return 0;
     });
 }
@@ -79,13 +91,16 @@ int cntr_adderr(fid_cntr *f, uint64_t value) noexcept
 int cntr_seterr(fid_cntr *f, uint64_t value) noexcept
 {
     return call("fi_cntr_seterr", [&] {
-        to_cntr(f)->errors.store(value);
+        cntr_obj &c = *to_cntr(f);
+        c.errors.store(value);
+        changed(c);
         return 0;
     });
 }
 
 // Progress and poll until the threshold, a change of the error count
-// (-FI_EAVAIL) or the timeout (milliseconds, negative: none; -FI_ETIMEDOUT).
+// (-FI_EAVAIL) or the timeout (milliseconds, negative: none; -FI_ETIMEDOUT):
+// yielding at first, then sleeping on the wait object where there is one.
 int cntr_wait(fid_cntr *f, uint64_t threshold, int timeout) noexcept
 {
     return call("fi_cntr_wait", [&] {
@@ -97,12 +112,29 @@ int cntr_wait(fid_cntr *f, uint64_t threshold, int timeout) noexcept
             progress_all(c);
             if (c.value.load() >= threshold) return 0;
             if (c.errors.load() != errors) return -FI_EAVAIL;
-            if (timeout >= 0 && clock::now() >= deadline) return -FI_ETIMEDOUT;
-            if (spin < 64)
+            auto now = clock::now();
+            auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
+            if (timeout >= 0 && now >= deadline) return -FI_ETIMEDOUT;
+            if (spin < 64) {
                 std::this_thread::yield();
-            else
+            } else if (c.wait.object) {
+                // Not a trywait: the values the application last read do not matter here.
+                c.seen_value.store(c.value.load(), std::memory_order_relaxed);
+                c.seen_errors.store(c.errors.load(), std::memory_order_relaxed);
+                if (cntr_trywait(c) == 0)
+                    (void)c.wait.object->block(timeout < 0 ? -1 : static_cast<int>(left.count()));
+            } else {
                 std::this_thread::sleep_for(std::chrono::microseconds(50));
+            }
         }
+    });
+}
+
+int cntr_control(fid *f, int command, void *arg) noexcept
+{
+    return call("fi_control(cntr)", [&] {
+        return wait_control(to_cntr(reinterpret_cast<fid_cntr *>(f))->wait, command, arg,
+                            "fi_control(cntr)");
     });
 }
 
@@ -119,6 +151,11 @@ int cntr_close(fid *f) noexcept
                 return -FI_EBUSY;
             }
         }
+        if (int n = c->poll_sets.load()) {
+            MLX4_WARN(FI_LOG_CNTR, "fi_close(cntr): still in %d poll set(s)\n", n);
+            return -FI_EBUSY;
+        }
+        if (c->wait.type == FI_WAIT_SET) c->wait.object->detach(&c->waiter);
         delete c;
         dom->open_objects.fetch_sub(1);
         return 0;
@@ -129,7 +166,7 @@ fi_ops cntr_fi_ops = {
     .size = sizeof(fi_ops),
     .close = cntr_close,
     .bind = nosys,
-    .control = nosys, // FI_GETWAIT: the wait is a poll loop, nothing to hand out
+    .control = cntr_control,
     .ops_open = nosys,
     .tostr = nosys,
     .ops_set = nosys,
@@ -158,6 +195,25 @@ void cntr_obj::detach(ep_obj *ep) noexcept
     std::erase(eps, ep);
 }
 
+void cntr_progress(cntr_obj &c) noexcept
+{
+    lock_guard g(c.domain->lock);
+    for (ep_obj *ep : c.eps)
+        ep_progress(*ep);
+}
+
+bool cntr_waiter::ready() noexcept
+{
+    cntr_progress(*cntr);
+    return cntr->value.load() != cntr->seen_value.load(std::memory_order_relaxed) ||
+           cntr->errors.load() != cntr->seen_errors.load(std::memory_order_relaxed);
+}
+
+int cntr_trywait(cntr_obj &c) noexcept
+{
+    return try_block_one(c.wait, c.waiter, "counter");
+}
+
 cntr_obj *as_cntr(fid *f) noexcept
 {
     return f && f->fclass == FI_CLASS_CNTR && f->ops == &cntr_fi_ops
@@ -174,10 +230,12 @@ int cntr_open(fid_domain *d, fi_cntr_attr *attr, fid_cntr **out, void *context) 
         }
         domain_obj *dom = to_domain(d);
         int wait = FI_WAIT_NONE;
+        fid_wait *set = nullptr;
         if (attr) {
             int events;
             std::memcpy(&events, &attr->events, sizeof events);
             std::memcpy(&wait, &attr->wait_obj, sizeof wait);
+            set = attr->wait_set;
             if (events != FI_CNTR_EVENTS_COMP) {
                 MLX4_WARN(FI_LOG_CNTR, "fi_cntr_open: only FI_CNTR_EVENTS_COMP\n");
                 return -FI_ENOSYS;
@@ -186,17 +244,13 @@ int cntr_open(fid_domain *d, fi_cntr_attr *attr, fid_cntr **out, void *context) 
                 MLX4_WARN(FI_LOG_CNTR, "fi_cntr_open: flags must be 0\n");
                 return -FI_EBADFLAGS;
             }
-            if (wait != FI_WAIT_NONE && wait != FI_WAIT_UNSPEC && wait != FI_WAIT_YIELD) {
-                MLX4_WARN(FI_LOG_CNTR,
-                          "fi_cntr_open: wait object %d not supported "
-                          "(FI_WAIT_NONE, FI_WAIT_UNSPEC or FI_WAIT_YIELD)\n",
-                          wait);
-                return -FI_ENOSYS;
-            }
         }
         auto c = std::make_unique<cntr_obj>();
         c->domain = dom;
-        c->wait_obj = wait;
+        if (status st = choose_wait(wait, set, "fi_cntr_open", c->wait); !st.is_ok())
+            return st.code();
+        c->waiter.cntr = c.get();
+        if (c->wait.type == FI_WAIT_SET) c->wait.object->attach(&c->waiter);
         c->fid.fid.fclass = FI_CLASS_CNTR;
         c->fid.fid.context = context;
         c->fid.fid.ops = &cntr_fi_ops;

@@ -174,8 +174,9 @@ ssize_t cq_readerr(fid_cq *c, fi_cq_err_entry *buf, uint64_t flags) noexcept
     });
 }
 
-// Blocking read for CQs with a wait object: progress and poll, yielding and
-// then sleeping briefly between attempts, until an entry, the timeout
+// Blocking read for CQs with a wait object: progress and poll, yielding at
+// first, then sleeping on the wait object (woken by its timer, a completion
+// another thread progressed, or fi_cq_signal) until an entry, the timeout
 // (milliseconds, negative: none) or fi_cq_signal.
 ssize_t cq_sreadfrom(fid_cq *c, void *buf, size_t count, fi_addr_t *src, const void *cond,
                      int timeout) noexcept
@@ -183,7 +184,7 @@ ssize_t cq_sreadfrom(fid_cq *c, void *buf, size_t count, fi_addr_t *src, const v
     return call("fi_cq_sread", [&] {
         cq_obj &cq = *to_cq(c);
         (void)cond; // threshold conditions: one entry is always enough
-        if (cq.wait_obj == FI_WAIT_NONE) {
+        if (cq.wait.type == FI_WAIT_NONE) {
             MLX4_WARN(FI_LOG_CQ, "fi_cq_sread: the CQ was opened with FI_WAIT_NONE\n");
             return -FI_ENOSYS;
         }
@@ -197,11 +198,13 @@ ssize_t cq_sreadfrom(fid_cq *c, void *buf, size_t count, fi_addr_t *src, const v
             ssize_t r = read_locked(cq, buf, count, src);
             if (r != -FI_EAGAIN) return static_cast<int>(r);
             if (cq.signaled.exchange(false)) return -FI_EAGAIN;
-            if (timeout >= 0 && clock::now() >= deadline) return -FI_EAGAIN;
-            if (spin < 64)
+            auto now = clock::now();
+            auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
+            if (timeout >= 0 && now >= deadline) return -FI_EAGAIN;
+            if (spin < 64 || !cq.wait.object)
                 std::this_thread::yield();
-            else
-                std::this_thread::sleep_for(std::chrono::microseconds(50));
+            else if (cq_trywait(cq) == 0)
+                (void)cq.wait.object->block(timeout < 0 ? -1 : static_cast<int>(left.count()));
         }
     });
 }
@@ -215,8 +218,9 @@ int cq_signal(fid_cq *c) noexcept
 {
     return call("fi_cq_signal", [&] {
         cq_obj &cq = *to_cq(c);
-        if (cq.wait_obj == FI_WAIT_NONE) return -FI_ENOSYS;
+        if (cq.wait.type == FI_WAIT_NONE) return -FI_ENOSYS;
         cq.signaled.store(true);
+        if (cq.wait.object) cq.wait.object->signal();
         return 0;
     });
 }
@@ -248,9 +252,22 @@ int cq_close(fid *f) noexcept
                 return -FI_EBUSY;
             }
         }
+        if (int n = cq->poll_sets.load()) {
+            MLX4_WARN(FI_LOG_CQ, "fi_close(cq): still in %d poll set(s)\n", n);
+            return -FI_EBUSY;
+        }
+        if (cq->wait.type == FI_WAIT_SET) cq->wait.object->detach(&cq->waiter);
         delete cq;
         dom->open_objects.fetch_sub(1);
         return 0;
+    });
+}
+
+int cq_control(fid *f, int command, void *arg) noexcept
+{
+    return call("fi_control(cq)", [&] {
+        return wait_control(to_cq(reinterpret_cast<fid_cq *>(f))->wait, command, arg,
+                            "fi_control(cq)");
     });
 }
 
@@ -258,7 +275,7 @@ fi_ops cq_fi_ops = {
     .size = sizeof(fi_ops),
     .close = cq_close,
     .bind = nosys,
-    .control = nosys, // FI_GETWAIT: the wait is a poll loop, nothing to hand out
+    .control = cq_control,
     .ops_open = nosys,
     .tostr = nosys,
     .ops_set = nosys,
@@ -292,6 +309,8 @@ void cq_obj::push(const proto::event &ev) noexcept
     if (overflow.empty() && count < ring.size()) {
         at(*this, count) = ev;
         ++count;
+        // A thread blocked on this CQ's wait object hears of it now.
+        if (wait.object) wait.object->notify();
         return;
     }
     try {
@@ -300,6 +319,7 @@ void cq_obj::push(const proto::event &ev) noexcept
         MLX4_WARN(FI_LOG_CQ, "CQ overflow: out of memory, a completion is lost\n");
         return;
     }
+    if (wait.object) wait.object->notify();
     if (!overflow_logged) {
         overflow_logged = true;
         MLX4_WARN(FI_LOG_CQ,
@@ -317,6 +337,35 @@ void cq_obj::attach(ep_obj *ep)
 void cq_obj::detach(ep_obj *ep) noexcept
 {
     std::erase(eps, ep);
+}
+
+bool cq_waiter::ready() noexcept
+{
+    return cq_ready(*cq);
+}
+
+void cq_progress(cq_obj &cq) noexcept
+{
+    lock_guard g(cq.domain->lock);
+    progress_all(cq);
+}
+
+bool cq_has_entries(cq_obj &cq) noexcept
+{
+    lock_guard g(cq.domain->lock);
+    return cq.count || !cq.overflow.empty();
+}
+
+bool cq_ready(cq_obj &cq) noexcept
+{
+    lock_guard g(cq.domain->lock);
+    progress_all(cq);
+    return cq.count || !cq.overflow.empty();
+}
+
+int cq_trywait(cq_obj &cq) noexcept
+{
+    return try_block_one(cq.wait, cq.waiter, "CQ");
 }
 
 cq_obj *as_cq(fid *f) noexcept
@@ -366,26 +415,17 @@ int cq_open(fid_domain *d, fi_cq_attr *attr, fid_cq **out, void *context) noexce
             return -FI_EINVAL;
         }
         cq->format = format;
-        int wait = raw(attr->wait_obj);
-        switch (wait) {
-        case FI_WAIT_NONE:
-        case FI_WAIT_UNSPEC:
-        case FI_WAIT_YIELD:
-            cq->wait_obj = wait;
-            break;
-        default:
-            MLX4_WARN(FI_LOG_CQ,
-                      "fi_cq_open: wait object %d not supported (FI_WAIT_NONE, "
-                      "FI_WAIT_UNSPEC or FI_WAIT_YIELD)\n",
-                      wait);
-            return -FI_ENOSYS;
-        }
+        if (status st = choose_wait(raw(attr->wait_obj), attr->wait_set, "fi_cq_open", cq->wait);
+            !st.is_ok())
+            return st.code();
         size_t size = attr->size ? attr->size : default_cq_size;
         if (size > max_cq_size) {
             MLX4_WARN(FI_LOG_CQ, "fi_cq_open: size %zu above %zu\n", attr->size, max_cq_size);
             return -FI_EINVAL;
         }
         cq->ring.resize(size);
+        cq->waiter.cq = cq.get();
+        if (cq->wait.type == FI_WAIT_SET) cq->wait.object->attach(&cq->waiter);
         cq->fid.fid.fclass = FI_CLASS_CQ;
         cq->fid.fid.context = context;
         cq->fid.fid.ops = &cq_fi_ops;

@@ -10,6 +10,7 @@
 #include "mr.hpp"
 #include "nosys.hpp"
 #include "objects.hpp"
+#include "poll.hpp"
 #include "provider.hpp"
 
 #include "mlx4fi/rail/policy.hpp"
@@ -161,7 +162,7 @@ int endpoint2(fid_domain *d, fi_info *info, fid_ep **ep, uint64_t flags, void *c
     });
 }
 
-// No scalable endpoints, shared contexts, poll sets or atomics.
+// No scalable endpoints, shared contexts or atomics.
 fi_ops_domain domain_ops = {
     .size = sizeof(fi_ops_domain),
     .av_open = av_open,
@@ -169,7 +170,7 @@ fi_ops_domain domain_ops = {
     .endpoint = ep_open,
     .scalable_ep = nosys,
     .cntr_open = cntr_open,
-    .poll_open = nosys,
+    .poll_open = poll_open,
     .stx_ctx = nosys,
     .srx_ctx = nosys,
     .query_atomic = nosys,

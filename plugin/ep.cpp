@@ -5,6 +5,7 @@
 
 #include "barrier.hpp"
 #include "getinfo.hpp"
+#include "getinfo_addr.hpp"
 #include "nosys.hpp"
 #include "provider.hpp"
 #include "rail_stats.hpp"
@@ -144,13 +145,13 @@ void ep_sink::report(const proto::event &ev) noexcept
         cntr = ep->cntrs[cntr_recv];
         break;
     case proto::event_kind::remote_write:
-        // Remote CQ data always produces an entry at the target.
+        // Remote CQ data always produces an entry at the target (and counts
+        // nowhere: remote counters need FI_RMA_EVENT).
         cq = ep->rx_cq;
-        cntr = ep->cntrs[cntr_rwrite];
         wanted = true;
         break;
     }
-    if (cntr) (ev.err ? cntr->errors : cntr->value).fetch_add(1, std::memory_order_relaxed);
+    if (cntr) cntr_count(*cntr, ev.err != 0);
     if (!wanted) return;
     if (!cq) {
         MLX4_WARN(FI_LOG_EP_DATA, "completion with no CQ bound for it dropped (err %d)\n", ev.err);
@@ -161,6 +162,27 @@ void ep_sink::report(const proto::event &ev) noexcept
 
 namespace
 {
+
+// An endpoint opened with a service answers name queries there. A port
+// another endpoint holds (a second process with the same FI_SOURCE service,
+// as a conformance-suite client that exchanges addresses out of band has) is
+// no reason to fail the endpoint: it still works by its name.
+void start_name_service(ep_obj &ep) noexcept
+{
+    if (!ep.source.port || ep.name_service) return;
+    auto l = ns::listener::start(ep.source, ep.engine->name());
+    if (!l.ok()) {
+        MLX4_WARN(FI_LOG_EP_CTRL,
+                  "fi_enable: cannot answer name queries at %s:%u (%s); the endpoint is "
+                  "reachable by its name (fi_getname) only\n",
+                  addr::to_string(ep.source.host).c_str(), unsigned(ep.source.port),
+                  fi_strerror(-l.error().code()));
+        return;
+    }
+    ep.name_service = std::move(l).value();
+    MLX4_INFO(FI_LOG_EP_CTRL, "answering name queries at %s:%u\n",
+              addr::to_string(ep.source.host).c_str(), unsigned(ep.source.port));
+}
 
 int ep_enable(ep_obj &ep)
 {
@@ -181,6 +203,7 @@ int ep_enable(ep_obj &ep)
     }
     ep.engine->bind_av(&ep.av->table);
     ep.enabled = true;
+    start_name_service(ep);
     return 0;
 }
 
@@ -214,15 +237,22 @@ int bind_cq(ep_obj &ep, cq_obj *cq, uint64_t flags)
 
 int bind_cntr(ep_obj &ep, cntr_obj *cntr, uint64_t flags)
 {
-    constexpr uint64_t slot_flag[cntr_slots] = {FI_SEND,  FI_RECV,        FI_READ,
-                                                FI_WRITE, FI_REMOTE_READ, FI_REMOTE_WRITE};
+    constexpr uint64_t slot_flag[cntr_slots] = {FI_SEND, FI_RECV, FI_READ, FI_WRITE};
     uint64_t all = 0;
     for (uint64_t f : slot_flag)
         all |= f;
+    if (flags & (FI_REMOTE_READ | FI_REMOTE_WRITE)) {
+        // fi_endpoint(3): these need an endpoint with FI_RMA_EVENT. RDMA READs
+        // and WRITEs never reach the target's CPU; only fi_writedata's header
+        // does (fi_mlx4(7), FI_RMA_EVENT).
+        MLX4_WARN(FI_LOG_EP_CTRL, "fi_ep_bind(cntr): FI_REMOTE_READ/FI_REMOTE_WRITE counters "
+                                  "need FI_RMA_EVENT, which mlx4 does not offer\n");
+        return -FI_EINVAL;
+    }
     if (!flags || (flags & ~all)) {
         MLX4_WARN(FI_LOG_EP_CTRL,
-                  "fi_ep_bind(cntr): flags 0x%llx (need FI_SEND, FI_RECV, "
-                  "FI_READ, FI_WRITE, FI_REMOTE_READ or FI_REMOTE_WRITE)\n",
+                  "fi_ep_bind(cntr): flags 0x%llx (need FI_SEND, FI_RECV, FI_READ or "
+                  "FI_WRITE)\n",
                   static_cast<unsigned long long>(flags));
         return flags ? -FI_EBADFLAGS : -FI_EINVAL;
     }
@@ -369,6 +399,7 @@ int ep_close(fid *f) noexcept
                 print_rail_stats(*dom);
             }
         }
+        ep->name_service.reset(); // joins its thread: outside the lock
         delete ep;
         dom->open_objects.fetch_sub(1);
         return 0;
@@ -551,6 +582,8 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
         }
         auto ep = std::make_unique<ep_obj>();
         ep->domain = dom;
+        if (status s = endpoint_source(*info, dom->desc, state().attrs, ep->source); !s.is_ok())
+            return s.code();
         ep->caps = effective_caps(info->caps);
         if (info->tx_attr) ep->tx_op_flags = info->tx_attr->op_flags;
         if (info->rx_attr) ep->rx_op_flags = info->rx_attr->op_flags;

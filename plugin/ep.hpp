@@ -3,10 +3,12 @@
 // rma.cpp) share before they hand an operation to the engine.
 #pragma once
 
+#include "addressing.hpp"
 #include "av.hpp"
 #include "cntr.hpp"
 #include "cq.hpp"
 #include "domain.hpp"
+#include "name_service.hpp"
 
 #include "mlx4fi/proto/engine.hpp"
 
@@ -26,14 +28,13 @@ struct ep_sink final : proto::event_sink {
     void report(const proto::event &ev) noexcept override;
 };
 
-// Counter bindings, one per fi_ep_bind flag.
+// Counter bindings, one per fi_ep_bind flag. FI_REMOTE_READ/FI_REMOTE_WRITE
+// counters need FI_RMA_EVENT, which the provider does not offer (fi_mlx4(7)).
 enum cntr_slot : uint8_t {
     cntr_send,
     cntr_recv,
     cntr_read,
     cntr_write,
-    cntr_rread,
-    cntr_rwrite,
     cntr_slots
 };
 
@@ -57,6 +58,11 @@ struct ep_obj {
 
     ep_sink sink;
     std::unique_ptr<proto::engine> engine; // owned; created at fi_endpoint
+
+    // The info's src_addr (getinfo_addr.hpp); with a port, the endpoint's
+    // name service answers there from fi_enable to fi_close.
+    addr::source_addr source;
+    std::unique_ptr<ns::listener> name_service; // owned
 };
 
 inline ep_obj *to_ep(fid_ep *e) noexcept

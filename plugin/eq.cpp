@@ -1,9 +1,12 @@
 // fi_eq: the fabric's event queue. The RDM endpoint reports nothing through
 // it (connections are internal), but applications open and read one as part
-// of their set-up (fi_pingpong does), and fi_eq_write must round-trip.
+// of their set-up (fi_pingpong does), and fi_eq_write must round-trip. With
+// FI_WAIT_FD/FI_WAIT_UNSPEC (or a wait set) its descriptor turns readable
+// on every fi_eq_write: its events need no progress (wait.hpp).
 #include "barrier.hpp"
 #include "nosys.hpp"
 #include "objects.hpp"
+#include "wait.hpp"
 
 #include <rdma/fi_eq.h>
 
@@ -27,13 +30,30 @@ struct eq_entry {
     std::vector<uint8_t> data; // the event's payload, or an fi_eq_err_entry
 };
 
+struct eq_obj;
+
+// The EQ as fi_trywait and wait sets ask it: ready while it holds an event.
+struct eq_waiter final : waiter {
+    eq_obj *eq = nullptr; // the owner
+    bool ready() noexcept override;
+    bool needs_progress() const noexcept override { return false; }
+};
+
 struct eq_obj {
     fid_eq fid; // first: the C handle
     std::mutex lock;
     std::condition_variable ready;
     std::deque<eq_entry> entries; // guarded by lock
     size_t limit = 1024;
+    wait_choice wait; // attr->wait_obj
+    eq_waiter waiter;
 };
+
+bool eq_waiter::ready() noexcept
+{
+    std::lock_guard g(eq->lock);
+    return !eq->entries.empty();
+}
 
 eq_obj *to_eq(fid_eq *e) noexcept
 {
@@ -109,6 +129,7 @@ ssize_t eq_write(fid_eq *e, uint32_t event, const void *buf, size_t len, uint64_
             q->entries.push_back(std::move(ent));
         }
         q->ready.notify_all();
+        if (q->wait.object) q->wait.object->signal();
         return static_cast<int>(len);
     });
 }
@@ -125,15 +146,15 @@ const char *eq_strerror(fid_eq *, int prov_errno, const void *, char *buf, size_
 
 int eq_close(fid *f) noexcept
 {
-    delete to_eq(reinterpret_cast<fid_eq *>(f));
+    eq_obj *q = to_eq(reinterpret_cast<fid_eq *>(f));
+    if (q->wait.type == FI_WAIT_SET) q->wait.object->detach(&q->waiter);
+    delete q;
     return 0;
 }
 
-int eq_control(fid *, int command, void *) noexcept
+int eq_control(fid *f, int command, void *arg) noexcept
 {
-    // No wait object to hand out: FI_GETWAIT is not supported.
-    MLX4_INFO(FI_LOG_EQ, "fi_control(eq, %d) not supported\n", command);
-    return -FI_ENOSYS;
+    return wait_control(to_eq(reinterpret_cast<fid_eq *>(f))->wait, command, arg, "fi_control(eq)");
 }
 
 fi_ops eq_fi_ops = {
@@ -157,6 +178,16 @@ fi_ops_eq eq_ops = {
 
 } // namespace
 
+int eq_trywait(fid *f) noexcept
+{
+    if (f->ops != &eq_fi_ops) {
+        MLX4_WARN(FI_LOG_EQ, "fi_trywait: not an EQ of this provider\n");
+        return -FI_EINVAL;
+    }
+    eq_obj *q = reinterpret_cast<eq_obj *>(f);
+    return try_block_one(q->wait, q->waiter, "EQ");
+}
+
 int eq_open(fid_fabric *, fi_eq_attr *attr, fid_eq **eq, void *context) noexcept
 {
     return call("fi_eq_open", [&] {
@@ -164,11 +195,13 @@ int eq_open(fid_fabric *, fi_eq_attr *attr, fid_eq **eq, void *context) noexcept
             MLX4_WARN(FI_LOG_EQ, "fi_eq_open: NULL attributes or result pointer\n");
             return -FI_EINVAL;
         }
-        if (attr->wait_obj != FI_WAIT_NONE && attr->wait_obj != FI_WAIT_UNSPEC) {
-            MLX4_WARN(FI_LOG_EQ, "fi_eq_open: wait object %d not supported\n", attr->wait_obj);
-            return -FI_ENOSYS;
-        }
         auto q = std::make_unique<eq_obj>();
+        int wait;
+        std::memcpy(&wait, &attr->wait_obj, sizeof wait); // any int a C caller stored
+        if (status st = choose_wait(wait, attr->wait_set, "fi_eq_open", q->wait); !st.is_ok())
+            return st.code();
+        q->waiter.eq = q.get();
+        if (q->wait.type == FI_WAIT_SET) q->wait.object->attach(&q->waiter);
         if (attr->size) q->limit = attr->size;
         q->fid.fid.fclass = FI_CLASS_EQ;
         q->fid.fid.context = context;

@@ -5,6 +5,7 @@
 #include "nosys.hpp"
 #include "objects.hpp"
 #include "provider.hpp"
+#include "wait.hpp"
 
 #include <rdma/fi_domain.h>
 
@@ -56,8 +57,8 @@ fi_ops_fabric fabric_ops = {
     .domain = domain_open,
     .passive_ep = nosys,
     .eq_open = eq_open,
-    .wait_open = nosys,
-    .trywait = nosys,
+    .wait_open = wait_set_open,
+    .trywait = trywait,
     .domain2 = domain2,
 };
 

@@ -2,6 +2,7 @@
 #include "getinfo.hpp"
 
 #include "barrier.hpp"
+#include "getinfo_addr.hpp"
 #include "nic.hpp"
 #include "offers.hpp"
 #include "provider.hpp"
@@ -69,6 +70,46 @@ uint64_t caller_mr_bits(const fi_info *hints, uint32_t api_version, bool &unspec
     return static_cast<uint64_t>(mode);
 }
 
+// The primary modifiers a capability set implies when it names none
+// (fi_getinfo(3): "all relevant modifiers are assumed").
+uint64_t with_directions(uint64_t caps) noexcept
+{
+    if ((caps & (FI_MSG | FI_TAGGED)) && !(caps & (FI_SEND | FI_RECV))) caps |= FI_SEND | FI_RECV;
+    if ((caps & FI_RMA) && !(caps & (FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE)))
+        caps |= FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE;
+    return caps;
+}
+
+// The mr_mode an offer answers with: FI_MR_BASIC where the caller speaks the
+// old enum (API < 1.5, or FI_MR_BASIC asked for by name: libfabric's utility
+// providers, shm and tcp echo it too), else the bits RMA needs, or none.
+int answer_mr_mode(const fi_info *hints, uint32_t api_version, bool rma) noexcept
+{
+    bool basic = hints && hints->domain_attr && hints->domain_attr->mr_mode == FI_MR_BASIC;
+    if (rma) {
+        if (basic || FI_VERSION_LT(api_version, FI_VERSION(1, 5))) return FI_MR_BASIC;
+        return static_cast<int>(rma_mr_mode);
+    }
+    return basic ? FI_MR_BASIC : 0;
+}
+
+// An attribute level's capability hint checked against what the level can
+// carry and what the endpoint has; the level's answer in *out. Domain-level
+// bits (FI_LOCAL_COMM, FI_REMOTE_COMM) are not for this level: ignored.
+status fit_level_caps(uint64_t asked, uint64_t level, uint64_t endpoint, const char *what,
+                      std::string *why, uint64_t &out)
+{
+    asked &= ~domain_caps;
+    if (!asked) return status::ok();
+    if (asked & ~level)
+        return refuse(why, std::string(what) + " capabilities this level cannot carry");
+    uint64_t want = with_directions(asked) & level;
+    if (want & ~endpoint)
+        return refuse(why, std::string(what) + " capabilities the endpoint (fi_info::caps) lacks");
+    out = want;
+    return status::ok();
+}
+
 } // namespace
 
 fi_info *make_info(const rail::fabric_desc &fabric, const rail::domain_desc &domain)
@@ -80,8 +121,7 @@ fi_info *make_info(const rail::fabric_desc &fabric, const rail::domain_desc &dom
     i.mode = 0;
     i.addr_format = FI_FORMAT_UNSPEC;
 
-    i.tx_attr->caps = all_caps & ~(FI_RECV | FI_REMOTE_READ | FI_REMOTE_WRITE | FI_DIRECTED_RECV |
-                                   FI_MULTI_RECV | FI_SOURCE);
+    i.tx_attr->caps = tx_caps;
     i.tx_attr->mode = 0;
     i.tx_attr->op_flags = 0;
     i.tx_attr->msg_order = msg_order;
@@ -91,7 +131,7 @@ fi_info *make_info(const rail::fabric_desc &fabric, const rail::domain_desc &dom
     i.tx_attr->iov_limit = iov_limit;
     i.tx_attr->rma_iov_limit = rma_iov_limit;
 
-    i.rx_attr->caps = all_caps & ~(FI_SEND | FI_READ | FI_WRITE);
+    i.rx_attr->caps = rx_caps;
     i.rx_attr->mode = 0;
     i.rx_attr->op_flags = 0;
     i.rx_attr->msg_order = msg_order;
@@ -164,7 +204,7 @@ status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std
     bool rma_ok = mr_unspec || (mr_bits & rma_mr_mode) == rma_mr_mode;
 
     if (!hints) {
-        offer.domain_attr->mr_mode = static_cast<int>(rma_mr_mode);
+        offer.domain_attr->mr_mode = answer_mr_mode(nullptr, api_version, true);
         return status::ok();
     }
 
@@ -180,13 +220,7 @@ status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std
     } else if (!rma_ok) {
         caps &= ~rma_caps; // not asked for, and the caller cannot handle our keys
     }
-    if (caps & (FI_MSG | FI_TAGGED | FI_RMA)) {
-        // Direction bits absent means both directions.
-        if (!(caps & (FI_SEND | FI_RECV)) && (caps & (FI_MSG | FI_TAGGED)))
-            caps |= FI_SEND | FI_RECV;
-        if (!(caps & (FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE)) && (caps & FI_RMA))
-            caps |= FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE;
-    }
+    caps = with_directions(caps); // direction bits absent means both directions
     offer.caps = caps;
     offer.tx_attr->caps &= caps;
     offer.rx_attr->caps &= caps;
@@ -198,6 +232,10 @@ status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std
         if (e->max_msg_size > max_msg_size) return refuse(why, "max_msg_size above 2 GiB");
         if (e->tx_ctx_cnt > 1 || e->rx_ctx_cnt > 1)
             return refuse(why, "scalable endpoints or shared contexts");
+        if (e->max_order_raw_size > max_msg_size || e->max_order_war_size > max_msg_size ||
+            e->max_order_waw_size > max_msg_size)
+            return refuse(why, "RMA ordering sizes above max_msg_size");
+        if (e->auth_key_size) return refuse(why, "authorization keys");
         if (e->mem_tag_format) offer.ep_attr->mem_tag_format = e->mem_tag_format;
     }
 
@@ -225,14 +263,16 @@ status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std
         }
         if (d->cq_data_size > cq_data_size) return refuse(why, "cq_data_size above 4 bytes");
         if (d->mr_key_size > sizeof(uint64_t)) return refuse(why, "mr_key_size above 8 bytes");
-        if (d->caps & ~(FI_LOCAL_COMM | FI_REMOTE_COMM)) return refuse(why, "domain capabilities");
+        if (d->caps & ~domain_caps) return refuse(why, "domain capabilities");
+        const fi_domain_attr &o = *offer.domain_attr;
+        if (d->cq_cnt > o.cq_cnt || d->ep_cnt > o.ep_cnt || d->tx_ctx_cnt > o.tx_ctx_cnt ||
+            d->rx_ctx_cnt > o.rx_ctx_cnt || d->max_ep_tx_ctx > o.max_ep_tx_ctx ||
+            d->max_ep_rx_ctx > o.max_ep_rx_ctx || d->max_ep_stx_ctx > o.max_ep_stx_ctx ||
+            d->max_ep_srx_ctx > o.max_ep_srx_ctx || d->cntr_cnt > o.cntr_cnt ||
+            d->mr_iov_limit > o.mr_iov_limit || d->mr_cnt > o.mr_cnt || d->auth_key_size)
+            return refuse(why, "domain object counts or limits");
     }
-    if (caps & rma_caps) {
-        offer.domain_attr->mr_mode = static_cast<int>(rma_mr_mode);
-        if (FI_VERSION_LT(api_version, FI_VERSION(1, 5))) offer.domain_attr->mr_mode = FI_MR_BASIC;
-    } else {
-        offer.domain_attr->mr_mode = 0;
-    }
+    offer.domain_attr->mr_mode = answer_mr_mode(hints, api_version, caps & rma_caps);
 
     if (const fi_tx_attr *t = hints->tx_attr) {
         if (t->inject_size > inject_size || t->size > queue_size || t->iov_limit > iov_limit ||
@@ -240,8 +280,10 @@ status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std
             return refuse(why, "transmit queue sizes or limits");
         if (t->msg_order & ~msg_order) return refuse(why, "message ordering");
         if (t->comp_order & ~FI_ORDER_NONE) return refuse(why, "completion ordering");
-        if (t->caps & ~all_caps) return refuse(why, "transmit capabilities");
-        if (t->caps) offer.tx_attr->caps &= t->caps | secondary_caps;
+        if (status st =
+                fit_level_caps(t->caps, tx_caps, caps, "transmit", why, offer.tx_attr->caps);
+            !st.is_ok())
+            return st;
         offer.tx_attr->op_flags = t->op_flags;
         offer.tx_attr->msg_order = t->msg_order ? t->msg_order : msg_order;
     }
@@ -250,8 +292,9 @@ status fit_hints(fi_info &offer, const fi_info *hints, uint32_t api_version, std
             return refuse(why, "receive queue sizes or limits");
         if (r->msg_order & ~msg_order) return refuse(why, "message ordering");
         if (r->comp_order & ~FI_ORDER_NONE) return refuse(why, "completion ordering");
-        if (r->caps & ~all_caps) return refuse(why, "receive capabilities");
-        if (r->caps) offer.rx_attr->caps &= r->caps | secondary_caps;
+        if (status st = fit_level_caps(r->caps, rx_caps, caps, "receive", why, offer.rx_attr->caps);
+            !st.is_ok())
+            return st;
         offer.rx_attr->op_flags = r->op_flags;
         offer.rx_attr->msg_order = r->msg_order ? r->msg_order : msg_order;
     }
@@ -297,20 +340,29 @@ int getinfo(uint32_t version, const char *node, const char *service, uint64_t fl
         if (hints && hints->ep_attr && raw(hints->ep_attr->type) != FI_EP_UNSPEC &&
             raw(hints->ep_attr->type) != FI_EP_RDM)
             return -FI_ENODATA;
-        (void)node; // addresses are exchanged out of band (fi_getname / fi_av_insert)
-        (void)service;
-        (void)flags;
         const provider_state &st = state();
         if (st.fabrics.empty()) {
             MLX4_DBG(FI_LOG_CORE, "no usable device\n");
             return -FI_ENODATA;
         }
+        // node, service, FI_SOURCE and the hints' addresses (getinfo_addr.cpp).
+        addr_request req;
+        if (status s = parse_addr_request(node, service, flags, hints, st, req); !s.is_ok())
+            return s.code();
         fi_info *list = nullptr;
         if (int rc = build_infos(offered_fabrics(st, hints), version, hints, &list).code())
             return rc;
-        if (int rc = attach_nics(list, st).code()) {
+        status s;
+        try {
+            s = attach_nics(list, st);
+            if (s.is_ok()) s = apply_addr_request(list, req, st);
+        } catch (...) {
             fi_freeinfo(list);
-            return rc;
+            throw;
+        }
+        if (!s.is_ok()) {
+            fi_freeinfo(list);
+            return s.code();
         }
         *info = list;
         return 0;

@@ -20,6 +20,13 @@ inline constexpr uint64_t primary_caps = FI_MSG | FI_TAGGED | FI_RMA | FI_READ |
 inline constexpr uint64_t secondary_caps = FI_SOURCE | FI_LOCAL_COMM | FI_REMOTE_COMM;
 inline constexpr uint64_t all_caps = primary_caps | secondary_caps;
 inline constexpr uint64_t rma_caps = FI_RMA | FI_READ | FI_WRITE | FI_REMOTE_READ | FI_REMOTE_WRITE;
+// What each attribute level carries (fi_getinfo(3), fi_endpoint(3)): the
+// domain-level bits stay on fi_info and domain_attr, never on tx/rx_attr.
+inline constexpr uint64_t domain_caps = FI_LOCAL_COMM | FI_REMOTE_COMM;
+inline constexpr uint64_t tx_caps = FI_MSG | FI_TAGGED | FI_RMA | FI_SEND | FI_READ | FI_WRITE;
+inline constexpr uint64_t rx_caps = FI_MSG | FI_TAGGED | FI_RMA | FI_RECV | FI_REMOTE_READ |
+                                    FI_REMOTE_WRITE | FI_DIRECTED_RECV | FI_MULTI_RECV | FI_SOURCE;
+static_assert(((tx_caps | rx_caps | domain_caps) & ~all_caps) == 0);
 // The memory-registration modes RMA needs: remote keys chosen by the provider
 // (they carry per-rail hardware keys) and virtual addresses as targets.
 inline constexpr uint64_t rma_mr_mode = FI_MR_VIRT_ADDR | FI_MR_PROV_KEY;

@@ -106,9 +106,10 @@ status engine_impl::setup_failed(const device::device &dev, const char *what, st
     if (getrlimit(RLIMIT_MEMLOCK, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY)
         MLX4_WARN(FI_LOG_EP_CTRL,
                   "%s: cannot create %s: out of memory; this endpoint pins about %zu KiB per "
-                  "rail (%u rails) and RLIMIT_MEMLOCK is %llu KiB (ulimit -l): raise the limit "
+                  "rail (%u rail%s) and RLIMIT_MEMLOCK is %llu KiB (ulimit -l): raise the limit "
                   "or lower FI_MLX4_RX_QUEUE_SIZE, FI_MLX4_TX_BUFFERS or FI_MLX4_EAGER_LIMIT\n",
                   dev.attr().name.c_str(), what, need >> 10, unsigned(name_.rail_count),
+                  name_.rail_count == 1 ? "" : "s",
                   static_cast<unsigned long long>(lim.rlim_cur >> 10));
     else
         MLX4_WARN(FI_LOG_EP_CTRL, "%s: cannot create %s: out of memory (about %zu KiB per rail)\n",

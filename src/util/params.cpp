@@ -114,6 +114,13 @@ constexpr param_def table[] = {
     {"SIM_RATE_SCALE", param_type::string,
      "Software HCA: link-rate shaping; each port carries its data rate x this scale (e.g. "
      "0.05), so striping is measurable on one machine; 0 or unset: unshaped (default: 0)"},
+    {"RESOLVE_TIMEOUT_MS", param_type::integer,
+     "fi_av_insert of a node:service address (fi_getinfo's dest_addr, fi_av_insertsvc): how "
+     "long to keep asking while no endpoint answers there yet, ms (default: 10000)"},
+    {"WAIT_POLL_US", param_type::integer,
+     "Longest a thread blocked on a wait object (FI_WAIT_FD/FI_WAIT_UNSPEC CQs and counters, "
+     "wait sets, fi_cq_sread) sleeps before it progresses the endpoints again, us; the "
+     "sleep starts short and doubles while nothing arrives (default: 1000)"},
     {"SIM_FAULT", param_type::string,
      "Software HCA: faults to inject, ';'-separated DEV:PORT:BYTES[:UP_MS]: the port goes "
      "down after carrying BYTES (K/M/G suffixes) and comes back after UP_MS ms if given "
@@ -408,6 +415,8 @@ config load_config(const fi_provider *prov) noexcept
         load_int("RX_QUEUE_SIZE", 16, 65536, cfg.rx_queue_size, cfg);
         load_int("TX_QUEUE_SIZE", 16, 16384, cfg.tx_queue_size, cfg);
         load_int("TX_BUFFERS", 64, 1024, cfg.tx_buffers, cfg);
+        load_int("RESOLVE_TIMEOUT_MS", 0, 3600000, cfg.resolve_timeout_ms, cfg);
+        load_int("WAIT_POLL_US", 1, 1000000, cfg.wait_poll_us, cfg);
     } catch (...) {
         cfg.refused = "out of memory reading the parameters";
     }

@@ -74,6 +74,8 @@ struct config {
     size_t stripe_min_chunk = 64 * 1024;    // FI_MLX4_STRIPE_MIN_CHUNK: bytes
     double stripe_min_ratio = 0.25;         // FI_MLX4_STRIPE_MIN_RATIO: in (0, 1]
     bool rail_info = false;                 // FI_MLX4_RAIL_INFO: describe domains on stderr
+    uint32_t resolve_timeout_ms = 10000;    // FI_MLX4_RESOLVE_TIMEOUT_MS: node:service lookups
+    uint32_t wait_poll_us = 1000;           // FI_MLX4_WAIT_POLL_US: blocked waiters' longest sleep
     // RC transport timing (IBTA codes) and wire-up, see engine_config.
     uint8_t rc_timeout = 18;              // FI_MLX4_RC_TIMEOUT: ACK timeout 4.096 us << n
     uint8_t rc_retry_count = 6;           // FI_MLX4_RC_RETRY_COUNT
