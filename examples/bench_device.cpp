@@ -52,7 +52,6 @@
 
 #include <poll.h>
 #include <sched.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -108,6 +107,7 @@ struct options {
 
 bool is_parent = true;
 pid_t child_pid = 0;
+pid_t parent_pid = 0; // the child watches it
 int sock = -1;
 
 void stop_child() noexcept
@@ -147,7 +147,7 @@ template <class T> T take(result<T> r, const char *what)
 void check_peer()
 {
     if (!is_parent) {
-        if (getppid() == 1) die("the parent process went away");
+        if (getppid() != parent_pid) die("the parent process went away");
         return;
     }
     int st = 0;
@@ -637,6 +637,7 @@ int main(int argc, char **argv)
     }
     std::fflush(nullptr);
     // Before any device is opened: each process has its own device context.
+    parent_pid = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         std::perror("bench_device: fork");

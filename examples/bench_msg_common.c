@@ -50,6 +50,7 @@ enum role role = SERVER;
 pid_t kids[2];
 int kid_sock[2] = {-1, -1};
 int up_sock = -1;
+static pid_t server_pid; /* client, crowd: the process they watch */
 
 static void stop_kids(void)
 {
@@ -87,7 +88,7 @@ void check_peers(void)
     int st;
 
     if (role != SERVER) {
-        if (getppid() == 1) die("the server process went away");
+        if (getppid() != server_pid) die("the server process went away");
         return;
     }
     for (int i = 0; i < 2; i++)
@@ -129,6 +130,7 @@ void spawn(enum role r, void (*body)(void))
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
         die("socketpair: %s", strerror(errno));
     fflush(NULL);
+    server_pid = getpid();
     pid = fork();
     if (pid < 0) die("fork: %s", strerror(errno));
     if (pid > 0) {
