@@ -8,6 +8,9 @@
  *   - bandwidth: rank 0 sends a window of non-blocking MPI_Isend, rank 1 has
  *     the matching MPI_Irecv posted and answers with one short ack; reported
  *     in MB/s (10^6 bytes per second).
+ * With more ranks (an even number), ranks pair up, (0,1), (2,3), ..., and
+ * every pair runs the same tests at the same time; the figures are rank 0's
+ * pair's, plus the bandwidth of the slowest pair (bw_min).
  * Each size starts with a few untimed warm-up iterations. Iteration counts
  * shrink as messages grow so that a whole run takes a few seconds.
  *
@@ -26,10 +29,12 @@
  *   -n ITERS   ping-pong iterations for small messages (default 1000); larger
  *              sizes and the bandwidth test scale down from it
  *   -m SIZE    largest message, bytes; suffixes K, M, G (powers of 1024)
+ *   -f SIZE    smallest message other than 0 (default 1): sizes are 0, then
+ *              SIZE, 2 x SIZE, ... up to -m
  *   -w WINDOW  largest bandwidth window (default 64; smaller for big messages
  *              so that a window fits in 64 MiB)
  *   -q         quiet: CSV only, one header line then one line per size:
- *              size,lat_iters,lat_us,bw_iters,window,bw_MBps
+ *              size,lat_iters,lat_us,bw_iters,window,bw_MBps,bw_min_MBps
  *
  * Exit status: 0 when every buffer checked out, 1 on any corrupted, short or
  * long message (the first few are described on stderr), 2 on bad usage.
@@ -57,12 +62,17 @@ enum { TAG_DATA = 1, TAG_READY = 2, TAG_ACK = 3 };
 
 struct options {
     long iters;
+    size_t min_size;
     size_t max_size;
     int window;
     int quiet;
 };
 
 static int my_rank;
+/* Ranks work in pairs (0,1), (2,3), ...: the even rank of a pair measures
+ * (sends in the bandwidth test), the odd one echoes and receives. */
+static int my_peer;
+static int measures;
 static long n_checked, n_bad;
 
 /* splitmix64: a cheap, well-mixed 64-bit hash. */
@@ -183,12 +193,12 @@ static long warmup(long iters)
  * measures; rank 1 echoes. Iterations below zero are the warm-up. */
 static double run_latency(size_t size, long iters, unsigned char *sbuf, unsigned char *rbuf)
 {
-    const int peer = 1 - my_rank;
+    const int peer = my_peer;
     double total = 0;
     MPI_Status st;
     for (long i = -warmup(iters); i < iters; i++) {
         fill(sbuf, size, pattern_seed(size, i, my_rank, 0));
-        if (my_rank == 0) {
+        if (measures) {
             MPI_Recv(NULL, 0, MPI_BYTE, peer, TAG_READY, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
             double t0 = MPI_Wtime();
             MPI_Send(sbuf, (int)size, MPI_BYTE, peer, TAG_DATA, MPI_COMM_WORLD);
@@ -205,8 +215,8 @@ static double run_latency(size_t size, long iters, unsigned char *sbuf, unsigned
     return total / (double)iters / 2;
 }
 
-/* Seconds spent in the timed windows (rank 0's clock). Rank 0 sends, rank 1
- * receives into `window` separate buffers and acks each window. */
+/* Seconds spent in the timed windows (the measuring rank's clock). It sends,
+ * its peer receives into `window` separate buffers and acks each window. */
 static double run_bandwidth(size_t size, long iters, int window, unsigned char *wbuf)
 {
     MPI_Request *reqs = malloc(sizeof *reqs * (size_t)window);
@@ -214,27 +224,27 @@ static double run_bandwidth(size_t size, long iters, int window, unsigned char *
     double total = 0;
     if (!reqs || !sts) MPI_Abort(MPI_COMM_WORLD, 2);
     for (long i = -warmup(iters); i < iters; i++) {
-        if (my_rank == 0) {
+        if (measures) {
             for (int w = 0; w < window; w++)
-                fill(wbuf + (size_t)w * size, size, pattern_seed(size, i, 0, w + 1));
-            MPI_Recv(NULL, 0, MPI_BYTE, 1, TAG_READY, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                fill(wbuf + (size_t)w * size, size, pattern_seed(size, i, my_rank, w + 1));
+            MPI_Recv(NULL, 0, MPI_BYTE, my_peer, TAG_READY, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
             double t0 = MPI_Wtime();
             for (int w = 0; w < window; w++)
-                MPI_Isend(wbuf + (size_t)w * size, (int)size, MPI_BYTE, 1, TAG_DATA, MPI_COMM_WORLD,
-                          &reqs[w]);
+                MPI_Isend(wbuf + (size_t)w * size, (int)size, MPI_BYTE, my_peer, TAG_DATA,
+                          MPI_COMM_WORLD, &reqs[w]);
             MPI_Waitall(window, reqs, MPI_STATUSES_IGNORE);
-            MPI_Recv(NULL, 0, MPI_BYTE, 1, TAG_ACK, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            MPI_Recv(NULL, 0, MPI_BYTE, my_peer, TAG_ACK, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
             double t = MPI_Wtime() - t0;
             if (i >= 0) total += t;
         } else {
             for (int w = 0; w < window; w++)
-                MPI_Irecv(wbuf + (size_t)w * size, (int)size, MPI_BYTE, 0, TAG_DATA, MPI_COMM_WORLD,
-                          &reqs[w]);
-            MPI_Send(NULL, 0, MPI_BYTE, 0, TAG_READY, MPI_COMM_WORLD);
+                MPI_Irecv(wbuf + (size_t)w * size, (int)size, MPI_BYTE, my_peer, TAG_DATA,
+                          MPI_COMM_WORLD, &reqs[w]);
+            MPI_Send(NULL, 0, MPI_BYTE, my_peer, TAG_READY, MPI_COMM_WORLD);
             MPI_Waitall(window, reqs, sts);
-            MPI_Send(NULL, 0, MPI_BYTE, 0, TAG_ACK, MPI_COMM_WORLD);
+            MPI_Send(NULL, 0, MPI_BYTE, my_peer, TAG_ACK, MPI_COMM_WORLD);
             for (int w = 0; w < window; w++)
-                check(wbuf + (size_t)w * size, &sts[w], size, i, 0, w + 1, "bandwidth");
+                check(wbuf + (size_t)w * size, &sts[w], size, i, my_peer, w + 1, "bandwidth");
         }
     }
     free(reqs);
@@ -242,12 +252,13 @@ static double run_bandwidth(size_t size, long iters, int window, unsigned char *
     return total;
 }
 
-/* The sizes measured: 0, powers of two, then max_size itself if it is not one. */
-static size_t next_size(size_t size, size_t max_size)
+/* The sizes measured: 0, min_size doubling (powers of two by default), then
+ * max_size itself if the doubling steps over it. */
+static size_t next_size(size_t size, const struct options *o)
 {
-    if (size == max_size) return 0; /* done */
-    size = size == 0 ? 1 : size * 2;
-    return size > max_size ? max_size : size;
+    if (size == o->max_size) return 0; /* done */
+    size = size == 0 ? o->min_size : size * 2;
+    return size > o->max_size ? o->max_size : size;
 }
 
 static int parse_size(const char *s, size_t *out)
@@ -282,7 +293,7 @@ static int parse_options(int argc, char **argv, struct options *o)
 {
     int c;
     opterr = my_rank == 0; /* one complaint, not one per rank */
-    while ((c = getopt(argc, argv, "n:m:w:qh")) != -1) {
+    while ((c = getopt(argc, argv, "n:f:m:w:qh")) != -1) {
         switch (c) {
         case 'n':
             o->iters = strtol(optarg, NULL, 0);
@@ -290,6 +301,9 @@ static int parse_options(int argc, char **argv, struct options *o)
             break;
         case 'm':
             if (parse_size(optarg, &o->max_size) != 0) return -1;
+            break;
+        case 'f':
+            if (parse_size(optarg, &o->min_size) != 0 || o->min_size == 0) return -1;
             break;
         case 'w':
             o->window = atoi(optarg);
@@ -324,7 +338,7 @@ static void print_banner(const struct options *o)
     MPI_Get_processor_name(host[0], &len);
     if (my_rank == 1)
         MPI_Send(host[0], MPI_MAX_PROCESSOR_NAME, MPI_CHAR, 0, TAG_DATA, MPI_COMM_WORLD);
-    else
+    else if (my_rank == 0)
         MPI_Recv(host[1], MPI_MAX_PROCESSOR_NAME, MPI_CHAR, 1, TAG_DATA, MPI_COMM_WORLD,
                  MPI_STATUS_IGNORE);
     if (my_rank != 0 || o->quiet) return;
@@ -341,25 +355,28 @@ int main(int argc, char **argv)
     int nranks;
     MPI_Comm_rank(MPI_COMM_WORLD, &my_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &nranks);
+    my_peer = my_rank ^ 1;
+    measures = (my_rank & 1) == 0;
 
-    struct options o = {DEFAULT_ITERS, DEFAULT_MAX_SIZE, DEFAULT_WINDOW, 0};
+    struct options o = {DEFAULT_ITERS, 1, DEFAULT_MAX_SIZE, DEFAULT_WINDOW, 0};
     if (parse_options(argc, argv, &o) != 0) {
         if (my_rank == 0)
             fprintf(stderr,
-                    "usage: mpirun -np 2 %s [-n iters] [-m max_size[K|M|G]] "
-                    "[-w window] [-q]\n",
+                    "usage: mpirun -np 2 (or any even number) %s [-n iters] [-f min_size[K|M|G]] "
+                    "[-m max_size[K|M|G]] [-w window] [-q]\n",
                     argv[0]);
         MPI_Finalize();
         return 2;
     }
-    if (nranks != 2) {
-        if (my_rank == 0) fprintf(stderr, "mpi_pingpong needs exactly 2 ranks, not %d\n", nranks);
+    if (nranks < 2 || nranks % 2) {
+        if (my_rank == 0)
+            fprintf(stderr, "mpi_pingpong needs an even number of ranks, not %d\n", nranks);
         MPI_Finalize();
         return 2;
     }
 
     size_t wbytes = 0;
-    for (size_t s = next_size(0, o.max_size); s != 0; s = next_size(s, o.max_size)) {
+    for (size_t s = next_size(0, &o); s != 0; s = next_size(s, &o)) {
         size_t b = s * (size_t)window_for(&o, s);
         if (b > wbytes) wbytes = b;
     }
@@ -368,7 +385,8 @@ int main(int argc, char **argv)
     unsigned char *wbuf = alloc_buffer(wbytes);
 
     print_banner(&o);
-    if (my_rank == 0 && o.quiet) printf("size,lat_iters,lat_us,bw_iters,window,bw_MBps\n");
+    if (my_rank == 0 && o.quiet)
+        printf("size,lat_iters,lat_us,bw_iters,window,bw_MBps,bw_min_MBps\n");
 
     for (size_t size = 0;;) {
         long li = lat_iters(&o, size);
@@ -377,12 +395,19 @@ int main(int argc, char **argv)
         double lat = run_latency(size, li, sbuf, rbuf);
         double secs = size ? run_bandwidth(size, bi, win, wbuf) : 0;
         double mbps = secs > 0 ? (double)size * win * bi / secs / 1e6 : 0;
+        /* The slowest pair took the longest (echoing ranks add 0). */
+        double mine = measures ? secs : 0, slowest = 0;
+        MPI_Reduce(&mine, &slowest, 1, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+        double min_mbps = slowest > 0 ? (double)size * win * bi / slowest / 1e6 : 0;
         if (my_rank == 0) {
             char h[32];
             human_size(size, h, sizeof h);
             if (o.quiet)
-                printf("%zu,%ld,%.3f,%ld,%d,%.1f\n", size, li, lat * 1e6, size ? bi : 0,
-                       size ? win : 0, mbps);
+                printf("%zu,%ld,%.3f,%ld,%d,%.1f,%.1f\n", size, li, lat * 1e6, size ? bi : 0,
+                       size ? win : 0, mbps, min_mbps);
+            else if (size && nranks > 2)
+                printf("%10zu %8s %8ld %12.2f %8ld %6d %14.1f (slowest of %d pairs %.1f)\n", size,
+                       h, li, lat * 1e6, bi, win, mbps, nranks / 2, min_mbps);
             else if (size)
                 printf("%10zu %8s %8ld %12.2f %8ld %6d %14.1f\n", size, h, li, lat * 1e6, bi, win,
                        mbps);
@@ -391,7 +416,7 @@ int main(int argc, char **argv)
                        "-");
             fflush(stdout);
         }
-        if ((size = next_size(size, o.max_size)) == 0) break;
+        if ((size = next_size(size, &o)) == 0) break;
     }
 
     long totals[2] = {n_checked, n_bad}, sums[2];

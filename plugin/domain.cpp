@@ -12,6 +12,8 @@
 #include "objects.hpp"
 #include "provider.hpp"
 
+#include "mlx4fi/rail/policy.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -193,6 +195,12 @@ void print_rail_info(const domain_obj &dom, const provider_state &st) noexcept
         std::snprintf(prefix, sizeof prefix, "[mlx4 %ld] ", static_cast<long>(getpid()));
         std::string text = rail::describe_domain(dom.fabric->desc.name, dom.desc, st.attrs,
                                                  stripe_config(st.cfg), prefix);
+        text += prefix;
+        text += "  ";
+        text += rail::describe_choice(dom.fabric->desc, st.cfg.sharing,
+                                      rail::rank_place{st.rank.rank, st.numa_node}, st.rank.source,
+                                      dom.desc.name);
+        text += "\n";
         std::fwrite(text.data(), 1, text.size(), stderr);
         std::fflush(stderr);
     } catch (const std::exception &e) {
@@ -251,6 +259,7 @@ int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *co
         dom->lock.set_enabled(dom->threading != FI_THREAD_DOMAIN &&
                               dom->threading != FI_THREAD_COMPLETION);
         dom->api_version = fab->fid.api_version;
+        dom->rail_stats = st.cfg.rail_stats;
         dom->fid.fid.fclass = FI_CLASS_DOMAIN;
         dom->fid.fid.context = context;
         dom->fid.fid.ops = &domain_fi_ops;

@@ -27,6 +27,7 @@ struct domain_obj {
     // proto_rails[i].counters point to (the engines add to them).
     std::unique_ptr<proto::rail_counters[]> counters;
     int threading = FI_THREAD_SAFE;
+    bool rail_stats = false; // FI_MLX4_RAIL_STATS: print the counts at endpoint close
     uint32_t api_version = FI_VERSION(1, 17); // the fabric's, for version-dependent structs
     // Serialises engines, CQs, counters and AVs of this domain (see lock.hpp).
     domain_lock lock;

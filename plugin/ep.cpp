@@ -7,6 +7,7 @@
 #include "getinfo.hpp"
 #include "nosys.hpp"
 #include "provider.hpp"
+#include "rail_stats.hpp"
 
 #include <rdma/fi_atomic.h>
 #include <rdma/fi_cm.h>
@@ -334,6 +335,7 @@ int ep_close(fid *f) noexcept
                 if (c) c->detach(ep);
             if (ep->av) --ep->av->bound_eps;
             ep->engine.reset();
+            if (dom->rail_stats) print_rail_stats(*dom);
         }
         delete ep;
         dom->open_objects.fetch_sub(1);

@@ -2,6 +2,8 @@
 #include "getinfo.hpp"
 
 #include "barrier.hpp"
+#include "nic.hpp"
+#include "offers.hpp"
 #include "provider.hpp"
 
 #include <rdma/fi_domain.h>
@@ -303,7 +305,15 @@ int getinfo(uint32_t version, const char *node, const char *service, uint64_t fl
             MLX4_DBG(FI_LOG_CORE, "no usable device\n");
             return -FI_ENODATA;
         }
-        return build_infos(st.fabrics, version, hints, info).code();
+        fi_info *list = nullptr;
+        if (int rc = build_infos(offered_fabrics(st, hints), version, hints, &list).code())
+            return rc;
+        if (int rc = attach_nics(list, st).code()) {
+            fi_freeinfo(list);
+            return rc;
+        }
+        *info = list;
+        return 0;
     });
 }
 

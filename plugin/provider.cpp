@@ -5,6 +5,8 @@
 #include "getinfo.hpp"
 #include "objects.hpp"
 
+#include "mlx4fi/rail/policy.hpp"
+
 #include <memory>
 #include <mutex>
 
@@ -53,9 +55,14 @@ const provider_state &state()
         st->devices = device::discover(st->cfg);
         for (const auto &dev : st->devices)
             st->attrs.push_back(dev->attr());
-        // The node this thread runs on now stands for the process's: MPI
-        // launchers bind ranks before they initialise libfabric.
-        st->fabrics = rail::build_topology(st->attrs, st->cfg, rail::current_numa_node());
+        // MPI launchers bind ranks before they initialise libfabric, so the
+        // node the process is bound to is known by now.
+        st->numa_node = util::process_numa_node();
+        st->rank = util::find_local_rank();
+        st->fabrics = rail::build_topology(st->attrs, st->cfg, st->numa_node);
+        for (const rail::fabric_desc &f : st->fabrics)
+            st->chosen.push_back(rail::choose_domain(
+                f, st->cfg.sharing, rail::rank_place{st->rank.rank, st->numa_node}));
         state_ptr = st.release();
     }
     return *state_ptr;

@@ -5,6 +5,7 @@
 #include "mlx4fi/device/device.hpp"
 #include "mlx4fi/rail/topology.hpp"
 #include "mlx4fi/util/params.hpp"
+#include "mlx4fi/util/placement.hpp"
 
 #include <rdma/providers/fi_prov.h>
 
@@ -21,6 +22,13 @@ struct provider_state {
     device::device_list devices;            // owned; opened once, closed at cleanup
     std::vector<device::device_attr> attrs; // devices[i]->attr(), for the topology
     std::vector<rail::fabric_desc> fabrics;
+    // Where the process sits, read at discovery: its local rank (and the
+    // launcher variable that said it) and the NUMA node it is bound to.
+    util::local_rank rank;
+    int numa_node = -1;
+    // Per fabric: the index in its domains of the one the rail-sharing
+    // policy chooses for this process (rail::choose_domain).
+    std::vector<size_t> chosen;
 };
 
 // Discovers devices on first use (thread-safe) and returns the state.

@@ -4,8 +4,6 @@
 #include "mlx4fi/device/rate.hpp"
 #include "mlx4fi/util/log.hpp"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <cinttypes>
 #include <cstdarg>
@@ -14,8 +12,8 @@
 namespace mlx4fi::rail
 {
 
-using device::link_layer;
 using device::apply_cap;
+using device::link_layer;
 using device::pcie_data_gbps;
 using device::port_data_gbps;
 using device::width_lanes;
@@ -236,13 +234,6 @@ bool validate_rails(std::span<const device::device_attr> devices, const util::ra
                                                         : "is Ethernet, excluded by FI_MLX4_LINK");
     }
     return true;
-}
-
-int current_numa_node() noexcept
-{
-    unsigned cpu = 0, node = 0;
-    if (getcpu(&cpu, &node) != 0) return -1;
-    return static_cast<int>(node);
 }
 
 std::vector<fabric_desc> build_topology(std::span<const device::device_attr> devices,

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 
 namespace mlx4fi::util
@@ -85,6 +86,13 @@ constexpr param_def table[] = {
     {"RAIL_INFO", param_type::boolean,
      "Print each domain opened to stderr: its rails with rates, PCIe share, NUMA node, "
      "weight and striping (default: no)"},
+    {"RAIL_SHARING", param_type::string,
+     "How the ranks of a job on one host share its HCAs: stripe (every rank stripes over "
+     "every rail of the fabric) or hca (each local rank gets one HCA, nearest NUMA node "
+     "first, round-robin by local rank) (default: stripe)"},
+    {"RAIL_STATS", param_type::boolean,
+     "At each endpoint close, print the per-rail byte and operation counts of its domain "
+     "to stderr (default: no)"},
     {"SIM_RATE_SCALE", param_type::string,
      "Software HCA: link-rate shaping; each port carries its data rate x this scale (e.g. "
      "0.05), so striping is measurable on one machine; 0 or unset: unshaped (default: 0)"},
@@ -108,7 +116,6 @@ fi_param_type to_fi(param_type t) noexcept
     }
     return FI_PARAM_STRING;
 }
-
 
 std::string quoted(std::string_view s)
 {
@@ -205,6 +212,26 @@ bool parse_link_filter(const char *text, link_filter &out) noexcept
     return true;
 }
 
+bool parse_rail_sharing(std::string_view text, rail_sharing &out) noexcept
+{
+    text = trim(text);
+    auto is = [&](const char *word) {
+        return text.size() == std::strlen(word) && !strncasecmp(text.data(), word, text.size());
+    };
+    if (is("stripe"))
+        out = rail_sharing::stripe;
+    else if (is("hca"))
+        out = rail_sharing::hca;
+    else
+        return false;
+    return true;
+}
+
+const char *to_string(rail_sharing s) noexcept
+{
+    return s == rail_sharing::hca ? "hca" : "stripe";
+}
+
 bool parse_rail_ref(std::string_view text, rail_ref &out) noexcept
 {
     text = trim(text);
@@ -263,7 +290,6 @@ bool parse_ratio(std::string_view text, double &out) noexcept
     out = v;
     return true;
 }
-
 
 bool parse_rail_weights(std::string_view text, weight_override &out, std::string *why)
 {
@@ -399,6 +425,18 @@ config load_config(const fi_provider *prov) noexcept
     else if (ret != -FI_ENODATA)
         MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RAIL_INFO is not a boolean (1/0, yes/no, on/off, "
                                "true/false); not printing rail info\n");
+    str = nullptr;
+    if (fi_param_get_str(p, "RAIL_SHARING", &str) == FI_SUCCESS && str && !trim(str).empty() &&
+        !parse_rail_sharing(str, cfg.sharing))
+        MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RAIL_SHARING='%s' is not stripe or hca; using stripe\n",
+                  str);
+    int stats = 0;
+    ret = fi_param_get_bool(p, "RAIL_STATS", &stats);
+    if (ret == FI_SUCCESS)
+        cfg.rail_stats = stats != 0;
+    else if (ret != -FI_ENODATA)
+        MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RAIL_STATS is not a boolean (1/0, yes/no, on/off, "
+                               "true/false); not printing rail statistics\n");
     return cfg;
 }
 

@@ -48,9 +48,9 @@ check "fi_info -v shows the endpoint attributes" $? "$(head -40 <<<"$out")"
 out=$(run fi_info -e 2>&1 | tr -d '\0')
 missing=""
 for p in SIM LINK ANY_DEVICE GID_INDEX EAGER_LIMIT INLINE_SIZE MR_CACHE_SIZE RAILS RAIL_WEIGHTS \
-         STRIPE_THRESHOLD STRIPE_MIN_CHUNK STRIPE_MIN_RATIO RAIL_INFO SIM_RATE_SCALE SIM_FAULT \
-         RC_TIMEOUT RC_RETRY_COUNT RNR_RETRY RNR_TIMER CONNECT_RETRY_MS CONNECT_TIMEOUT_MS \
-         PEER_RETRY_MS KEEPALIVE_MS; do
+         STRIPE_THRESHOLD STRIPE_MIN_CHUNK STRIPE_MIN_RATIO RAIL_INFO RAIL_SHARING RAIL_STATS \
+         SIM_RATE_SCALE SIM_FAULT RC_TIMEOUT RC_RETRY_COUNT RNR_RETRY RNR_TIMER CONNECT_RETRY_MS \
+         CONNECT_TIMEOUT_MS PEER_RETRY_MS KEEPALIVE_MS; do
     grep -aq "^# FI_MLX4_$p: " <<<"$out" || missing="$missing $p"
     help=$(grep -a -A1 "^# FI_MLX4_$p: " <<<"$out" | tail -1)
     [ ${#help} -gt 20 ] || missing="$missing $p(help)"
@@ -106,8 +106,46 @@ check "FI_MLX4_RAILS=mlx4_1:1 offers only that rail's domain" $? "$out"
 
 out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAIL_WEIGHTS=0,1 FI_LOG_LEVEL=warn fi_info -p mlx4 2>&1); rc=$?
 [ $rc -eq 0 ] && grep -aq "mlx4.*FI_MLX4_RAIL_WEIGHTS.*'0'" <<<"$out" \
-    && [ "$(domains <<<"$out")" = "mlx4_0+mlx4_1 mlx4_0 mlx4_1 " ]
-check "FI_MLX4_RAIL_WEIGHTS=0,1: a warning, the domains still offered" $? "rc=$rc" "$out"
+    && [ "$(domains <<<"$out")" = "mlx4_0+mlx4_1 " ]
+check "FI_MLX4_RAIL_WEIGHTS=0,1: a warning, the domain still offered" $? "rc=$rc" "$out"
+
+# One domain per fabric unless the hints name one (issue 9): every MPI rank
+# then picks the same; FI_MLX4_RAIL_SHARING chooses which.
+out=$(run FI_MLX4_SIM="$two" fi_info -p mlx4 2>&1); rc=$?
+[ $rc -eq 0 ] && [ "$(domains <<<"$out")" = "mlx4_0+mlx4_1 " ]
+check "two HCAs on one fabric: fi_info offers the combined domain" $? "rc=$rc" "$out"
+
+ok_names=1
+for d in mlx4_0 mlx4_1 mlx4_0+mlx4_1; do
+    out=$(run FI_MLX4_SIM="$two" fi_info -p mlx4 -d "$d" 2>&1)
+    [ "$(domains <<<"$out")" = "$d " ] || { ok_names=0; break; }
+done
+[ $ok_names -eq 1 ]
+check "fi_info -d names each HCA's domain and the combined one" $? "$out"
+
+out=$(run FI_MLX4_SIM="$two" fi_info -p mlx4 -d mlx4_1 -v 2>&1)
+grep -aq 'fi_pci_attr: 5e5e:ff:01.0' <<<"$out" && grep -aq 'network_type: InfiniBand' <<<"$out" \
+    && grep -aq 'speed: 32000000000' <<<"$out" && grep -aq 'vendor_id: 0x02c9' <<<"$out" \
+    && grep -aq 'firmware: 2.42.5000' <<<"$out"
+check "fi_info -v shows the domain's nic: device, PCI address, link" $? "$(sed -n '/nic:/,$p' <<<"$out")"
+
+out=$(run FI_MLX4_SIM="$two" fi_info -p mlx4 -v 2>&1)
+grep -aq 'bus_type: FI_BUS_UNKNOWN' <<<"$out" && grep -aq 'name: mlx4_0+mlx4_1' <<<"$out"
+check "the combined domain's nic has no single PCI address" $? "$(sed -n '/nic:/,$p' <<<"$out")"
+
+out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAIL_SHARING=hca OMPI_COMM_WORLD_LOCAL_RANK=1 fi_info -p mlx4 2>&1)
+out0=$(run FI_MLX4_SIM="$two" FI_MLX4_RAIL_SHARING=hca MPI_LOCALRANKID=2 fi_info -p mlx4 2>&1)
+[ "$(domains <<<"$out")" = "mlx4_1 " ] && [ "$(domains <<<"$out0")" = "mlx4_0 " ]
+check "FI_MLX4_RAIL_SHARING=hca: local rank 1 gets mlx4_1, local rank 2 mlx4_0" $? "$out" "$out0"
+
+out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAIL_SHARING=bogus FI_LOG_LEVEL=warn fi_info -p mlx4 2>&1)
+grep -aq "mlx4.*FI_MLX4_RAIL_SHARING='bogus'" <<<"$out" && [ "$(domains <<<"$out")" = "mlx4_0+mlx4_1 " ]
+check "a malformed FI_MLX4_RAIL_SHARING: a warning, stripe kept" $? "$out"
+
+out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAIL_SHARING=hca OMPI_COMM_WORLD_LOCAL_RANK=1 FI_MLX4_RAIL_INFO=1 \
+      "$rails" 2>&1 >/dev/null)
+grep -aq 'rail sharing hca: local rank 1 (OMPI_COMM_WORLD_LOCAL_RANK).* -> mlx4_1$' <<<"$out"
+check "FI_MLX4_RAIL_INFO names the policy, the local rank and its choice" $? "$out"
 
 out=$(run FI_MLX4_SIM="$two" FI_MLX4_RAIL_WEIGHTS=equal "$rails" 2>&1); rc=$?
 [ $rc -eq 0 ] && grep -aq 'mlx4_0 *1 IB .* 0.500' <<<"$out" && grep -aq 'mlx4_1 *1 IB .* 0.500' <<<"$out"

@@ -26,15 +26,8 @@ mpirun=${MPIRUN:-mpirun}
 limit=${MPI_TEST_TIMEOUT:-120}
 np=${MPI_NP:-4}
 
-n=0
-failed=0
-ok() { n=$((n + 1)); echo "ok $n - $1"; }
-skip() { n=$((n + 1)); echo "ok $n - $1 # SKIP $2"; }
-not_ok() {
-    n=$((n + 1)); failed=$((failed + 1)); echo "not ok $n - $1"; shift
-    printf '#   %s\n' "$@"
-}
-finish() { echo "1..$n"; [ "$failed" -eq 0 ]; exit $?; }
+# shellcheck source=tests/integration/tap.sh
+source "$(dirname "$0")/tap.sh"
 
 # What each transport means to mpirun, and semantics tests a transport is
 # known to fail for reasons outside this project (with the reason).

@@ -47,5 +47,11 @@ FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' \
     run "fi_pingpong striped over FDR + QDR, data checked" -S 4194304 -I 20 -c -d mlx4_0+mlx4_1
 FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' FI_MLX4_SIM_FAULT='mlx4_1:1:24M' \
     run "fi_pingpong striped, QDR port fails mid-run, data checked" -S 4194304 -I 20 -c -d mlx4_0+mlx4_1
+# The same host without a domain name offers the combined domain only; a
+# named HCA and FI_MLX4_RAILS still reach one HCA's (issue 9).
+FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' \
+    run "fi_pingpong -d mlx4_1 on a host that offers mlx4_0+mlx4_1, data checked" -S all -I 5 -c -d mlx4_1
+FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' FI_MLX4_RAILS=mlx4_1:1 \
+    run "fi_pingpong with FI_MLX4_RAILS=mlx4_1:1 and no domain, data checked" -S 4194304 -I 5 -c
 echo "1..$n"
 [ $failed -eq 0 ]

@@ -65,6 +65,22 @@ TEST(sim_spec, numa_annotation)
     EXPECT_EQ(sim::make_device_attr(d[3], 3, -1).numa_node, -1);
 }
 
+TEST(sim_spec, made_up_pci_addresses)
+{
+    auto r = sim::parse_spec("mlx4_0@numa1:ib/fdr;mlx4_1:ib/qdr;mlx4_2@numa1:ib/qdr");
+    ASSERT_TRUE(r.ok());
+    const auto &d = r.value();
+    pci_address a[3];
+    for (unsigned i = 0; i < 3; ++i)
+        a[i] = sim::make_device_attr(d[i], i, -1).pci;
+    // Domain 0x5e5e (no real host's), bus = the NUMA node (0xff unknown),
+    // device = the index in the spec: distinct, and the same in every process.
+    EXPECT_EQ(a[0], (pci_address{0x5e5e, 1, 0, 0, true}));
+    EXPECT_EQ(a[1], (pci_address{0x5e5e, 0xff, 1, 0, true}));
+    EXPECT_EQ(a[2], (pci_address{0x5e5e, 1, 2, 0, true}));
+    EXPECT_EQ(sim::make_device_attr(d[0], 0, -1).pci, a[0]);
+}
+
 TEST(sim_spec, one_means_the_default_host)
 {
     auto r = sim::parse_spec("1");

@@ -252,6 +252,36 @@ TEST_F(verbs_sysfs, numa_node)
     EXPECT_EQ(numa_node_from_text(""), -1);
 }
 
+TEST(verbs_util, pci_address_from_text)
+{
+    pci_address a = pci_address_from_text("0000:03:00.0");
+    EXPECT_TRUE(a.known);
+    EXPECT_EQ(a, (pci_address{0, 3, 0, 0, true}));
+    EXPECT_EQ(pci_address_from_text("abcd:Ef:1f.7\n"), (pci_address{0xabcd, 0xef, 0x1f, 7, true}));
+    EXPECT_FALSE(pci_address_from_text("").known);
+    EXPECT_FALSE(pci_address_from_text("mlx4_0").known);
+    EXPECT_FALSE(pci_address_from_text("0000:03:00").known);    // no function
+    EXPECT_FALSE(pci_address_from_text("0000:03:20.0").known);  // device > 0x1f
+    EXPECT_FALSE(pci_address_from_text("0000:03:00.8").known);  // function > 7
+    EXPECT_FALSE(pci_address_from_text("10000:03:00.0").known); // 5-digit domain
+    EXPECT_FALSE(pci_address_from_text("0000:3g:00.0").known);
+    EXPECT_FALSE(pci_address_from_text("0000::00.0").known);
+    EXPECT_FALSE(pci_address_from_text("0000:03:00.0x").known);
+}
+
+TEST_F(verbs_sysfs, pci_address_from_the_device_link)
+{
+    // /sys/class/infiniband/mlx4_0/device is a link to the PCI device's directory.
+    fs::create_directories(root_ / "pci0000:00" / "0000:00:02.0" / "0000:81:00.1");
+    fs::create_directories(root_ / "ib" / "mlx4_0");
+    fs::create_directory_symlink(root_ / "pci0000:00" / "0000:00:02.0" / "0000:81:00.1",
+                                 root_ / "ib" / "mlx4_0" / "device");
+    EXPECT_EQ(read_pci_address(dir("ib/mlx4_0/device")), (pci_address{0, 0x81, 0, 1, true}));
+    EXPECT_FALSE(read_pci_address(dir("no/such/dir")).known);
+    fs::create_directories(root_ / "plain");
+    EXPECT_FALSE(read_pci_address(dir("plain")).known); // not a PCI device's name
+}
+
 // A getifaddrs-style list built by hand.
 class verbs_ifaddrs : public ::testing::Test
 {

@@ -47,6 +47,18 @@ struct pcie_link {
     uint8_t lanes = 0; // 1, 2, 4, 8, 16
 };
 
+// A device's PCI address (domain:bus:device.function), as sysfs names it
+// ("0000:03:00.0"). MPI libraries find a NIC's place in the machine (its
+// socket, hwloc's PCI object) from it. known is false when it cannot be read.
+struct pci_address {
+    uint16_t domain = 0;
+    uint8_t bus = 0;
+    uint8_t device = 0;   // 0..31
+    uint8_t function = 0; // 0..7
+    bool known = false;
+    bool operator==(const pci_address &) const = default;
+};
+
 struct port_attr {
     uint8_t num = 0; // 1-based, as in verbs
     link_layer link = link_layer::ib;
@@ -83,6 +95,7 @@ struct device_attr {
     std::string fw_version;
     std::string driver; // "mlx4" for real mlx4, "sim" for the software HCA
     pcie_link pcie;
+    pci_address pci;    // verbs: from sysfs; sim: made up, distinct per device
     int numa_node = -1; // the NUMA node the HCA's PCIe slot hangs off; -1 unknown
     uint32_t max_qp_wr = 0;
     uint32_t max_sge = 0;

@@ -111,6 +111,15 @@ device_list discover(const util::config &cfg) noexcept;
 // (/sys/class/infiniband/<name>/device); -1 when the platform does not say.
 [[nodiscard]] int read_numa_node(const std::string &sysfs_device_dir) noexcept;
 
+// A sysfs PCI device name ("0000:03:00.0", domain and bus hexadecimal,
+// device 0..1f, function 0..7) -> the address; known false when it is not one.
+[[nodiscard]] pci_address pci_address_from_text(std::string_view text) noexcept;
+
+// The PCI address of the device a sysfs directory stands for
+// (/sys/class/infiniband/<name>/device is a link to .../0000:03:00.0): the
+// last component of its resolved path. known false when it cannot be read.
+[[nodiscard]] pci_address read_pci_address(const std::string &sysfs_device_dir) noexcept;
+
 // The prefix length of the address that g holds (IPv4-mapped or IPv6) in a
 // getifaddrs list, looking only at interface ifname (and its aliases, "eth0:1")
 // unless ifname is empty. -1 when the address is not there.

@@ -63,7 +63,7 @@ inline constexpr double far_socket_factor = 0.75;
 // of an allowed link, or a malformed one, yields no fabrics at all, logged),
 // cfg.weights (bad lengths are logged and the computed weights kept) and
 // cfg.stripe_min_ratio (rail_desc::striped). local_numa_node is the process's
-// node (current_numa_node()); -1 treats every rail as local.
+// node (util::process_numa_node()); -1 treats every rail as local.
 [[nodiscard]] std::vector<fabric_desc> build_topology(std::span<const device::device_attr> devices,
                                                       const util::config &cfg, int local_numa_node);
 
@@ -77,9 +77,6 @@ inline constexpr double far_socket_factor = 0.75;
 [[nodiscard]] bool validate_rails(std::span<const device::device_attr> devices,
                                   const util::rail_selection &rails, util::link_filter filter,
                                   std::string *why);
-
-// The NUMA node of the CPU this thread runs on; -1 when the system does not say.
-[[nodiscard]] int current_numa_node() noexcept;
 
 // A readable description of one domain for FI_MLX4_RAIL_INFO: a header line
 // (domain, fabric, total rate, the process's node), a line per rail (device

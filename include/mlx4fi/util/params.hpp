@@ -54,6 +54,12 @@ struct weight_override {
     std::vector<named_weight> per_rail; // weight_mode::per_rail
 };
 
+// FI_MLX4_RAIL_SHARING: how the ranks of a job on one host share its HCAs.
+enum class rail_sharing : uint8_t {
+    stripe, // every rank uses every rail of the fabric (the combined domain)
+    hca     // each local rank uses one HCA: nearest NUMA node first, round-robin
+};
+
 struct config {
     std::string sim_spec;                   // FI_MLX4_SIM; empty: no software HCA
     link_filter link = link_filter::any;    // FI_MLX4_LINK
@@ -81,6 +87,10 @@ struct config {
     // inject size): the provider offers nothing and says why, once, at the
     // default log level. Empty when every value is usable.
     std::string refused;
+    // FI_MLX4_RAIL_SHARING: which HCAs each rank of a host uses.
+    rail_sharing sharing = rail_sharing::stripe;
+    // FI_MLX4_RAIL_STATS: print per-rail counts at every endpoint close.
+    bool rail_stats = false;
 };
 
 inline constexpr size_t min_eager_limit = 64; // inject_size: every endpoint takes it eagerly
@@ -104,6 +114,10 @@ void define_params(const fi_provider *prov) noexcept;
 // Reads every parameter through fi_param_get. A malformed value is logged and
 // the default kept.
 config load_config(const fi_provider *prov) noexcept;
+
+// Parses an FI_MLX4_RAIL_SHARING value ("stripe" or "hca", any case). False if bad.
+bool parse_rail_sharing(std::string_view text, rail_sharing &out) noexcept;
+[[nodiscard]] const char *to_string(rail_sharing s) noexcept;
 
 // Parses an FI_MLX4_LINK value ("ib", "roce", "any", any case). False if bad.
 bool parse_link_filter(const char *text, link_filter &out) noexcept;

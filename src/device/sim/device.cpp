@@ -25,6 +25,12 @@ constexpr uint64_t guid_base = 0x0002c9ff5e000000ull;
 // benchmarking (RFC 2544): never routed, so a simulated GID can't be mistaken
 // for a host's address.
 constexpr unsigned roce_prefix_len = 16;
+// Simulated PCI addresses live in PCI domain 0x5e5e ("sim"), which no real
+// host uses, so hwloc and MPI libraries never take one for a real device.
+// The bus is the device's NUMA node (0xff when the spec gives none), the
+// device number its index in the spec: stable, distinct, and the locality
+// can be read off the address ("5e5e:01:00.0" is the first HCA, on node 1).
+constexpr uint16_t sim_pci_domain = 0x5e5e;
 
 void put_u64(gid &g, size_t off, uint64_t v)
 {
@@ -50,6 +56,9 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
     a.driver = "sim";
     a.pcie = spec.pcie;
     a.numa_node = spec.numa_node;
+    a.pci = pci_address{sim_pci_domain,
+                        static_cast<uint8_t>(spec.numa_node >= 0 ? spec.numa_node : 0xff),
+                        static_cast<uint8_t>(index), 0, true};
     a.max_qp_wr = 16351;
     a.max_sge = 32;
     a.max_inline = 912;

@@ -185,8 +185,8 @@ status sim_qp::connect(const rc_remote &remote) noexcept
     rnr_budget_ns_ = rnr_budget_ns(remote.timing);
     uint8_t mode = 0;
     if (remote.addr.link == link_layer::ethernet)
-        for (const gid_entry &g : c_->attr().ports[port_ - 1].gids)
-            if (g.index == remote.addr.gid_index) mode = static_cast<uint8_t>(g.type);
+        for (const gid_entry &e : c_->attr().ports[port_ - 1].gids)
+            if (e.index == remote.addr.gid_index) mode = static_cast<uint8_t>(e.type);
     entry_->roce_mode.store(mode, std::memory_order_relaxed);
     entry_->remote_qpn.store(remote.qpn, std::memory_order_release);
     // Through RTR to RTS, unless its port went down meanwhile (the QP is in

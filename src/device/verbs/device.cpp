@@ -316,6 +316,7 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
         dev->ibdev_path[0] ? std::string(dev->ibdev_path) : "/sys/class/infiniband/" + a.name;
     a.pcie = read_pcie_link(sysdir + "/device");
     a.numa_node = read_numa_node(sysdir + "/device");
+    a.pci = read_pci_address(sysdir + "/device");
     if (a.pcie.gen == 0 || a.pcie.lanes == 0)
         MLX4_DBG(FI_LOG_CORE, "%s: PCIe link unknown (gen %u x%u) under %s/device\n", name,
                  unsigned(a.pcie.gen), unsigned(a.pcie.lanes), sysdir.c_str());
@@ -353,10 +354,12 @@ std::unique_ptr<device> open_device(ibv_device *dev, const util::config &cfg, ho
     }
 
     MLX4_INFO(FI_LOG_CORE,
-              "found %s (%s, vendor 0x%04x part 0x%04x, fw %s, PCIe gen%u x%u), "
-              "%zu ports\n",
+              "found %s (%s, vendor 0x%04x part 0x%04x, fw %s, PCIe gen%u x%u at "
+              "%04x:%02x:%02x.%x), %zu ports\n",
               name, a.driver.c_str(), a.vendor_id, a.vendor_part_id, a.fw_version.c_str(),
-              unsigned(a.pcie.gen), unsigned(a.pcie.lanes), a.ports.size());
+              unsigned(a.pcie.gen), unsigned(a.pcie.lanes), unsigned(a.pci.domain),
+              unsigned(a.pci.bus), unsigned(a.pci.device), unsigned(a.pci.function),
+              a.ports.size());
     rd_atomic_limits rd;
     rd.initiator = uint32_t(std::max(da.max_qp_init_rd_atom, 0));
     rd.responder = uint32_t(std::max(da.max_qp_rd_atom, 0));

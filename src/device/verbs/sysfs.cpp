@@ -1,7 +1,11 @@
-// The HCA's PCIe link and NUMA node, read from sysfs. The link caps what both
-// ports of a ConnectX-3 can move together, and a rail on the far socket loses
-// part of its rate, so the rail layer needs both to weigh rails honestly.
+// The HCA's PCIe link, NUMA node and PCI address, read from sysfs. The link
+// caps what both ports of a ConnectX-3 can move together, and a rail on the
+// far socket loses part of its rate, so the rail layer needs both to weigh
+// rails honestly; the address is how MPI libraries place the NIC (fi_nic).
 #include "mlx4fi/device/verbs.hpp"
+
+#include <limits.h>
+#include <stdlib.h>
 
 #include <cstdio>
 #include <cstring>
@@ -127,6 +131,58 @@ int read_numa_node(const std::string &sysfs_device_dir) noexcept
     } catch (...) {
         return -1;
     }
+}
+
+namespace
+{
+
+// Hexadecimal digits only, at most max_digits of them, value at most limit.
+bool hex_field(std::string_view t, size_t max_digits, unsigned limit, unsigned &out) noexcept
+{
+    if (t.empty() || t.size() > max_digits) return false;
+    unsigned v = 0;
+    for (char c : t) {
+        unsigned d;
+        if (c >= '0' && c <= '9')
+            d = unsigned(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            d = unsigned(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            d = unsigned(c - 'A' + 10);
+        else
+            return false;
+        v = v * 16 + d;
+    }
+    if (v > limit) return false;
+    out = v;
+    return true;
+}
+
+} // namespace
+
+pci_address pci_address_from_text(std::string_view text) noexcept
+{
+    // DDDD:BB:DD.F, the form the kernel gives PCI devices in sysfs.
+    text = trim(text);
+    size_t c1 = text.find(':');
+    size_t c2 = c1 == std::string_view::npos ? c1 : text.find(':', c1 + 1);
+    size_t dot = c2 == std::string_view::npos ? c2 : text.find('.', c2 + 1);
+    if (dot == std::string_view::npos) return {};
+    unsigned domain, bus, dev, fn;
+    if (!hex_field(text.substr(0, c1), 4, 0xffff, domain) ||
+        !hex_field(text.substr(c1 + 1, c2 - c1 - 1), 2, 0xff, bus) ||
+        !hex_field(text.substr(c2 + 1, dot - c2 - 1), 2, 0x1f, dev) ||
+        !hex_field(text.substr(dot + 1), 1, 7, fn))
+        return {};
+    return pci_address{uint16_t(domain), uint8_t(bus), uint8_t(dev), uint8_t(fn), true};
+}
+
+pci_address read_pci_address(const std::string &sysfs_device_dir) noexcept
+{
+    char resolved[PATH_MAX];
+    if (!realpath(sysfs_device_dir.c_str(), resolved)) return {};
+    const char *slash = std::strrchr(resolved, '/');
+    return pci_address_from_text(slash ? slash + 1 : resolved);
 }
 
 } // namespace mlx4fi::device::verbs
