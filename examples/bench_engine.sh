@@ -7,9 +7,10 @@
 #   mlx4        build/examples/bench_msg -p mlx4: fi_tsend/fi_trecv through the
 #               provider on the same software HCA
 #   shm         bench_msg -p shm: libfabric's shared-memory provider
-#   mlx4+peers  bench_msg -p mlx4 -N PEERS: the server endpoint first gets PEERS
-#               other peers connected (idle from then on), then the same
-#               latency; and the server's memory growth per peer per rail
+#   mlx4+peers  bench_msg -p mlx4 -N PEERS: the latency, then the server
+#               endpoint gets PEERS other peers connected (idle from then
+#               on), the server's memory growth per peer per rail, and the
+#               latency again: the ratio of the two is what idle peers cost
 #
 # each one 8-byte one-way latency (round trip / 2, the median of LAT_ITERS
 # round trips) and 8-byte message rate (windows of 64), every message checked.
@@ -137,7 +138,7 @@ echo
 echo "Engine benchmarks, 2 processes on $(hostname) ($(nproc) CPUs; load average $load_start at the start, $load_end at the end)"
 echo "median of $reps rounds, configurations interleaved; each latency is itself the median of $lat_iters round trips / 2"
 echo "  device = bench_device (device interface, no provider; FI_MLX4_SIM='$sim'); mlx4 = bench_msg -p mlx4 (fi_tsend/fi_trecv)"
-echo "  shm = bench_msg -p shm; +$peers peers = bench_msg -p mlx4 -N $peers (that many idle peers connected to the server first)"
+echo "  shm = bench_msg -p shm; peers = bench_msg -p mlx4 -N $peers (latency before and after that many idle peers connect to the server)"
 echo "  now = $build${old:+; before = $old}"
 echo "  range = lowest..highest of the rounds (how noisy the host was); ratios are medians of per-round ratios"
 echo
@@ -164,7 +165,8 @@ function pair(name, a, b, how,    r) {
     c = $1; r = $2; delete f
     for (i = 4; i <= NF; i++) if ((k = index($i, "=")) > 0) f[substr($i, 1, k - 1)] = substr($i, k + 1)
     side = c ~ /^old_/ ? "old" : "now"; sub(/^old_/, "", c)
-    if (f["test"] == "lat") { key = side SUBSEP c SUBSEP "lat"; v = f["usec"] }
+    if (f["test"] == "lat" && c == "peers" && f["peers"] == 0) { key = side SUBSEP "peers0" SUBSEP "lat"; v = f["usec"] }
+    else if (f["test"] == "lat") { key = side SUBSEP c SUBSEP "lat"; v = f["usec"] }
     else if (f["test"] == "rate") { key = side SUBSEP c SUBSEP "rate"; v = f["msgps"] }
     else if (f["test"] == "mem") { key = side SUBSEP c SUBSEP "mem"; v = f["bytes_per_peer_rail"]
         put(side SUBSEP c SUBSEP "mem_rss", f["rss"]); rails = f["rails"] }
@@ -177,14 +179,15 @@ END {
         pair(side SUBSEP "overhead", side SUBSEP "mlx4" SUBSEP "lat", side SUBSEP "device" SUBSEP "lat", "diff")
         pair(side SUBSEP "rate_shm", side SUBSEP "mlx4" SUBSEP "rate", side SUBSEP "shm" SUBSEP "rate", "ratio")
         pair(side SUBSEP "rate_dev", side SUBSEP "mlx4" SUBSEP "rate", side SUBSEP "device" SUBSEP "rate", "ratio")
-        pair(side SUBSEP "scale", side SUBSEP "peers" SUBSEP "lat", side SUBSEP "mlx4" SUBSEP "lat", "ratio")
+        pair(side SUBSEP "scale", side SUBSEP "peers" SUBSEP "lat", side SUBSEP "peers0" SUBSEP "lat", "ratio")
     }
     # shm is libfabric'\''s, the same for both columns: measured once, shown in both.
     pair("old" SUBSEP "rate_shm", "old" SUBSEP "mlx4" SUBSEP "rate", "now" SUBSEP "shm" SUBSEP "rate", "ratio")
 
-    n = split("device lat|mlx4 lat|shm lat|peers lat|device rate|mlx4 rate|shm rate|peers mem|peers mem_rss", rows, "|")
+    n = split("device lat|mlx4 lat|shm lat|peers lat|peers0 lat|device rate|mlx4 rate|shm rate|peers mem|peers mem_rss", rows, "|")
     split("8 B one-way latency, device (us)|8 B one-way latency, mlx4 (us)|8 B one-way latency, shm (us)|" \
-          "8 B latency, mlx4 with " peers " idle peers (us)|8 B rate, device (msg/s)|8 B rate, mlx4 (msg/s)|" \
+          "8 B latency, mlx4 with " peers " idle peers (us)|  (the same run, before they connected, us)|" \
+          "8 B rate, device (msg/s)|8 B rate, mlx4 (msg/s)|" \
           "8 B rate, shm (msg/s)|memory per peer per rail (B, anon+own shm)|  (resident set growth per peer per rail, B)", label, "|")
     printf "%-46s | %12s %21s", "measurement", "now", "range"
     if (have_old) printf " | %12s %21s", "before", "range"

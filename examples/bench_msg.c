@@ -27,11 +27,12 @@
  *         each exchanged a message with it (so their connections exist);
  *         the growth divided by PEERS and by the domain's rails.
  *
- * With -N PEERS, lat and rate run after the peers are connected: they stay
- * connected and idle (their process drives progress every 100 ms: it
- * answers whatever the provider asks of it without taking a core from the
- * timed pair), so the figures show what idle peers cost the server's data
- * path.
+ * With -N PEERS, lat runs twice, back to back in the same processes: before
+ * the peers connect (reported as peers=0) and after (peers=PEERS); rate runs
+ * after. The peers stay connected and idle (their process drives progress
+ * every 100 ms: it answers whatever the provider asks of it without taking a
+ * core from the timed pair), so the figures show what idle peers cost the
+ * server's data path.
  *
  * Every message carries its sequence number in its first 8 bytes and a
  * pattern derived from it in the rest; the receiver checks every byte, the
@@ -94,12 +95,12 @@
 
 #include "bench_msg_common.h"
 
-    /* ---- the tests ------------------------------------------------------------------- */
+/* ---- the tests ------------------------------------------------------------------- */
 
-    static fi_addr_t peer; /* server: the client; client: the server */
+static fi_addr_t peer; /* server: the client; client: the server */
 #define ACK_SLOT (SLOTS - 1)
 
-static void lat_ping(int fd)
+static void lat_ping(int fd, unsigned peers)
 {
     const uint64_t warm = opt.iters / 10 ? opt.iters / 10 : 1;
     struct fid_ep *ep = fab.eps[0];
@@ -123,7 +124,7 @@ static void lat_ping(int fd)
     med = median_sorted(rtt, n);
     printf("result test=lat size=%zu peers=%u iters=%" PRIu64 " usec=%.3f mean_usec=%.3f "
            "min_usec=%.3f p99_usec=%.3f verified=yes\n",
-           opt.size, opt.peers, n, med / 2 * 1e6, sum / (double)n / 2 * 1e6, rtt[0] / 2 * 1e6,
+           opt.size, peers, n, med / 2 * 1e6, sum / (double)n / 2 * 1e6, rtt[0] / 2 * 1e6,
            rtt[n * 99 / 100 < n ? n * 99 / 100 : n - 1] / 2 * 1e6);
     fflush(stdout);
     free(rtt);
@@ -315,6 +316,7 @@ static void server_main(void)
         verify(&rx_ops[0], rx_slot(0), 8, TAG_HELLO, 0, "hello");
         post_send(fab.eps[0], 0, 8, peer, TAG_REPLY, 0);
         wait_sends();
+        if (opt.lat) lat_ping(fd, 0); /* the same pair before the peers, to compare */
         m0 = mem_now();
         connect_crowd();
         m1 = mem_now();
@@ -329,7 +331,7 @@ static void server_main(void)
             fflush(stdout);
         }
     }
-    if (opt.lat) lat_ping(fd);
+    if (opt.lat) lat_ping(fd, opt.peers);
     if (opt.rate) rate(fd);
     barrier(fd);
     if (opt.peers) {
@@ -356,7 +358,10 @@ static void client_main(void)
     open_objects(1, 1);
     send_names(up_sock);
     if (recv_names(up_sock, &peer, 1) != 1) die("no server name");
-    if (opt.peers) client_hello();
+    if (opt.peers) {
+        client_hello();
+        if (opt.lat) lat_pong(up_sock);
+    }
     if (opt.lat) lat_pong(up_sock);
     if (opt.rate) rate(up_sock);
     barrier(up_sock);
