@@ -360,8 +360,9 @@ void print_protocols(const domain_obj &dom, const proto::engine &eng) noexcept
         const std::string lines = eng.protocol_info();
         std::string out;
         char prefix[160];
-        std::snprintf(prefix, sizeof prefix, "[mlx4 %ld] proto domain=%s: ",
-                      static_cast<long>(getpid()), dom.desc.name.c_str());
+        std::snprintf(prefix, sizeof prefix,
+                      "[mlx4 %ld] proto domain=%s: ", static_cast<long>(getpid()),
+                      dom.desc.name.c_str());
         size_t at = 0;
         while (at < lines.size()) {
             size_t nl = lines.find('\n', at);

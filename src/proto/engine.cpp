@@ -550,9 +550,9 @@ void engine_impl::progress() noexcept
     if (!deferred_reads_.empty()) rndv_proto::retry_deferred(*this);
     if ((++purge_tick_ & 63) == 0) {
         const uint64_t now = now_ns();
-        poll_device_events(now);                     // a port error fails its rail over at once
-        failover_proto::check_rails(*this, now);     // port states (rate-limited inside)
-        if (purge_tick_ == 4096) {                   // let go of registrations of freed memory
+        poll_device_events(now);                 // a port error fails its rail over at once
+        failover_proto::check_rails(*this, now); // port states (rate-limited inside)
+        if (purge_tick_ == 4096) {               // let go of registrations of freed memory
             purge_tick_ = 0;
             for (auto &rr : rails_) {
                 rr->cache->purge();

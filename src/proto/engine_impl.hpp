@@ -280,8 +280,8 @@ class engine_impl final : public engine
     // (inline when small enough), stamped with the peer's next sequence
     // number: called once nothing can fail, so the numbers have no gaps.
     void submit_header(op *o, uint32_t body_len) noexcept;
-    void submit(op *o) noexcept;  // waits for the connection, then posts
-    bool post(op *o) noexcept;    // false: a queue is full, retry later
+    void submit(op *o) noexcept; // waits for the connection, then posts
+    bool post(op *o) noexcept;   // false: a queue is full, retry later
     // Puts o at the end of the peer's pending work; a connected peer is
     // queued to be flushed by progress (a queue was full).
     void defer(peer &p, op *o) noexcept;
@@ -309,8 +309,8 @@ class engine_impl final : public engine
     // closed, or its rendezvous failed).
     static event failed_recv(const rx_entry *rx, int err) noexcept;
     // Fills m's envelope from the header and appends it to the unexpected queue.
-    void queue_unexpected(unexp_msg *m, peer &p, fi_addr_t src, const wire::msg_hdr &h,
-                          bool tagged, bool has_data) noexcept;
+    void queue_unexpected(unexp_msg *m, peer &p, fi_addr_t src, const wire::msg_hdr &h, bool tagged,
+                          bool has_data) noexcept;
     rx_entry *alloc_rx() noexcept;
     void release_rx(rx_entry *rx) noexcept;
     unexp_msg *alloc_unexp() noexcept;
@@ -397,8 +397,8 @@ class engine_impl final : public engine
     // declared after rails_: destroyed first (QPs before CQs).
     std::vector<std::unique_ptr<peer>> peers_;
     std::unordered_map<uint64_t, peer *> peer_by_nonce_; // connection set-up only
-    std::array<qp_table, max_rails> peer_by_qpn_;         // per rail: a receive's QP -> peer
-    std::vector<peer *> addr_cache_;                      // fi_addr -> peer (nullptr: look up)
+    std::array<qp_table, max_rails> peer_by_qpn_;        // per rail: a receive's QP -> peer
+    std::vector<peer *> addr_cache_;                     // fi_addr -> peer (nullptr: look up)
     uint64_t addr_cache_gen_ = ~0ull;
     // Scheduling (sched.hpp): peers whose pending work waits for a queue
     // slot or CQ credit; peers with rendezvous sends waiting for FIN (the

@@ -92,8 +92,7 @@ void failover_proto::rail_failed(engine_impl &e, peer &p, unsigned r, int err,
     e.link_gave_up(p, r);
 }
 
-void failover_proto::evacuate(engine_impl &e, peer &p, unsigned r, int err,
-                              int prov_errno) noexcept
+void failover_proto::evacuate(engine_impl &e, peer &p, unsigned r, int err, int prov_errno) noexcept
 {
     unsigned next = max_rails;
     if (p.rails[p.primary].ready() && p.primary != r) next = p.primary;
@@ -113,10 +112,9 @@ void failover_proto::evacuate(engine_impl &e, peer &p, unsigned r, int err,
         wait = true;
         p.st = peer::state::connecting; // headers wait for the new connection
     } else {
-        MLX4_WARN(FI_LOG_EP_DATA,
-                  "peer %016llx: rail %u (%s port %u) failed; traffic moves to rail %u\n",
-                  nonce_of(p), r, e.rails_[r]->r.dev->attr().name.c_str(), e.rails_[r]->r.port,
-                  next);
+        MLX4_WARN(
+            FI_LOG_EP_DATA, "peer %016llx: rail %u (%s port %u) failed; traffic moves to rail %u\n",
+            nonce_of(p), r, e.rails_[r]->r.dev->attr().name.c_str(), e.rails_[r]->r.port, next);
     }
     p.primary = next;
 

@@ -29,9 +29,9 @@ struct peer;
 // The kinds, also the wr_id kind field (4 bits): receives, then one per
 // operation type.
 enum class op_kind : uint8_t {
-    srq_recv = 1, // a receive buffer of a rail's SRQ (not an operation)
-    ud_recv = 2,  // a connection datagram buffer (not an operation)
-    eager = 3,    // an eager send: header and payload in a bounce buffer
+    srq_recv = 1,  // a receive buffer of a rail's SRQ (not an operation)
+    ud_recv = 2,   // a connection datagram buffer (not an operation)
+    eager = 3,     // an eager send: header and payload in a bounce buffer
     rndv_send = 4, // a rendezvous sender: RTS out, completes on FIN
     rndv_read = 5, // a rendezvous receiver: the parent of its read chunks, then FIN
     rma = 6,       // fi_read / fi_write: a parent of chunks, or one rail's work requests
@@ -87,15 +87,15 @@ struct op {
     op *next = nullptr, *prev = nullptr; // its peer's pending or in-flight list
     op_kind kind = op_kind::eager;
     bool in_use = false;
-    bool posted = false; // on the in-flight list (else pending)
-    bool report = true;  // report ev when done (false: inject, control, chunk)
-    bool header = false; // its buffer starts with a msg_hdr (ready_rails stamped at post)
-    uint8_t rail = 0;    // where its work requests go and its buffer lives
-    uint8_t epoch = 0;   // bumped when it moves: completions from before are stale
-    peer *dest = nullptr; // the peer (owned by the engine's peer table)
-    uint32_t slot = 0;    // in its pool
-    uint32_t gen = 0;     // bumped on release
-    int32_t buf = -1;     // bounce buffer slot on rail, -1: none
+    bool posted = false;      // on the in-flight list (else pending)
+    bool report = true;       // report ev when done (false: inject, control, chunk)
+    bool header = false;      // its buffer starts with a msg_hdr (ready_rails stamped at post)
+    uint8_t rail = 0;         // where its work requests go and its buffer lives
+    uint8_t epoch = 0;        // bumped when it moves: completions from before are stale
+    peer *dest = nullptr;     // the peer (owned by the engine's peer table)
+    uint32_t slot = 0;        // in its pool
+    uint32_t gen = 0;         // bumped on release
+    int32_t buf = -1;         // bounce buffer slot on rail, -1: none
     uint32_t outstanding = 0; // device completions still expected
     uint32_t next_wr = 0;     // wrs[] posted so far
     uint32_t nwr = 0;

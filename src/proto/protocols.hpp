@@ -28,8 +28,8 @@ struct op_handlers {
 };
 
 // A received header message (in sequence) of one wire op.
-using recv_handler = void (*)(engine_impl &e, peer &p, const wire::msg_hdr &h,
-                              const uint8_t *body, uint32_t body_len) noexcept;
+using recv_handler = void (*)(engine_impl &e, peer &p, const wire::msg_hdr &h, const uint8_t *body,
+                              uint32_t body_len) noexcept;
 
 struct eager_proto {
     static status start(engine_impl &e, peer &p, const send_args &a, size_t len) noexcept;
@@ -83,8 +83,8 @@ struct rma_proto {
     static void abort(engine_impl &e, op &o, int err, int prov_errno) noexcept;
     // A striped RMA whose chunks are all done.
     static void done(engine_impl &e, rma_op &r) noexcept;
-    static void on_write_data(engine_impl &e, peer &p, const wire::msg_hdr &h,
-                              const uint8_t *body, uint32_t body_len) noexcept;
+    static void on_write_data(engine_impl &e, peer &p, const wire::msg_hdr &h, const uint8_t *body,
+                              uint32_t body_len) noexcept;
 };
 
 struct stripe_proto {

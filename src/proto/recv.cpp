@@ -296,13 +296,15 @@ status engine_impl::recv(const recv_args &a) noexcept
     while (m) {
         mq_.remove_unexpected(m);
         if (m->rndv) {
-            rndv_proto::start_read(*this, rx, *m->from, m->rts, m->size, m->src, m->tag, m->data, m->has_data);
+            rndv_proto::start_read(*this, rx, *m->from, m->rts, m->size, m->src, m->tag, m->data,
+                                   m->has_data);
             release_unexp(m);
             // A multi-receive buffer with room left goes on taking messages.
             if (!(a.flags & FI_MULTI_RECV) || !rx->in_use) return status::ok();
         } else {
             bool multi = a.flags & FI_MULTI_RECV;
-            eager_proto::deliver(*this, rx, m->payload.data(), m->size, m->src, m->tag, m->data, m->has_data);
+            eager_proto::deliver(*this, rx, m->payload.data(), m->size, m->src, m->tag, m->data,
+                                 m->has_data);
             release_unexp(m);
             if (!multi || !rx->in_use) return status::ok();
             mq_.unpost(rx); // deliver_eager reposted it; keep draining first

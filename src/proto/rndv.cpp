@@ -262,8 +262,7 @@ bool rndv_proto::issue(engine_impl &e, rx_entry *target, peer &p, const wire::rt
             e.release(r);
             return false;
         }
-        MLX4_WARN(FI_LOG_EP_DATA, "rendezvous from %016llx: no rail to read over\n",
-                  nonce_of(p));
+        MLX4_WARN(FI_LOG_EP_DATA, "rendezvous from %016llx: no rail to read over\n", nonce_of(p));
         r->err = FI_EIO;
         read_done(e, *r);
     }
@@ -332,8 +331,7 @@ void rndv_proto::start_read(engine_impl &e, rx_entry *rx, peer &p, const wire::r
 void rndv_proto::retry_deferred(engine_impl &e) noexcept
 {
     while (unexp_msg *m = e.deferred_reads_.head) {
-        if (!issue(e, m->matched, *m->from, m->rts, m->size, m->src, m->tag, m->data,
-                        m->has_data))
+        if (!issue(e, m->matched, *m->from, m->rts, m->size, m->src, m->tag, m->data, m->has_data))
             return;
         e.deferred_reads_.remove(m);
         m->matched = nullptr;

@@ -25,7 +25,6 @@ void parent_done(engine_impl &e, striped_op &parent) noexcept
         rma_proto::done(e, static_cast<rma_op &>(parent));
 }
 
-
 } // namespace
 
 uint32_t stripe_proto::usable_rails(const engine_impl &e, const peer &p, uint32_t key_mask) noexcept

@@ -188,8 +188,8 @@ void load_int(const char *name, long lo, long hi, uint32_t &value, config &cfg)
     if (malformed || v < lo || v > hi) {
         if (cfg.refused.empty())
             cfg.refused = "FI_MLX4_" + std::string(name) + "='" + s + "' " +
-                          (malformed ? "is not an integer" : "is outside") + " (valid: " +
-                          std::to_string(lo) + ".." + std::to_string(hi) + ")";
+                          (malformed ? "is not an integer" : "is outside") +
+                          " (valid: " + std::to_string(lo) + ".." + std::to_string(hi) + ")";
         return;
     }
     value = static_cast<uint32_t>(v);

@@ -421,8 +421,8 @@ TYPED_TEST(data_contract, post_lists_complete_in_order_and_stop_at_a_bad_request
     sge ss[8];
     send_wr sw[8];
     for (uint32_t i = 0; i < 8; ++i) {
-        ss[i] = sge{reinterpret_cast<uint64_t>(src.data()) + i * slot, i ? 100 + i : 4096,
-                    smr->lkey()};
+        ss[i] =
+            sge{reinterpret_cast<uint64_t>(src.data()) + i * slot, i ? 100 + i : 4096, smr->lkey()};
         sw[i].wr_id = i;
         sw[i].opcode = i ? wr_opcode::send : wr_opcode::rdma_write;
         sw[i].sg_list = &ss[i];

@@ -27,9 +27,9 @@ namespace mlx4fi::proto
 // endpoints (relaxed atomics: statistics, not synchronisation). Read through
 // the domain's fi_open_ops extension (fi_ext_mlx4.h).
 struct rail_counters {
-    std::atomic<uint64_t> tx_bytes{0}; // payload this side put on the rail: sends, RDMA writes
-    std::atomic<uint64_t> rx_bytes{0}; // payload this side pulled over it: RDMA reads
-    std::atomic<uint64_t> ops{0};      // work requests posted on the rail's RC QPs
+    std::atomic<uint64_t> tx_bytes{0};  // payload this side put on the rail: sends, RDMA writes
+    std::atomic<uint64_t> rx_bytes{0};  // payload this side pulled over it: RDMA reads
+    std::atomic<uint64_t> ops{0};       // work requests posted on the rail's RC QPs
     std::atomic<uint64_t> failovers{0}; // times an engine found the rail down and moved off it
     std::atomic<uint32_t> up{1};        // 0 while an engine sees the rail down
 };
@@ -40,8 +40,8 @@ struct rail {
     device::device *dev = nullptr;
     uint8_t port = 0;
     device::port_attr attr;
-    double weight = 1.0;                 // share of striped traffic (any positive scale)
-    rail_counters *counters = nullptr;   // the domain's; may be null
+    double weight = 1.0;               // share of striped traffic (any positive scale)
+    rail_counters *counters = nullptr; // the domain's; may be null
 };
 
 // The smallest eager limit: every endpoint receives at least this much
