@@ -41,13 +41,26 @@ int query_rails(fid_domain *d, fi_mlx4_rail_attr *rails, size_t *count) noexcept
     return room < dom->rails.size() ? -FI_ETOOSMALL : 0;
 }
 
+} // namespace
+
+void flush_engine_counters(domain_obj &dom) noexcept
+{
+    for (ep_obj *ep : dom.endpoints)
+        if (ep->engine) ep->engine->flush_counters();
+}
+
+namespace
+{
+
 int query_rail_stats(fid_domain *d, fi_mlx4_rail_stats *stats, size_t *count) noexcept
 {
     if (!d || !count || (*count && !stats)) {
         MLX4_WARN(FI_LOG_DOMAIN, "query_rail_stats: NULL argument\n");
         return -FI_EINVAL;
     }
-    const domain_obj *dom = to_domain(d);
+    domain_obj *dom = to_domain(d);
+    lock_guard g(dom->lock);
+    flush_engine_counters(*dom);
     size_t rails = dom->desc.rails.size();
     size_t room = *count;
     size_t n = std::min(room, rails);
@@ -78,6 +91,8 @@ int reset_rail_stats(fid_domain *d) noexcept
         return -FI_EINVAL;
     }
     domain_obj *dom = to_domain(d);
+    lock_guard g(dom->lock);
+    flush_engine_counters(*dom); // what was counted before the reset goes too
     constexpr auto relaxed = std::memory_order_relaxed;
     for (size_t i = 0; i < dom->desc.rails.size(); ++i) {
         proto::rail_counters &c = dom->counters[i];

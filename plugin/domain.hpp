@@ -16,6 +16,8 @@
 namespace mlx4fi::ofi
 {
 
+struct ep_obj;
+
 struct domain_obj {
     fid_domain fid;     // first: the C handle the application holds
     fabric_obj *fabric; // not owned; kept open (open_domains) while this lives
@@ -34,7 +36,14 @@ struct domain_obj {
     // AVs, CQs, counters, endpoints and MRs open on this domain: closing it
     // with any of them open is -FI_EBUSY.
     std::atomic<int> open_objects{0};
+    // Its endpoints, guarded by lock: their engines count traffic in plain
+    // per-rail tallies, added to counters when someone reads them
+    // (flush_engine_counters).
+    std::vector<ep_obj *> endpoints;
 };
+
+// Adds every endpoint's tallies to dom.counters. Call with dom.lock held.
+void flush_engine_counters(domain_obj &dom) noexcept;
 
 inline domain_obj *to_domain(fid_domain *d) noexcept
 {

@@ -16,7 +16,10 @@
 #include <rdma/fi_rma.h>
 #include <rdma/fi_tagged.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 
 namespace mlx4fi::ofi
@@ -349,6 +352,32 @@ int ep_control(fid *f, int command, void *arg) noexcept
     });
 }
 
+// FI_MLX4_PROTO_INFO: the protocol per size range, one stderr write per
+// endpoint, each line prefixed like FI_MLX4_RAIL_INFO's.
+void print_protocols(const domain_obj &dom, const proto::engine &eng) noexcept
+{
+    try {
+        const std::string lines = eng.protocol_info();
+        std::string out;
+        char prefix[160];
+        std::snprintf(prefix, sizeof prefix,
+                      "[mlx4 %ld] proto domain=%s: ", static_cast<long>(getpid()),
+                      dom.desc.name.c_str());
+        size_t at = 0;
+        while (at < lines.size()) {
+            size_t nl = lines.find('\n', at);
+            if (nl == std::string::npos) nl = lines.size() - 1;
+            out += prefix;
+            out.append(lines, at, nl - at + 1);
+            at = nl + 1;
+        }
+        if (!out.empty() && out.back() != '\n') out += '\n';
+        std::fwrite(out.data(), 1, out.size(), stderr);
+    } catch (...) {
+        MLX4_WARN(FI_LOG_EP_CTRL, "FI_MLX4_PROTO_INFO: out of memory\n");
+    }
+}
+
 int ep_close(fid *f) noexcept
 {
     return call("fi_close(ep)", [&] {
@@ -359,13 +388,17 @@ int ep_close(fid *f) noexcept
             // Everything still in flight is reported now, while the CQs and
             // counters are still bound.
             ep->engine->shutdown();
+            std::erase(dom->endpoints, ep);
             if (ep->tx_cq) ep->tx_cq->detach(ep);
             if (ep->rx_cq) ep->rx_cq->detach(ep);
             for (cntr_obj *c : ep->cntrs)
                 if (c) c->detach(ep);
             if (ep->av) --ep->av->bound_eps;
             ep->engine.reset();
-            if (dom->rail_stats) print_rail_stats(*dom);
+            if (dom->rail_stats) {
+                flush_engine_counters(*dom);
+                print_rail_stats(*dom);
+            }
         }
         ep->name_service.reset(); // joins its thread: outside the lock
         delete ep;
@@ -577,6 +610,7 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
             return engine.error().code();
         }
         ep->engine = std::move(engine).value();
+        if (state().cfg.proto_info) print_protocols(*dom, *ep->engine);
         ep->fid.fid.fclass = FI_CLASS_EP;
         ep->fid.fid.context = context;
         ep->fid.fid.ops = &ep_fi_ops;
@@ -587,6 +621,10 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
         ep->fid.tagged = &tagged_ops;
         ep->fid.atomic = &atomic_ops;
         ep->fid.collective = &collective_ops;
+        {
+            lock_guard g(dom->lock);
+            dom->endpoints.push_back(ep.get());
+        }
         dom->open_objects.fetch_add(1);
         *out = &ep.release()->fid;
         return 0;

@@ -30,13 +30,7 @@ struct ep_sink final : proto::event_sink {
 
 // Counter bindings, one per fi_ep_bind flag. FI_REMOTE_READ/FI_REMOTE_WRITE
 // counters need FI_RMA_EVENT, which the provider does not offer (fi_mlx4(7)).
-enum cntr_slot : uint8_t {
-    cntr_send,
-    cntr_recv,
-    cntr_read,
-    cntr_write,
-    cntr_slots
-};
+enum cntr_slot : uint8_t { cntr_send, cntr_recv, cntr_read, cntr_write, cntr_slots };
 
 struct ep_obj {
     fid_ep fid;         // first: the C handle the application holds

@@ -3,7 +3,7 @@
 
 # Debian 12 packages the build, the tests and the demo need.
 MLX4_PACKAGES=(g++ meson ninja-build pkg-config libfabric-dev libfabric-bin libibverbs-dev
-               libgtest-dev libgmock-dev openmpi-bin libopenmpi-dev)
+               libgtest-dev libgmock-dev openmpi-bin libopenmpi-dev clang-format)
 
 mlx4_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 

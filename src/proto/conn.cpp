@@ -19,7 +19,7 @@
 //  - A peer that does not answer within the wire-up budget is unreachable
 //    (FI_EIO); operations fail fast for a back-off, then the next one tries
 //    again.
-#include "engine_impl.hpp"
+#include "protocols.hpp"
 
 #include "mlx4fi/device/gid.hpp"
 #include "mlx4fi/util/log.hpp"
@@ -99,14 +99,14 @@ wireup::timing engine_impl::wireup_timing() const noexcept
     return t;
 }
 
-uint32_t engine_impl::peer_for(const ep_name &n) noexcept
+peer *engine_impl::peer_for(const ep_name &n) noexcept
 {
     auto it = peer_by_nonce_.find(n.nonce);
     if (it != peer_by_nonce_.end()) return it->second;
     try {
-        peers_.emplace_back();
-        uint32_t pi = static_cast<uint32_t>(peers_.size() - 1);
-        peer &p = peers_.back();
+        peers_.reserve(peers_.size() + 1); // may throw before anything changes
+        auto made = std::make_unique<peer>();
+        peer &p = *made;
         p.name = n;
         // Both sides pick the same primary rail from the two nonces, among the
         // rails both names describe that are not far slower than the fastest
@@ -129,16 +129,16 @@ uint32_t engine_impl::peer_for(const ep_name &n) noexcept
         p.eager_limit = static_cast<uint32_t>(cfg_.eager_limit);
         p.inline_size = cfg_.inline_size;
         p.backoff_ns = uint64_t(cfg_.peer_retry_ms) * ms_ns;
-        peer_by_nonce_.emplace(n.nonce, pi);
-        return pi;
+        peer_by_nonce_.emplace(n.nonce, &p);
+        peers_.push_back(std::move(made));
+        return &p;
     } catch (...) {
-        return UINT32_MAX;
+        return nullptr;
     }
 }
 
-status engine_impl::prepare_qp(uint32_t pi, unsigned r) noexcept
+status engine_impl::prepare_qp(peer &p, unsigned r) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     if (pr.qp) return status::ok();
     rail_res &rr = *rails_[r];
@@ -169,11 +169,7 @@ status engine_impl::prepare_qp(uint32_t pi, unsigned r) noexcept
     auto qp =
         rr.r.dev->create_qp(device::qp_type::rc, rr.r.port, *rr.cq, *rr.cq, rr.srq.get(), caps);
     if (!qp.ok()) return qp.error();
-    try {
-        peer_by_qpn_[(uint64_t(r) << 32) | qp.value()->qp_num()] = pi;
-    } catch (...) {
-        return err_nomem;
-    }
+    if (!peer_by_qpn_[r].insert(qp.value()->qp_num(), &p)) return err_nomem;
     pr.ah = std::move(ah).value();
     pr.qp = std::move(qp).value();
     pr.gid_index = static_cast<uint8_t>(gid_index);
@@ -183,14 +179,13 @@ status engine_impl::prepare_qp(uint32_t pi, unsigned r) noexcept
 void engine_impl::drop_qp(peer &p, unsigned r) noexcept
 {
     peer_rail &pr = p.rails[r];
-    if (pr.qp) peer_by_qpn_.erase((uint64_t(r) << 32) | pr.qp->qp_num());
+    if (pr.qp) peer_by_qpn_[r].erase(pr.qp->qp_num());
     retire_qp(std::move(pr.qp), r); // destroyed once its last SRQ receive is done
     pr.ah.reset();
 }
 
-status engine_impl::connect_qp(uint32_t pi, unsigned r, const wire::conn_msg &m) noexcept
+status engine_impl::connect_qp(peer &p, unsigned r, const wire::conn_msg &m) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     rail_res &rr = *rails_[r];
     const rail_name &rn = p.name.rails[r];
@@ -210,75 +205,82 @@ status engine_impl::connect_qp(uint32_t pi, unsigned r, const wire::conn_msg &m)
     return s;
 }
 
-void engine_impl::connect_rail(uint32_t pi, unsigned r) noexcept
+void engine_impl::connect_rail(peer &p, unsigned r) noexcept
 {
-    peer_rail &pr = peers_[pi].rails[r];
-    drive(pi, r, pr.hs.start(now_ns(), wireup_timing()), nullptr);
+    peer_rail &pr = p.rails[r];
+    drive(p, r, pr.hs.start(now_ns(), wireup_timing()), nullptr);
 }
 
-void engine_impl::start_connect(uint32_t pi) noexcept
+void engine_impl::start_connect(peer &p) noexcept
 {
-    peer &p = peers_[pi];
     p.st = peer::state::connecting;
-    connect_rail(pi, p.primary);
+    connect_rail(p, p.primary);
     if (p.st != peer::state::connecting) return; // failed at once
     // The other rails at the same time, so that they are usually up when the
     // first large transfer is planned (a chunk planned earlier is planned
     // again when it is posted).
     for (unsigned r = 0; r < p.nrails; ++r)
-        if (r != p.primary && (p.known_rails >> r & 1) && !rails_[r]->down) connect_rail(pi, r);
+        if (r != p.primary && (p.known_rails >> r & 1) && !rails_[r]->down) connect_rail(p, r);
 }
 
-void engine_impl::drive(uint32_t pi, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept
+void engine_impl::drive(peer &p, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept
 {
     if (!acts) return;
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
-    if (pr.hs.waiting()) wiring_ = true;
+    // Whatever the handshake does next at a time, the timer heap knows.
+    struct rearm {
+        engine_impl &e;
+        peer &p;
+        unsigned r;
+        ~rearm()
+        {
+            const wireup::handshake &hs = p.rails[r].hs;
+            if (hs.waiting()) e.schedule(hs.due(), p, r, timer_kind::handshake);
+        }
+    } rearm_on_return{*this, p, r};
     if (acts & (wireup::act_rebuilt | wireup::act_new_qp)) p.ready_mask &= ~(1u << r);
     if (acts & wireup::act_rebuilt) {
         MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx rebuilt its connection on rail %u\n", nonce_of(p),
                   r);
         if (pr.qp) pr.qp->set_error();
-        evacuate(pi, r, FI_EIO, 0);
+        failover_proto::evacuate(*this, p, r, FI_EIO, 0);
         if (p.st == peer::state::failed) return;
     }
     if (acts & wireup::act_new_qp) {
         drop_qp(p, r);
-        if (!prepare_qp(pi, r).is_ok()) {
+        if (!prepare_qp(p, r).is_ok()) {
             pr.hs.on_broken();
-            link_gave_up(pi, r);
+            link_gave_up(p, r);
             return;
         }
     }
-    if ((acts & wireup::act_connect) && (!m || !connect_qp(pi, r, *m).is_ok())) {
+    if ((acts & wireup::act_connect) && (!m || !connect_qp(p, r, *m).is_ok())) {
         pr.hs.on_broken();
-        link_gave_up(pi, r);
+        link_gave_up(p, r);
         return;
     }
-    if (acts & wireup::act_send_req) send_conn(pi, r, wire::conn_op::req);
-    if (acts & wireup::act_send_rep) send_conn(pi, r, wire::conn_op::rep);
-    if (acts & wireup::act_send_rtu) send_conn(pi, r, wire::conn_op::rtu);
-    if (acts & wireup::act_ready) link_ready(pi, r);
-    if (acts & wireup::act_give_up) link_gave_up(pi, r);
+    if (acts & wireup::act_send_req) send_conn(p, r, wire::conn_op::req);
+    if (acts & wireup::act_send_rep) send_conn(p, r, wire::conn_op::rep);
+    if (acts & wireup::act_send_rtu) send_conn(p, r, wire::conn_op::rtu);
+    if (acts & wireup::act_ready) link_ready(p, r);
+    if (acts & wireup::act_give_up) link_gave_up(p, r);
 }
 
-void engine_impl::send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept
+void engine_impl::send_conn(peer &p, unsigned r, wire::conn_op op) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     rail_res &rr = *rails_[r];
     if (!pr.ah) return;
-    tx_entry *tx = alloc_tx(tx_kind::conn, pi);
+    ctrl_op *tx = alloc_op(ctrl_pool_, p);
     if (!tx) return; // the timer resends
     tx->rail = static_cast<uint8_t>(r);
     tx->buf = alloc_buf(rr);
     if (tx->buf < 0) {
-        release_tx(tx);
+        release(tx);
         return;
     }
     tx->report = false;
-    auto *m = reinterpret_cast<wire::conn_msg *>(tx_buf(tx));
+    auto *m = reinterpret_cast<wire::conn_msg *>(buf_of(tx));
     std::memset(m, 0, sizeof *m);
     m->version = wire::version;
     m->op = static_cast<uint8_t>(op);
@@ -300,7 +302,7 @@ void engine_impl::send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept
 
     device::sge s{reinterpret_cast<uint64_t>(m), sizeof *m, rr.tx_bufs->lkey()};
     device::send_wr wr;
-    wr.wr_id = make_wr_id(wr_kind::tx, r, static_cast<uint32_t>(tx - txs_.data()), tx->gen);
+    wr.wr_id = make_wr_id(op_kind::ctrl, r, tx->slot, tx->gen);
     wr.opcode = device::wr_opcode::send;
     wr.sg_list = &s;
     wr.num_sge = 1;
@@ -308,7 +310,7 @@ void engine_impl::send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept
     wr.remote_qpn = p.name.rails[r].ud_qpn;
     wr.remote_qkey = device::default_qkey;
     if (!rr.ud->post_send(wr).is_ok()) {
-        release_tx(tx);
+        release(tx);
         return;
     }
     // Not on the peer's in-flight list: a lost datagram is resent by the timer.
@@ -348,9 +350,9 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
         MLX4_WARN(FI_LOG_EP_CTRL, "rail %u: malformed connection message dropped\n", rr.index);
         return;
     }
-    uint32_t pi = peer_for(from);
-    if (pi == UINT32_MAX) return;
-    peer &p = peers_[pi];
+    peer *found = peer_for(from);
+    if (!found) return;
+    peer &p = *found;
     const auto op = static_cast<wire::conn_op>(m.op);
 
     // Sessions: an older one's messages are stale; a newer one means the
@@ -371,7 +373,7 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
                       "peer %016llx started a new session (it had given up on us): its "
                       "connections start over\n",
                       nonce_of(p));
-            restart_peer(pi, FI_EIO, 0);
+            restart_peer(p, FI_EIO, 0);
         }
         p.remote_session = m.session;
     }
@@ -406,45 +408,44 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
     in.dst_epoch = m.dst_epoch;
     MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx rail %u: %s received (QP %u, epoch %u) in state %s\n",
              nonce_of(p), r, op_name(op), m.rc_qpn, m.epoch, wireup::to_string(p.rails[r].hs.st()));
-    drive(pi, r, p.rails[r].hs.on_message(in, now_ns(), wireup_timing()), &m);
+    drive(p, r, p.rails[r].hs.on_message(in, now_ns(), wireup_timing()), &m);
 }
 
-void engine_impl::link_ready(uint32_t pi, unsigned r) noexcept
+void engine_impl::link_ready(peer &p, unsigned r) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     p.ready_mask |= 1u << r;
-    if (p.st == peer::state::connecting && !p.settle_ns)
+    if (p.st == peer::state::connecting && !p.settle_ns) {
         p.settle_ns = now_ns() + uint64_t(cfg_.connect_retry_ms) * ms_ns;
+        schedule(p.settle_ns, p, r, timer_kind::settle);
+    }
     MLX4_DBG(FI_LOG_EP_CTRL, "peer %016llx connected on rail %u (QP %u -> %u)\n", nonce_of(p), r,
              pr.qp->qp_num(), pr.hs.remote_qpn());
-    if (p.st != peer::state::connected) peer_settled(pi);
-    flush_pending(pi);
+    if (p.st != peer::state::connected) peer_settled(p);
+    flush_pending(p);
 }
 
-void engine_impl::flush_pending(uint32_t pi) noexcept
+void engine_impl::flush_pending(peer &p) noexcept
 {
-    peer &p = peers_[pi];
     while (p.st == peer::state::connected && p.pending.head) {
-        tx_entry *tx = p.pending.head;
+        op *tx = p.pending.head;
         p.pending.remove(tx);
-        --pending_total_;
-        if (!post_tx(tx)) {
+        if (!post(tx)) {
             p.pending.push_front(tx); // queue full: progress retries, in order
-            ++pending_total_;
-            break;
+            blocked_.push_back(&p);
+            return;
         }
     }
+    blocked_.remove(&p); // drained, or not connected (the connection flushes it)
 }
 
-void engine_impl::peer_settled(uint32_t pi, bool force) noexcept
+void engine_impl::peer_settled(peer &p, bool force) noexcept
 {
     // A peer is connected once no handshake of its rails is under way: its
     // first transfers then see every rail that could be had (the first large
     // message is striped), as UCX completes all lanes of an endpoint first.
     // A rail that does not answer is not waited for long once another is
     // up (one resend interval): it joins later.
-    peer &p = peers_[pi];
     if (p.st != peer::state::connecting) return;
     unsigned up = max_rails;
     for (unsigned k = 0; k < p.nrails; ++k) {
@@ -457,7 +458,7 @@ void engine_impl::peer_settled(uint32_t pi, bool force) noexcept
                   "peer %016llx did not answer the connection request within %u ms "
                   "(FI_MLX4_CONNECT_TIMEOUT_MS) or cannot be reached\n",
                   nonce_of(p), cfg_.connect_timeout_ms);
-        fail_peer(pi, FI_EIO, 0);
+        fail_peer(p, FI_EIO, 0);
         return;
     }
     // Headers go on the primary rail both ends agree on, unless it is not up.
@@ -471,17 +472,16 @@ void engine_impl::peer_settled(uint32_t pi, bool force) noexcept
     for (unsigned i = 0; i < p.nrails; ++i)
         if (p.rails[i].hs.st() == wireup::state::idle && (p.known_rails >> i & 1) &&
             !rails_[i]->down)
-            connect_rail(pi, i);
+            connect_rail(p, i);
 }
 
-void engine_impl::link_gave_up(uint32_t pi, unsigned r) noexcept
+void engine_impl::link_gave_up(peer &p, unsigned r) noexcept
 {
-    peer &p = peers_[pi];
     peer_rail &pr = p.rails[r];
     if (pr.qp) pr.qp->set_error();
     p.ready_mask &= ~(1u << r);
     pr.retry_ns = now_ns() + uint64_t(cfg_.connect_retry_ms) * 25 * ms_ns;
-    rails_down_ = true;
+    schedule(pr.retry_ns, p, r, timer_kind::rejoin);
     if (p.st == peer::state::connected) {
         MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: rail %u does not answer; tried again later\n",
                   nonce_of(p), r);
@@ -490,13 +490,12 @@ void engine_impl::link_gave_up(uint32_t pi, unsigned r) noexcept
     if (p.st != peer::state::connecting) return;
     // Not connected yet: the rails that are up carry it, or, with none up
     // and none under way, the peer is unreachable.
-    peer_settled(pi);
-    if (p.st == peer::state::connected) flush_pending(pi);
+    peer_settled(p);
+    if (p.st == peer::state::connected) flush_pending(p);
 }
 
-void engine_impl::restart_peer(uint32_t pi, int err, int prov_errno) noexcept
+void engine_impl::restart_peer(peer &p, int err, int prov_errno) noexcept
 {
-    peer &p = peers_[pi];
     for (unsigned r = 0; r < max_rails; ++r) {
         peer_rail &pr = p.rails[r];
         if (pr.qp) pr.qp->set_error();
@@ -513,24 +512,23 @@ void engine_impl::restart_peer(uint32_t pi, int err, int prov_errno) noexcept
     p.inline_size = cfg_.inline_size;
     p.primary = std::min<unsigned>(p.primary, p.nrails ? p.nrails - 1 : 0);
     p.st = peer::state::idle;
-    while (tx_entry *tx = p.pending.head) {
-        p.pending.remove(tx);
-        --pending_total_;
-        fail_tx(tx, err, prov_errno);
+    blocked_.remove(&p);
+    while (op *o = p.pending.head) {
+        p.pending.remove(o);
+        fail(o, err, prov_errno);
     }
-    while (tx_entry *tx = p.inflight.head)
-        fail_tx(tx, err, prov_errno);
+    while (op *o = p.inflight.head)
+        fail(o, err, prov_errno);
 }
 
-void engine_impl::fail_peer(uint32_t pi, int err, int prov_errno) noexcept
+void engine_impl::fail_peer(peer &p, int err, int prov_errno) noexcept
 {
-    peer &p = peers_[pi];
     if (p.st == peer::state::failed) return;
     MLX4_WARN(FI_LOG_EP_CTRL,
               "peer %016llx unreachable (%s); failing its operations, trying again in %llu ms\n",
               nonce_of(p), fi_strerror(err), static_cast<unsigned long long>(p.backoff_ns / ms_ns));
-    restart_peer(pi, err, prov_errno);
-    peer &q = peers_[pi];
+    restart_peer(p, err, prov_errno);
+    peer &q = p;
     ++q.session; // the peer learns from it that we started over
     q.st = peer::state::failed;
     q.fail_err = err;
@@ -542,37 +540,55 @@ void engine_impl::fail_peer(uint32_t pi, int err, int prov_errno) noexcept
     if (a != FI_ADDR_NOTAVAIL) fail_directed(a, err);
 }
 
-void engine_impl::peer_rails_ready(uint32_t pi, uint32_t ready_rails) noexcept
+void engine_impl::peer_rails_ready(peer &p, uint32_t ready_rails) noexcept
 {
-    for (unsigned r = 0; r < peers_[pi].nrails && r < max_rails; ++r) {
-        peer_rail &pr = peers_[pi].rails[r];
+    for (unsigned r = 0; r < p.nrails && r < max_rails; ++r) {
+        peer_rail &pr = p.rails[r];
         if ((ready_rails >> r & 1) && pr.hs.st() == wireup::state::accepting)
-            drive(pi, r, pr.hs.on_traffic(), nullptr);
+            drive(p, r, pr.hs.on_traffic(), nullptr);
     }
 }
 
-void engine_impl::check_timers() noexcept
+void engine_impl::schedule(uint64_t due, peer &p, unsigned rail, timer_kind kind) noexcept
 {
-    const uint64_t now = now_ns();
+    if (!timers_.push(due, timer_ref{&p, static_cast<uint8_t>(rail), kind}))
+        MLX4_WARN(FI_LOG_EP_CTRL, "out of memory for a timer of peer %016llx\n", nonce_of(p));
+}
+
+void engine_impl::run_timers(uint64_t now) noexcept
+{
     const wireup::timing t = wireup_timing();
-    bool any = false;
-    for (uint32_t i = 0; i < peers_.size(); ++i) {
-        peer &p = peers_[i];
-        if (p.st == peer::state::connecting && p.settle_ns && now >= p.settle_ns) {
-            MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: connected before all its rails answered\n",
-                      nonce_of(p));
-            peer_settled(i, true);
-            flush_pending(i);
-        }
-        for (unsigned r = 0; r < peers_[i].nrails && r < max_rails; ++r) {
-            peer_rail &pr = peers_[i].rails[r];
-            if (!pr.hs.waiting()) continue;
-            any = true;
-            if (now < pr.hs.due()) continue;
-            drive(i, r, pr.hs.on_timer(now, t), nullptr);
+    decltype(timers_)::entry e;
+    while (timers_.pop_due(now, e)) {
+        peer &p = *e.what.p;
+        const unsigned r = e.what.rail;
+        peer_rail &pr = p.rails[r];
+        // Each entry still holds only if what it was set for is unchanged.
+        switch (e.what.kind) {
+        case timer_kind::handshake:
+            if (pr.hs.waiting() && pr.hs.due() == e.due)
+                drive(p, r, pr.hs.on_timer(now, t), nullptr);
+            break;
+        case timer_kind::settle:
+            if (p.st == peer::state::connecting && p.settle_ns == e.due) {
+                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: connected before all its rails answered\n",
+                          nonce_of(p));
+                peer_settled(p, true);
+                flush_pending(p);
+            }
+            break;
+        case timer_kind::rejoin:
+            if (pr.hs.st() != wireup::state::down || pr.retry_ns != e.due) break;
+            if (p.st == peer::state::connecting || rails_[r]->down) {
+                pr.retry_ns = now + reconnect_backoff_ns; // later
+                schedule(pr.retry_ns, p, r, timer_kind::rejoin);
+            } else if (p.st == peer::state::connected) {
+                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: reconnecting rail %u\n", nonce_of(p), r);
+                connect_rail(p, r);
+            }
+            break;
         }
     }
-    if (!any) wiring_ = false;
 }
 
 } // namespace mlx4fi::proto

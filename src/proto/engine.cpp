@@ -1,6 +1,9 @@
 // The engine: set-up of each rail's device resources, progress, completion
-// dispatch, and the tx pool shared by every protocol.
-#include "engine_impl.hpp"
+// dispatch through the table of operation kinds, and the life of an
+// operation every protocol shares (pools, bounce buffers, submit, post,
+// finish, fail).
+#include "protocols.hpp"
+#include "select.hpp"
 
 #include "mlx4fi/util/log.hpp"
 
@@ -14,6 +17,23 @@
 
 namespace mlx4fi::proto
 {
+namespace
+{
+
+// Completions by operation kind (ops.hpp). Receives are not operations.
+constexpr op_handlers by_kind[op_kinds] = {
+    {nullptr, nullptr},
+    {nullptr, nullptr}, // srq_recv
+    {nullptr, nullptr}, // ud_recv
+    {eager_proto::sent, eager_proto::abort},
+    {rndv_proto::rts_sent, rndv_proto::rts_abort},
+    {rndv_proto::fin_sent, rndv_proto::read_abort},
+    {rma_proto::sent, rma_proto::abort},
+    {stripe_proto::sent, stripe_proto::abort},
+    {ctrl_proto::sent, ctrl_proto::abort},
+};
+
+} // namespace
 
 uint64_t now_ns() noexcept
 {
@@ -56,11 +76,9 @@ engine_impl::engine_impl(const engine_config &cfg, event_sink &sink)
     buf_size_ = (sizeof(wire::msg_hdr) + body + 63) & ~size_t(63);
     tx_slots_ = static_cast<uint32_t>(std::clamp<size_t>(
         std::min<size_t>(cfg_.tx_buffers, tx_bytes / buf_size_), 64, max_tx_slots));
-    txs_.resize(max_tx);
-    tx_free_.reserve(max_tx);
-    for (uint32_t i = max_tx; i-- > 0;)
-        tx_free_.push_back(i);
     addr_cache_.reserve(1024);
+    // Refill the SRQ in batches, but never hold back more than a quarter of it.
+    refill_batch_ = std::clamp<uint32_t>(cfg_.srq_depth / 4, 1, 16);
 }
 
 engine_impl::~engine_impl()
@@ -161,8 +179,11 @@ status engine_impl::init(const std::vector<rail> &rails)
         rn.mtu = pa.mtu;
         rails_.push_back(std::move(rr));
         rail_res &ref = *rails_.back();
-        for (uint32_t b = 0; b < cfg_.srq_depth; ++b)
-            repost_srq(ref, b);
+        for (uint32_t b = 0; b < cfg_.srq_depth; ++b) {
+            ref.refill[ref.refill_n++] = b;
+            if (ref.refill_n == device::max_post_list) refill_srq(ref);
+        }
+        refill_srq(ref);
         for (uint32_t b = 0; b < ud_depth; ++b)
             repost_ud(ref, b);
     }
@@ -177,72 +198,95 @@ status engine_impl::init(const std::vector<rail> &rails)
     return status::ok();
 }
 
-void engine_impl::repost_srq(rail_res &rr, uint32_t idx) noexcept
+void engine_impl::refill_srq(rail_res &rr) noexcept
 {
-    device::sge s{reinterpret_cast<uint64_t>(rr.rx_base() + size_t(idx) * buf_size_),
-                  static_cast<uint32_t>(buf_size_), rr.rx_bufs->lkey()};
-    device::recv_wr wr{make_wr_id(wr_kind::srq_recv, rr.index, idx), &s, 1};
-    if (!rr.srq->post_recv(wr).is_ok())
-        MLX4_WARN(FI_LOG_EP_DATA, "rail %u: cannot repost receive buffer %u\n", rr.index, idx);
+    const uint32_t n = rr.refill_n;
+    if (n == 0) return;
+    device::sge s[device::max_post_list];
+    device::recv_wr wr[device::max_post_list];
+    for (uint32_t i = 0; i < n; ++i) {
+        const uint32_t idx = rr.refill[i];
+        s[i] = device::sge{reinterpret_cast<uint64_t>(rr.rx_base() + size_t(idx) * buf_size_),
+                           static_cast<uint32_t>(buf_size_), rr.rx_bufs->lkey()};
+        wr[i] = device::recv_wr{make_wr_id(op_kind::srq_recv, rr.index, idx), &s[i], 1};
+    }
+    uint32_t posted = 0;
+    status st = rr.srq->post_recv_list(wr, n, posted);
+    rr.refill_n = 0;
+    if (!st.is_ok()) [[unlikely]]
+        MLX4_WARN(FI_LOG_EP_DATA, "rail %u: cannot repost %u receive buffers: %s\n", rr.index,
+                  n - posted, fi_strerror(-st.code()));
 }
 
 void engine_impl::repost_ud(rail_res &rr, uint32_t idx) noexcept
 {
     device::sge s{reinterpret_cast<uint64_t>(rr.ud_base() + size_t(idx) * ud_buf_size), ud_buf_size,
                   rr.ud_bufs->lkey()};
-    device::recv_wr wr{make_wr_id(wr_kind::ud_recv, rr.index, idx), &s, 1};
+    device::recv_wr wr{make_wr_id(op_kind::ud_recv, rr.index, idx), &s, 1};
     if (!rr.ud->post_recv(wr).is_ok())
         MLX4_WARN(FI_LOG_EP_CTRL, "rail %u: cannot repost UD buffer %u\n", rr.index, idx);
 }
 
-tx_entry *engine_impl::alloc_tx(tx_kind kind, uint32_t pi) noexcept
+// ---------------------------------------------------------------- operations
+
+void engine_impl::release(op *o) noexcept
 {
-    if (tx_free_.empty()) return nullptr;
-    tx_entry *tx = &txs_[tx_free_.back()];
-    tx_free_.pop_back();
-    // Field by field rather than a whole new entry (it is large): the leases
-    // were released with the entry, the stripe description is written whole
-    // by whoever makes a parent, and later work requests by their builders.
-    tx->next = tx->prev = nullptr;
-    tx->posted = tx->waiting_fin = tx->fin_seen = tx->planned = tx->header = false;
-    tx->report = true;
-    tx->rail = 0;
-    tx->epoch = 0;
-    tx->buf = -1;
-    tx->outstanding = tx->next_wr = tx->nwr = 0;
-    tx->err = tx->prov_errno = 0;
-    tx->ev = event{};
-    tx->wrs[0] = tx_entry::wr_desc{};
-    tx->parent = nullptr;
-    tx->children = 0;
-    tx->off = tx->len = tx->rma_key = 0;
-    tx->rx = nullptr;
-    tx->remote_msg_id = tx->msg_size = 0;
-    tx->truncated = false;
-    tx->in_use = true;
-    tx->kind = kind;
-    tx->peer = pi;
-    if (pi < peers_.size()) tx->rail = static_cast<uint8_t>(peers_[pi].primary);
-    if (kind == tx_kind::rts) ++rts_outstanding_;
-    return tx;
+    free_buf(o);
+    for (uint8_t i = 0; i < o->max_mr; ++i)
+        o->mr[i].release();
+    if (o->kind == op_kind::rndv_send) rts_closed(*o->dest);
+    o->in_use = false;
+    ++o->gen;
+    switch (o->kind) {
+    case op_kind::eager:
+        eager_pool_.release(static_cast<eager_op *>(o));
+        return;
+    case op_kind::rndv_send:
+        rndv_send_pool_.release(static_cast<rndv_send_op *>(o));
+        return;
+    case op_kind::rndv_read:
+        rndv_read_pool_.release(static_cast<rndv_read_op *>(o));
+        return;
+    case op_kind::rma:
+        rma_pool_.release(static_cast<rma_op *>(o));
+        return;
+    case op_kind::chunk:
+        chunk_pool_.release(static_cast<chunk_op *>(o));
+        return;
+    case op_kind::ctrl:
+        ctrl_pool_.release(static_cast<ctrl_op *>(o));
+        return;
+    default:
+        return;
+    }
 }
 
-void engine_impl::free_buf(tx_entry *tx) noexcept
+op *engine_impl::op_of(uint64_t wr_id) noexcept
 {
-    if (tx->buf < 0) return;
-    rails_[tx->rail]->tx_free.push_back(static_cast<uint32_t>(tx->buf));
-    tx->buf = -1;
+    const uint32_t slot = wr_id_slot(wr_id);
+    switch (wr_id_kind(wr_id)) {
+    case op_kind::eager:
+        return eager_pool_.at(slot);
+    case op_kind::rndv_send:
+        return rndv_send_pool_.at(slot);
+    case op_kind::rndv_read:
+        return rndv_read_pool_.at(slot);
+    case op_kind::rma:
+        return rma_pool_.at(slot);
+    case op_kind::chunk:
+        return chunk_pool_.at(slot);
+    case op_kind::ctrl:
+        return ctrl_pool_.at(slot);
+    default:
+        return nullptr;
+    }
 }
 
-void engine_impl::release_tx(tx_entry *tx) noexcept
+void engine_impl::free_buf(op *o) noexcept
 {
-    free_buf(tx);
-    for (auto &m : tx->mr)
-        m.release();
-    if (tx->kind == tx_kind::rts) --rts_outstanding_;
-    tx->in_use = false;
-    ++tx->gen;
-    tx_free_.push_back(static_cast<uint32_t>(tx - txs_.data()));
+    if (o->buf < 0) return;
+    rails_[o->rail]->tx_free.push_back(static_cast<uint32_t>(o->buf));
+    o->buf = -1;
 }
 
 int32_t engine_impl::alloc_buf(rail_res &rr) noexcept
@@ -253,169 +297,182 @@ int32_t engine_impl::alloc_buf(rail_res &rr) noexcept
     return static_cast<int32_t>(s);
 }
 
-uint8_t *engine_impl::tx_buf(const tx_entry *tx) noexcept
+uint8_t *engine_impl::buf_of(const op *o) noexcept
 {
-    return rails_[tx->rail]->tx_base() + size_t(tx->buf) * buf_size_;
+    return rails_[o->rail]->tx_base() + size_t(o->buf) * buf_size_;
 }
 
-tx_entry *engine_impl::alloc_header_tx(tx_kind kind, uint32_t pi) noexcept
+void engine_impl::submit_header(op *o, uint32_t body_len) noexcept
 {
-    tx_entry *tx = alloc_tx(kind, pi);
-    if (!tx) return nullptr;
-    tx->buf = alloc_buf(*rails_[tx->rail]);
-    if (tx->buf < 0) {
-        release_tx(tx);
-        return nullptr;
-    }
-    auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
-    std::memset(h, 0, sizeof *h);
-    h->version = wire::version;
-    tx->header = true;
-    return tx;
-}
-
-void engine_impl::submit_header(tx_entry *tx, uint32_t body_len) noexcept
-{
-    auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
+    auto *h = reinterpret_cast<wire::msg_hdr *>(buf_of(o));
     const uint32_t len = static_cast<uint32_t>(sizeof *h) + body_len;
-    tx_entry::wr_desc &d = tx->wrs[0];
-    d = tx_entry::wr_desc{};
+    wr_desc &d = o->wrs[0];
+    d = wr_desc{};
     d.opcode = device::wr_opcode::send;
     d.num_sge = 1;
-    d.sge[0] = {reinterpret_cast<uint64_t>(h), len, rails_[tx->rail]->tx_bufs->lkey()};
-    d.inline_data = len <= cfg_.inline_size;
-    tx->nwr = 1;
-    tx->next_wr = 0;
-    tx->outstanding = 0;
-    h->seq = peers_[tx->peer].tx_seq++;
-    submit(tx);
+    d.sge[0] = {reinterpret_cast<uint64_t>(h), len, rails_[o->rail]->tx_bufs->lkey()};
+    d.inline_data = len <= o->dest->inline_size;
+    o->nwr = 1;
+    o->next_wr = 0;
+    o->outstanding = 0;
+    h->seq = o->dest->tx_seq++;
+    submit(o);
 }
 
-void engine_impl::submit(tx_entry *tx) noexcept
+void engine_impl::submit(op *o) noexcept
 {
-    peer &p = peers_[tx->peer];
+    peer &p = *o->dest;
     if (p.st == peer::state::failed) {
         // Fail fast during the back-off; the first operation after it tries again.
         if (now_ns() < p.retry_ns) {
-            fail_tx(tx, p.fail_err ? p.fail_err : FI_EIO, p.fail_prov);
+            fail(o, p.fail_err ? p.fail_err : FI_EIO, p.fail_prov);
             return;
         }
         MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx failed before: trying again\n", nonce_of(p));
         p.st = peer::state::idle;
     }
     if (p.st != peer::state::connected || !p.pending.empty()) {
-        p.pending.push_back(tx);
-        ++pending_total_;
-        if (p.st == peer::state::idle) start_connect(tx->peer);
+        defer(p, o);
+        if (p.st == peer::state::idle) start_connect(p);
         return;
     }
-    if (!post_tx(tx)) {
-        p.pending.push_back(tx);
-        ++pending_total_;
-    }
+    if (!post(o)) defer(p, o);
 }
 
-bool engine_impl::post_tx(tx_entry *tx) noexcept
+void engine_impl::defer(peer &p, op *o) noexcept
 {
-    peer &p = peers_[tx->peer];
-    if (tx->kind == tx_kind::eager && tx->msg_size > p.eager_limit && !convert_to_rts(tx))
-        return true; // failed (and reported)
-    const bool rail_up = p.rails[tx->rail].ready();
-    if (tx->kind == tx_kind::chunk && (!tx->planned || !rail_up)) {
+    p.pending.push_back(o);
+    if (p.st == peer::state::connected) blocked_.push_back(&p);
+}
+
+void engine_impl::rts_opened(peer &p) noexcept
+{
+    if (p.rts_open++ == 0) rts_waiting_.push_back(&p);
+}
+
+void engine_impl::rts_closed(peer &p) noexcept
+{
+    if (--p.rts_open == 0) rts_waiting_.remove(&p);
+}
+
+void engine_impl::count(rail_res &rr, const wr_desc &d) noexcept
+{
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; i < d.num_sge; ++i)
+        bytes += d.sge[i].length;
+    ++rr.tally.ops;
+    (d.opcode == device::wr_opcode::rdma_read ? rr.tally.rx_bytes : rr.tally.tx_bytes) += bytes;
+}
+
+bool engine_impl::post(op *o) noexcept
+{
+    peer &p = *o->dest;
+    if (o->kind == op_kind::eager &&
+        static_cast<eager_op *>(o)->msg_size > p.eager_limit) { // the peer's limit is smaller
+        o = rndv_proto::convert(*this, static_cast<eager_op *>(o));
+        if (!o) return true; // failed (and reported)
+    }
+    const bool rail_up = p.rails[o->rail].ready();
+    if (o->kind == op_kind::chunk && (!static_cast<chunk_op *>(o)->planned || !rail_up)) {
         // Prepared before the peer was connected, or its rail failed since:
         // planned over the rails up now.
-        replan(tx, FI_EIO, 0);
+        stripe_proto::replan(*this, *static_cast<chunk_op *>(o), FI_EIO, 0);
         return true;
     }
-    if (!rail_up && !rehome(tx, p.primary)) return false; // headers follow the primary
-    if (tx->header && tx->next_wr == 0)
-        reinterpret_cast<wire::msg_hdr *>(tx_buf(tx))->ready_rails = p.ready_mask;
-    device::queue_pair &qp = *p.rails[tx->rail].qp;
-    while (tx->next_wr < tx->nwr) {
-        const tx_entry::wr_desc &d = tx->wrs[tx->next_wr];
-        device::send_wr wr;
-        wr.wr_id = make_wr_id(wr_kind::tx, tx->rail, static_cast<uint32_t>(tx - txs_.data()),
-                              tx->gen, tx->epoch);
-        wr.opcode = d.opcode;
-        wr.signaled = true;
-        wr.inline_data = d.inline_data;
-        wr.sg_list = d.sge;
-        wr.num_sge = d.num_sge;
-        wr.imm_data = d.imm;
-        wr.remote_addr = d.remote_addr;
-        wr.rkey = d.rkey;
-        rail_res &rr = *rails_[tx->rail];
-        if (rr.cq_credits == 0) return false; // the CQ is full of our sends: wait
-        status s = qp.post_send(wr);
+    if (!rail_up && !failover_proto::rehome(*this, *o, p.primary))
+        return false; // headers follow the primary
+    if (o->header && o->next_wr == 0)
+        reinterpret_cast<wire::msg_hdr *>(buf_of(o))->ready_rails = p.ready_mask;
+    rail_res &rr = *rails_[o->rail];
+    device::queue_pair &qp = *p.rails[o->rail].qp;
+    // The operation's remaining work requests as one chain (one doorbell),
+    // as many as the CQ has room for.
+    static_assert(max_op_wrs <= device::max_post_list);
+    while (o->next_wr < o->nwr) {
+        const uint32_t n = std::min<uint32_t>(o->nwr - o->next_wr, rr.cq_credits);
+        if (n == 0) return false; // the CQ is full of our sends: wait
+        device::send_wr wrs[max_op_wrs];
+        const uint64_t wr_id = make_wr_id(o->kind, o->rail, o->slot, o->gen, o->epoch);
+        for (uint32_t i = 0; i < n; ++i) {
+            const wr_desc &d = o->wrs[o->next_wr + i];
+            device::send_wr &wr = wrs[i];
+            wr.wr_id = wr_id;
+            wr.opcode = d.opcode;
+            wr.signaled = true;
+            wr.inline_data = d.inline_data;
+            wr.sg_list = d.sge;
+            wr.num_sge = d.num_sge;
+            wr.imm_data = d.imm;
+            wr.remote_addr = d.remote_addr;
+            wr.rkey = d.rkey;
+        }
+        uint32_t posted = 0;
+        status s = n == 1 ? qp.post_send(wrs[0]) : qp.post_send_list(wrs, n, posted);
+        if (n == 1 && s.is_ok()) posted = 1;
+        for (uint32_t i = 0; i < posted; ++i)
+            count(rr, o->wrs[o->next_wr + i]);
+        rr.cq_credits -= posted;
+        o->next_wr += posted;
+        o->outstanding += posted;
         if (s == err_again) return false;
-        if (s.is_ok()) --rr.cq_credits;
         if (!s.is_ok()) {
             MLX4_WARN(FI_LOG_EP_DATA, "post to peer %016llx on rail %u failed: %d\n", nonce_of(p),
-                      tx->rail, s.code());
-            if (!tx->posted) {
-                tx->posted = true;
-                p.inflight.push_back(tx);
+                      o->rail, s.code());
+            if (!o->posted) {
+                o->posted = true;
+                p.inflight.push_back(o);
             }
-            rail_failed(tx->peer, tx->rail, FI_EIO, 0);
+            failover_proto::rail_failed(*this, p, o->rail, FI_EIO, 0);
             return true;
         }
-        ++tx->next_wr;
-        ++tx->outstanding;
-        count(tx->rail, d);
     }
-    if (!tx->posted) {
-        tx->posted = true;
-        p.inflight.push_back(tx);
+    if (!o->posted) {
+        o->posted = true;
+        p.inflight.push_back(o);
     }
     return true;
 }
 
-void engine_impl::finish_tx(tx_entry *tx) noexcept
+void engine_impl::finish(op *o) noexcept
 {
-    peer &p = peers_[tx->peer];
-    if (tx->posted) p.inflight.remove(tx);
-    event ev = tx->ev;
-    bool rep = tx->report;
-    release_tx(tx);
+    if (o->posted) o->dest->inflight.remove(o);
+    event ev = o->ev;
+    bool rep = o->report;
+    release(o);
     if (rep) report(ev);
 }
 
-void engine_impl::fail_tx(tx_entry *tx, int err, int prov_errno) noexcept
+void engine_impl::fail(op *o, int err, int prov_errno) noexcept
 {
-    if (tx->kind == tx_kind::chunk) {
-        chunk_failed(tx, err, prov_errno);
-        return;
-    }
-    peer &p = peers_[tx->peer];
-    if (tx->posted) p.inflight.remove(tx);
-    tx->posted = false;
-    event ev = tx->ev;
-    bool rep = tx->report || tx->kind == tx_kind::read;
-    rx_entry *rx = tx->rx;
-    release_tx(tx);
-    if (rx) { // a rendezvous read: the receive fails
-        ev = failed_recv(rx, err);
-        release_rx(rx);
-        rep = true;
-    }
-    if (!rep) return;
-    ev.err = err;
-    ev.prov_errno = prov_errno;
-    report(ev);
+    if (o->posted) o->dest->inflight.remove(o);
+    o->posted = false;
+    by_kind[static_cast<unsigned>(o->kind)].abort(*this, *o, err, prov_errno);
 }
 
-status engine_impl::resolve(fi_addr_t addr, uint32_t &pi) noexcept
+void ctrl_proto::sent(engine_impl &e, op &o, const wc_t &) noexcept
+{
+    e.finish(&o); // a UD datagram or a keepalive: nothing to report
+}
+
+void ctrl_proto::abort(engine_impl &e, op &o, int, int) noexcept
+{
+    e.finish(&o);
+}
+
+// ---------------------------------------------------------------- addresses
+
+status engine_impl::resolve(fi_addr_t addr, peer *&out) noexcept
 {
     if (!av_) {
         MLX4_WARN(FI_LOG_EP_DATA, "no address vector bound\n");
         return err_inval;
     }
     if (addr_cache_gen_ != av_->generation()) {
-        std::fill(addr_cache_.begin(), addr_cache_.end(), 0u);
+        std::fill(addr_cache_.begin(), addr_cache_.end(), nullptr);
         addr_cache_gen_ = av_->generation();
     }
     if (addr < addr_cache_.size() && addr_cache_[addr]) {
-        pi = addr_cache_[addr] - 1;
+        out = addr_cache_[addr];
         return status::ok();
     }
     const ep_name *n = av_->lookup(addr);
@@ -424,13 +481,17 @@ status engine_impl::resolve(fi_addr_t addr, uint32_t &pi) noexcept
                   static_cast<unsigned long long>(addr));
         return err_inval;
     }
-    pi = peer_for(*n);
-    if (pi == UINT32_MAX) return err_nomem;
-    peers_[pi].addr = addr;
+    peer *p = peer_for(*n);
+    if (!p) return err_nomem;
+    p->addr = addr;
     if (addr < (1u << 20)) {
-        if (addr >= addr_cache_.size()) addr_cache_.resize(addr + 1, 0u);
-        addr_cache_[addr] = pi + 1;
+        try {
+            if (addr >= addr_cache_.size()) addr_cache_.resize(addr + 1, nullptr);
+            addr_cache_[addr] = p;
+        } catch (...) { // not cached: looked up again next time
+        }
     }
+    out = p;
     return status::ok();
 }
 
@@ -440,47 +501,68 @@ fi_addr_t engine_impl::peer_addr(peer &p) noexcept
     return p.addr;
 }
 
+// ---------------------------------------------------------------- calls
+
+status engine_impl::send(const send_args &a) noexcept
+{
+    peer *dest = nullptr;
+    status s = resolve(a.dest, dest);
+    if (!s.is_ok()) return s;
+    size_t len = 0;
+    for (size_t i = 0; i < a.count; ++i)
+        len += a.iov[i].iov_len;
+    return select_send(len, a.flags, dest->eager_limit) == send_protocol::eager
+               ? eager_proto::start(*this, *dest, a, len)
+               : rndv_proto::start(*this, *dest, a, len);
+}
+
+status engine_impl::rma(const rma_args &a) noexcept
+{
+    return rma_proto::start(*this, a);
+}
+
+// ---------------------------------------------------------------- progress
+
 void engine_impl::progress() noexcept
 {
     device::work_completion wc[32];
+    bool idle = true;
     for (auto &rr : rails_) {
         for (;;) {
             int n = rr->cq->poll(wc, 32);
             for (int i = 0; i < n; ++i)
                 handle_wc(*rr, wc[i]);
+            if (n) idle = false;
             if (n < 32) break;
         }
+        // Buffers consumed in this pass go back before the next one; a full
+        // batch went back as soon as it was full.
+        if (rr->refill_n) refill_srq(*rr);
     }
-    if (pending_total_) {
-        for (uint32_t i = 0; i < peers_.size() && pending_total_; ++i) {
-            peer &p = peers_[i];
-            while (p.st == peer::state::connected && !p.pending.empty()) {
-                tx_entry *tx = p.pending.head;
-                p.pending.remove(tx);
-                --pending_total_;
-                if (!post_tx(tx)) {
-                    p.pending.push_front(tx); // still full: keep its place
-                    ++pending_total_;
-                    break;
-                }
-            }
-        }
+    // Nothing arrived: a moment off the critical path to publish the tallies.
+    if (idle) flush_counters();
+    // Peers whose work waited for a queue slot: in order, each until it
+    // blocks again (flush_pending takes drained peers off the queue).
+    for (peer *p = blocked_.front(), *nx = nullptr; p; p = nx) {
+        nx = decltype(blocked_)::next(p);
+        flush_pending(*p);
     }
-    if (!deferred_reads_.empty()) retry_deferred();
+    if (!deferred_reads_.empty()) rndv_proto::retry_deferred(*this);
     if ((++purge_tick_ & 63) == 0) {
         const uint64_t now = now_ns();
-        poll_device_events(now);   // a port error fails its rail over at once
-        check_rails(now);          // port states and reconnections (rate-limited inside)
-        if (purge_tick_ == 4096) { // let go of registrations of freed memory
+        poll_device_events(now);                 // a port error fails its rail over at once
+        failover_proto::check_rails(*this, now); // port states (rate-limited inside)
+        if (purge_tick_ == 4096) {               // let go of registrations of freed memory
             purge_tick_ = 0;
             for (auto &rr : rails_) {
                 rr->cache->purge();
                 rr->src_cache->purge();
             }
+            flush_counters();
         }
     }
-    if (wiring_) check_timers();
-    if (rts_outstanding_) keepalive();
+    if (!timers_.empty() && (++timer_tick_ & 15) == 0) run_timers(now_ns());
+    if (!rts_waiting_.empty()) keepalive();
 }
 
 void engine_impl::keepalive() noexcept
@@ -492,26 +574,24 @@ void engine_impl::keepalive() noexcept
         return;
     }
     next_keepalive_ns_ = now + uint64_t(cfg_.keepalive_ms) * 1000000ull;
-    for (uint32_t pi = 0; pi < peers_.size(); ++pi) {
-        peer &p = peers_[pi];
+    // Peers a rendezvous send waits on: a NOP (a numbered header, nothing to
+    // deliver) turns a peer that died into a send error.
+    for (peer *pp = rts_waiting_.front(); pp; pp = decltype(rts_waiting_)::next(pp)) {
+        peer &p = *pp;
         if (p.st != peer::state::connected) continue;
-        bool waiting = false;
-        for (tx_entry *t = p.inflight.head; t && !waiting; t = t->next)
-            waiting = t->kind == tx_kind::rts;
-        if (!waiting) continue;
-        tx_entry *tx = alloc_header_tx(tx_kind::fin, pi);
-        if (!tx) return;
-        tx->report = false;
-        reinterpret_cast<wire::msg_hdr *>(tx_buf(tx))->op = static_cast<uint8_t>(wire::op::nop);
-        submit_header(tx, 0);
+        ctrl_op *c = alloc_header_op(ctrl_pool_, p);
+        if (!c) return;
+        c->report = false;
+        reinterpret_cast<wire::msg_hdr *>(buf_of(c))->op = static_cast<uint8_t>(wire::op::nop);
+        submit_header(c, 0);
     }
 }
 
 void engine_impl::handle_wc(rail_res &rr, const device::work_completion &wc) noexcept
 {
     switch (wr_id_kind(wc.wr_id)) {
-    case wr_kind::srq_recv: {
-        uint32_t idx = wr_id_index(wc.wr_id);
+    case op_kind::srq_recv: {
+        uint32_t idx = wr_id_slot(wc.wr_id);
         if (wc.status != device::wc_status::success) {
             if (wc.status != device::wc_status::wr_flush_err)
                 MLX4_WARN(FI_LOG_EP_DATA, "rail %u: receive error %d\n", rr.index,
@@ -519,90 +599,77 @@ void engine_impl::handle_wc(rail_res &rr, const device::work_completion &wc) noe
             if (!shut_) repost_srq(rr, idx);
             return;
         }
-        auto it = peer_by_qpn_.find((uint64_t(rr.index) << 32) | wc.qp_num);
-        if (it == peer_by_qpn_.end()) {
+        peer *from = peer_by_qpn_[rr.index].find(wc.qp_num);
+        if (!from) {
             // A QP given up with its peer (late arrivals of an old session).
             MLX4_INFO(FI_LOG_EP_DATA, "rail %u: message on unknown QP %u dropped\n", rr.index,
                       wc.qp_num);
         } else {
-            peer_rail &pr = peers_[it->second].rails[rr.index];
+            peer_rail &pr = from->rails[rr.index];
             // The first message on a QP we accepted: the peer's side is ready.
             if (pr.hs.st() == wireup::state::accepting)
-                drive(it->second, rr.index, pr.hs.on_traffic(), nullptr);
-            handle_msg(rr, it->second, rr.rx_base() + size_t(idx) * buf_size_, wc.byte_len);
+                drive(*from, rr.index, pr.hs.on_traffic(), nullptr);
+            handle_msg(rr, *from, rr.rx_base() + size_t(idx) * buf_size_, wc.byte_len);
         }
         repost_srq(rr, idx);
         return;
     }
-    case wr_kind::ud_recv: {
-        uint32_t idx = wr_id_index(wc.wr_id);
+    case op_kind::ud_recv: {
+        uint32_t idx = wr_id_slot(wc.wr_id);
         if (wc.status == device::wc_status::success && wc.byte_len > device::ud_grh_bytes)
             handle_conn(rr, rr.ud_base() + size_t(idx) * ud_buf_size + device::ud_grh_bytes,
                         wc.byte_len - device::ud_grh_bytes);
         if (!shut_) repost_ud(rr, idx);
         return;
     }
-    case wr_kind::tx:
+    default:
         if (wc.qp_num != rr.ud->qp_num()) ++rr.cq_credits; // an RC send's slot is free
-        handle_tx_wc(wc);
+        handle_op_wc(rr, wc);
         return;
     }
-    MLX4_WARN(FI_LOG_EP_DATA, "completion with unknown wr_id %llx\n",
-              static_cast<unsigned long long>(wc.wr_id));
 }
 
-void engine_impl::handle_tx_wc(const device::work_completion &wc) noexcept
+void engine_impl::handle_op_wc(rail_res &rr, const device::work_completion &wc) noexcept
 {
-    uint32_t idx = wr_id_index(wc.wr_id);
-    if (idx >= txs_.size()) return;
-    tx_entry *tx = &txs_[idx];
+    op *o = op_of(wc.wr_id);
     // An operation already failed, cancelled, or moved to another rail.
-    if (!tx->in_use || (tx->gen & 0xfffff) != wr_id_gen(wc.wr_id) ||
-        tx->rail != wr_id_rail(wc.wr_id) || (tx->epoch & 0xf) != wr_id_epoch(wc.wr_id))
-        return;
-    if (tx->kind == tx_kind::conn) { // a UD datagram: nothing to learn from its fate
-        finish_tx(tx);
+    if (!o || !o->in_use || (o->gen & 0xfffff) != wr_id_gen(wc.wr_id) ||
+        o->rail != wr_id_rail(wc.wr_id) || (o->epoch & 0xf) != wr_id_epoch(wc.wr_id)) {
+        if (!o) {
+            MLX4_WARN(FI_LOG_EP_DATA, "rail %u: completion with unknown wr_id %llx\n", rr.index,
+                      static_cast<unsigned long long>(wc.wr_id));
+        }
         return;
     }
-    if (tx->outstanding) --tx->outstanding;
+    if (o->kind == op_kind::ctrl && !o->header) { // a UD datagram: nothing to learn from its fate
+        release(o);
+        return;
+    }
+    if (o->outstanding) --o->outstanding;
     if (wc.status != device::wc_status::success) {
-        int prov = static_cast<int>(wc.status);
-        uint32_t pi = tx->peer;
+        const int prov = static_cast<int>(wc.status);
+        peer &p = *o->dest;
         if (wc.status != device::wc_status::wr_flush_err)
             MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: work request on rail %u failed, status %d\n",
-                      nonce_of(peers_[pi]), tx->rail, prov);
+                      nonce_of(p), o->rail, prov);
         if (wc.status == device::wc_status::rem_access_err &&
-            (tx->kind == tx_kind::chunk || tx->kind == tx_kind::rma)) {
+            (o->kind == op_kind::chunk || o->kind == op_kind::rma)) {
             // A bad key is the operation's fault, not the rail's: it fails
             // with FI_EACCES; the connection (now in error) is rebuilt.
-            unsigned r = tx->rail;
-            fail_tx(tx, FI_EACCES, prov);
-            rail_failed(pi, r, FI_EIO, prov);
+            unsigned r = o->rail;
+            fail(o, FI_EACCES, prov);
+            failover_proto::rail_failed(*this, p, r, FI_EIO, prov);
             return;
         }
         // Retries exhausted, flushed, or any other transport error: the
         // connection on this rail is gone. Its traffic moves to other rails,
-        // this entry's included (it may not have arrived).
-        tx->next_wr = 0;
-        rail_failed(pi, tx->rail, FI_EIO, prov);
+        // this operation's included (it may not have arrived).
+        o->next_wr = 0;
+        failover_proto::rail_failed(*this, p, o->rail, FI_EIO, prov);
         return;
     }
-    if (tx->outstanding || tx->next_wr < tx->nwr) return;
-    switch (tx->kind) {
-    case tx_kind::rts:
-        free_buf(tx); // the transfer completes on FIN
-        if (tx->fin_seen)
-            finish_tx(tx);
-        else
-            tx->waiting_fin = true;
-        return;
-    case tx_kind::chunk:
-        chunk_done(tx);
-        return;
-    default:
-        finish_tx(tx);
-        return;
-    }
+    if (o->outstanding || o->next_wr < o->nwr) return;
+    by_kind[static_cast<unsigned>(o->kind)].sent(*this, *o, wc);
 }
 
 event engine_impl::failed_recv(const rx_entry *rx, int err) noexcept
@@ -647,19 +714,35 @@ util::mr_cache_stats engine_impl::cache_stats() const noexcept
     return sum;
 }
 
+void engine_impl::flush_counters() noexcept
+{
+    constexpr auto relaxed = std::memory_order_relaxed;
+    for (auto &rr : rails_) {
+        rail_counters *c = rr->r.counters;
+        rail_tally &t = rr->tally;
+        if (t.ops == 0) continue;
+        if (c) {
+            c->tx_bytes.fetch_add(t.tx_bytes, relaxed);
+            c->rx_bytes.fetch_add(t.rx_bytes, relaxed);
+            c->ops.fetch_add(t.ops, relaxed);
+        }
+        t = rail_tally{};
+    }
+}
+
 void engine_impl::shutdown() noexcept
 {
     if (shut_) return;
     shut_ = true;
-    for (uint32_t i = 0; i < peers_.size(); ++i) {
-        peer &p = peers_[i];
-        while (tx_entry *tx = p.pending.head) {
-            p.pending.remove(tx);
-            --pending_total_;
-            fail_tx(tx, FI_ECANCELED, 0);
+    for (auto &pp : peers_) {
+        peer &p = *pp;
+        while (op *o = p.pending.head) {
+            p.pending.remove(o);
+            fail(o, FI_ECANCELED, 0);
         }
-        while (tx_entry *tx = p.inflight.head)
-            fail_tx(tx, FI_ECANCELED, 0);
+        blocked_.remove(&p);
+        while (op *o = p.inflight.head)
+            fail(o, FI_ECANCELED, 0);
     }
     while (unexp_msg *m = deferred_reads_.head) {
         deferred_reads_.remove(m);
@@ -680,10 +763,11 @@ void engine_impl::shutdown() noexcept
             release_unexp(m);
         }
     }
+    flush_counters();
     peers_.clear(); // QPs before the CQs and SRQs they use
     retired_.clear();
     for (auto &rr : rails_) {
-        rr->cache.reset(); // every lease went with its transfer
+        rr->cache.reset(); // every lease went with its operation
         rr->src_cache.reset();
         rr->ud.reset();
         rr->srq.reset();

@@ -1,56 +1,38 @@
-// The engine's private state: rails with their device resources, peers with
-// their RC connections, the tx/rx pools and the matching queues.
-// Split over engine.cpp (set-up, progress, dispatch), conn.cpp (connection
-// management), msg.cpp (eager and matching), rndv.cpp (rendezvous), rma.cpp.
+// The engine's private state and its generic machinery: rails with their
+// device resources, the peer table, the operation pools, the matching
+// queues, the scheduling queues and timers (sched.hpp), and what every
+// protocol uses to move an operation through its life (submit, post,
+// complete, fail). The protocols themselves are objects of their own, each in
+// a file named for it (protocols.hpp): eager, rendezvous, RMA, striping,
+// failover; connections are conn.cpp with wireup.hpp's state machine.
+//
+//   engine.cpp    set-up, progress, completion dispatch (table by op kind),
+//                 the pools, submit/post/finish/fail, keepalive, shutdown
+//   recv.cpp      receives: matching, the unexpected queue, PEEK/CLAIM,
+//                 multi-receive; header dispatch (table by wire op)
+//   select.cpp    the one protocol selection function, FI_MLX4_PROTO_INFO
+//   conn.cpp      connections, peer lifetime, timers
+//   events.cpp    the devices' async events
 #pragma once
 
 #include "match.hpp"
 #include "mlx4fi/proto/engine.hpp"
 #include "mlx4fi/util/mr_cache.hpp"
+#include "ops.hpp"
+#include "sched.hpp"
 #include "wire.hpp"
 #include "wireup.hpp"
 
 #include <array>
 #include <map>
 #include <memory>
+#include <new>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
 namespace mlx4fi::proto
 {
-
-// wr_id layout: kind (4 bits) | rail (4) | epoch (4) | generation (20) |
-// index (32). The generation lets a completion for a tx entry that was failed
-// and reused (a flushed work request after a peer error) be recognised and
-// dropped; rail and epoch do the same for an entry that was moved to another
-// rail (failover) and re-posted there.
-enum class wr_kind : uint64_t { srq_recv = 1, ud_recv = 2, tx = 3 };
-inline uint64_t make_wr_id(wr_kind k, unsigned rail, uint32_t index, uint32_t gen = 0,
-                           unsigned epoch = 0) noexcept
-{
-    return (uint64_t(k) << 60) | (uint64_t(rail & 0xf) << 56) | (uint64_t(epoch & 0xf) << 52) |
-           (uint64_t(gen & 0xfffff) << 32) | index;
-}
-inline wr_kind wr_id_kind(uint64_t id) noexcept
-{
-    return wr_kind(id >> 60);
-}
-inline unsigned wr_id_rail(uint64_t id) noexcept
-{
-    return unsigned(id >> 56) & 0xf;
-}
-inline unsigned wr_id_epoch(uint64_t id) noexcept
-{
-    return unsigned(id >> 52) & 0xf;
-}
-inline uint32_t wr_id_gen(uint64_t id) noexcept
-{
-    return uint32_t(id >> 32) & 0xfffff;
-}
-inline uint32_t wr_id_index(uint64_t id) noexcept
-{
-    return uint32_t(id);
-}
 
 inline constexpr uint32_t ud_depth = 64;
 inline constexpr uint32_t ud_send_depth = 256; // connection datagrams in flight per rail
@@ -59,9 +41,12 @@ inline constexpr uint32_t ud_buf_size = 256;
 // eager limits so a rail's bounce memory stays within tx_bytes (at least 64).
 inline constexpr uint32_t max_tx_slots = 1024;
 inline constexpr size_t tx_bytes = size_t(16) << 20;
-inline constexpr uint32_t max_tx = 4096; // tx entries per engine
-inline constexpr uint32_t max_wr_sge = 4;
 inline constexpr size_t max_early_msgs = 4096; // per peer, held for a resend to fill a gap
+inline constexpr uint64_t reconnect_backoff_ns = 500'000'000; // a peer's lost rail, tried again
+
+// Operation pool sizes per endpoint (ops.hpp): what may be in flight at once.
+inline constexpr uint32_t eager_ops = 4096, rndv_send_ops = 1024, rndv_read_ops = 1024,
+                          rma_ops = 1024, chunk_ops = 2048, ctrl_ops = 1024;
 
 // Registers ranges on one rail's device for the registration cache. The
 // handle is the device::memory_region (owned by the cache's entry).
@@ -97,6 +82,14 @@ inline const device::memory_region &region_of(const util::mr_cache::lease &l) no
     return *static_cast<const device::memory_region *>(l.handle());
 }
 
+// Plain per-rail counters of this engine: incremented on the data path
+// without atomics, added to the domain's rail_counters when a progress pass
+// finds nothing to do and when they are read (engine::flush_counters).
+// Failovers are rare and counted there directly.
+struct rail_tally {
+    uint64_t tx_bytes = 0, rx_bytes = 0, ops = 0;
+};
+
 // A rail's device resources for this endpoint.
 struct rail_res {
     rail r;
@@ -119,82 +112,48 @@ struct rail_res {
     bool down = false;       // the local port is down (health check)
     bool broken = false;     // its CQ or device failed (async event): out of service for good
     uint32_t cq_credits = 0; // RC sends that may still be posted without overrunning cq
+    rail_tally tally;
+    // Receive buffers consumed and waiting to go back to the SRQ together
+    // (one post list, one doorbell, per refill_batch).
+    uint32_t refill[device::max_post_list];
+    uint32_t refill_n = 0;
     uint8_t *rx_base() const noexcept { return static_cast<uint8_t *>(rx_bufs->addr()); }
     uint8_t *ud_base() const noexcept { return static_cast<uint8_t *>(ud_bufs->addr()); }
     uint8_t *tx_base() const noexcept { return static_cast<uint8_t *>(tx_bufs->addr()); }
 };
 
-// eager, rts, fin (also keepalive NOPs): header messages, sequenced per peer
-// and sent on the peer's primary rail. read / rma: the parent of a striped
-// transfer (never posted itself); chunk: one rail's share of it. conn: a
-// connection datagram over UD.
-enum class tx_kind : uint8_t { eager, rts, fin, conn, read, rma, chunk };
+// QP number -> peer, for one rail's receives: two loads, no hashing. QP
+// numbers are 24 bits; pages of 4096 entries are made on first use (at
+// connection set-up, never on the data path).
+class qp_table
+{
+  public:
+    peer *find(uint32_t qpn) const noexcept
+    {
+        const auto &page = pages_[(qpn >> page_bits) & (pages - 1)];
+        return page ? page[qpn & (page_size - 1)] : nullptr;
+    }
+    // False when out of memory.
+    bool insert(uint32_t qpn, peer *p) noexcept
+    {
+        auto &page = pages_[(qpn >> page_bits) & (pages - 1)];
+        if (!page) {
+            page.reset(new (std::nothrow) peer *[page_size]());
+            if (!page) return false;
+        }
+        page[qpn & (page_size - 1)] = p;
+        return true;
+    }
+    void erase(uint32_t qpn) noexcept
+    {
+        auto &page = pages_[(qpn >> page_bits) & (pages - 1)];
+        if (page) page[qpn & (page_size - 1)] = nullptr;
+    }
 
-// A transfer that may be split over rails: the remote pieces with a key per
-// rail, the local pieces, and the operation. Kept in the parent so that a
-// chunk whose rail fails can be rebuilt on another rail.
-struct stripe_desc {
-    struct remote_seg {
-        uint64_t addr = 0, len = 0;
-        uint32_t rkey[max_rails] = {};
-    };
-    remote_seg remote[wire::max_segments];
-    uint32_t nremote = 0;
-    uint32_t rail_mask = 0; // rails whose rkeys are known
-    iovec local[4] = {};
-    uint32_t nlocal = 0;
-    device::wr_opcode opcode = device::wr_opcode::rdma_read;
-    uint64_t length = 0;
-};
-
-// One transfer the engine tracks until it completes. Pool entry (txs_).
-struct tx_entry {
-    tx_entry *next = nullptr, *prev = nullptr; // peer's pending or in-flight list
-    tx_kind kind = tx_kind::eager;
-    bool in_use = false;
-    bool posted = false;      // on the in-flight list (else pending)
-    bool report = true;       // report an event when done (false: inject, fin, conn)
-    bool waiting_fin = false; // rendezvous sender: RTS sent, waiting for FIN
-    bool fin_seen = false;    // FIN arrived before the RTS send completion
-    bool planned = false;     // a chunk planned over the rails up at the time
-    bool header = false;      // its buffer starts with a msg_hdr (stamped at post)
-    uint8_t rail = 0;         // where its work requests go and its buffer lives
-    uint8_t epoch = 0;        // bumped when it moves to another rail
-    uint32_t peer = 0;
-    uint32_t gen = 0;         // bumped on release: a FIN for an old incarnation is dropped
-    int32_t buf = -1;         // tx_bufs slot on rail
-    uint32_t outstanding = 0; // device completions still expected
-    uint32_t next_wr = 0;     // wrs[] posted so far
-    uint32_t nwr = 0;
-    int err = 0, prov_errno = 0;
-    event ev; // the completion to report
-    // The work requests, prepared at submit time and posted when the peer is
-    // connected (and re-posted after a queue-full or a failover).
-    struct wr_desc {
-        device::wr_opcode opcode = device::wr_opcode::send;
-        bool inline_data = false;
-        uint32_t num_sge = 0;
-        device::sge sge[max_wr_sge];
-        uint64_t remote_addr = 0;
-        uint32_t rkey = 0;
-        uint32_t imm = 0;
-    };
-    wr_desc wrs[8];
-    // Registrations held until completion: a chunk's local pieces (by
-    // index), a rendezvous sender's buffer on each rail.
-    util::mr_cache::lease mr[8];
-    // Striped transfers: the parent's description and count of live chunks;
-    // a chunk's parent and its byte range of the transfer.
-    tx_entry *parent = nullptr;
-    uint32_t children = 0;
-    uint64_t off = 0, len = 0;
-    uint64_t rma_key = 0; // FI_INJECT writes: the target's key, for a new rail's rkey
-    stripe_desc xd;
-    // Rendezvous receiver side.
-    rx_entry *rx = nullptr;
-    uint64_t remote_msg_id = 0;
-    uint64_t msg_size = 0;
-    bool truncated = false;
+  private:
+    static constexpr uint32_t page_bits = 12, page_size = 1u << page_bits;
+    static constexpr uint32_t pages = 1u << (24 - page_bits);
+    std::array<std::unique_ptr<peer *[]>, pages> pages_;
 };
 
 // A peer's RC connection on one rail (local rail i talks to the peer's rail
@@ -205,10 +164,14 @@ struct peer_rail {
     std::unique_ptr<device::queue_pair> qp;
     std::unique_ptr<device::address_handle> ah;
     uint8_t gid_index = 0; // RoCE: the local GID entry this peer is reached from
-    uint64_t retry_ns = 0; // down: when the health check may connect it again
+    uint64_t retry_ns = 0; // down: when it may be connected again
     bool ready() const noexcept { return hs.st() == wireup::state::ready; }
 };
 
+// A remote endpoint. Made on first contact (a send to it, or its connection
+// request) and kept for the engine's life at a stable address: operations,
+// the QP tables and the scheduling queues point at it. Its state changes in
+// conn.cpp only.
 struct peer {
     // idle: never connected (or reset); connecting: a handshake is under way
     // and operations wait; connected: headers flow on the primary rail;
@@ -223,7 +186,11 @@ struct peer {
     uint32_t ready_mask = 0;  // rails whose connection is ready (bit mask)
     std::array<peer_rail, max_rails> rails;
     state st = state::idle;
+    // Its sequence window: header messages are numbered per peer.
     uint32_t tx_seq = 0, rx_seq = 0;
+    // Header messages that arrived ahead of their turn after a failover
+    // (a gap only a resend fills). Empty in normal operation.
+    std::map<uint32_t, std::vector<uint8_t>> early;
     int fail_err = 0, fail_prov = 0;
     // Sessions: ours is bumped each time we give up on the peer; a newer
     // session from the peer means it gave up on us, and sequence numbers
@@ -235,13 +202,23 @@ struct peer {
     uint64_t backoff_ns = 0; // the next failure's wait
     // What both sides agreed in the handshake: the smaller of the two.
     uint32_t eager_limit = 0, inline_size = 0;
-    bool agreed = false;      // the peer's limits are known
-    ilist<tx_entry> pending;  // prepared, waiting for the connection
-    ilist<tx_entry> inflight; // posted, waiting for completions (or FIN)
-    // Header messages that arrived ahead of their turn after a failover
-    // (a gap only a resend fills). Empty in normal operation.
-    std::map<uint32_t, std::vector<uint8_t>> early;
+    bool agreed = false;           // the peer's limits are known
+    uint32_t rts_open = 0;         // rendezvous sends waiting for FIN (keepalive probes then)
+    queue_link<peer> blocked_link; // on the engine's blocked_ queue
+    queue_link<peer> rts_link;     // on the engine's rts_waiting_ queue
+    ilist<op> pending;             // prepared, waiting for the connection or a queue slot
+    ilist<op> inflight;            // posted, waiting for completions (or FIN)
 };
+
+// What a timer is for: a handshake's next resend or give-up, a connecting
+// peer's settling, a lost rail's next reconnection attempt.
+enum class timer_kind : uint8_t { handshake, settle, rejoin };
+
+struct eager_proto;
+struct rndv_proto;
+struct rma_proto;
+struct stripe_proto;
+struct failover_proto;
 
 class engine_impl final : public engine
 {
@@ -263,65 +240,122 @@ class engine_impl final : public engine
     size_t min_multi_recv() const noexcept override { return min_multi_recv_; }
     void shutdown() noexcept override;
     util::mr_cache_stats cache_stats() const noexcept override;
+    void flush_counters() noexcept override;
+    std::string protocol_info() const override;
 
   private:
-    // engine.cpp
+    friend struct eager_proto;
+    friend struct rndv_proto;
+    friend struct rma_proto;
+    friend struct stripe_proto;
+    friend struct failover_proto;
+    friend struct ctrl_proto;
+
+    // engine.cpp: set-up
     // Logs why creating what on dev failed (with the memlock limit when out
     // of memory) and returns s.
     status setup_failed(const device::device &dev, const char *what, status s) noexcept;
-    void handle_wc(rail_res &rr, const device::work_completion &wc) noexcept;
-    void handle_tx_wc(const device::work_completion &wc) noexcept;
-    void repost_srq(rail_res &rr, uint32_t idx) noexcept;
+    // A consumed receive buffer goes back to the SRQ with the next batch.
+    void repost_srq(rail_res &rr, uint32_t idx) noexcept
+    {
+        rr.refill[rr.refill_n++] = idx;
+        if (rr.refill_n >= refill_batch_) refill_srq(rr);
+    }
+    void refill_srq(rail_res &rr) noexcept; // posts the batch now
+    uint32_t refill_batch_ = 1;
     void repost_ud(rail_res &rr, uint32_t idx) noexcept;
-    tx_entry *alloc_tx(tx_kind kind, uint32_t peer) noexcept;
-    void release_tx(tx_entry *tx) noexcept;
+
+    // engine.cpp: operations
+    // A fresh operation of pool's type for peer p (on its primary rail);
+    // nullptr when the pool is empty.
+    template <class T> T *alloc_op(op_pool<T> &pool, peer &p) noexcept;
+    // ... with a bounce buffer on its rail holding a zeroed, versioned
+    // msg_hdr; nullptr when out of either.
+    template <class T> T *alloc_header_op(op_pool<T> &pool, peer &p) noexcept;
+    void release(op *o) noexcept; // to its pool, with its buffer and registrations
     int32_t alloc_buf(rail_res &rr) noexcept;
-    void submit(tx_entry *tx) noexcept;  // pending until connected, then post
-    bool post_tx(tx_entry *tx) noexcept; // false: queue full, retry later
-    void finish_tx(tx_entry *tx) noexcept;
-    void fail_tx(tx_entry *tx, int err, int prov_errno) noexcept;
+    void free_buf(op *o) noexcept; // gives o's bounce buffer back to its rail
+    uint8_t *buf_of(const op *o) noexcept;
+    // Sends the header in o's buffer followed by body_len bytes as one SEND
+    // (inline when small enough), stamped with the peer's next sequence
+    // number: called once nothing can fail, so the numbers have no gaps.
+    void submit_header(op *o, uint32_t body_len) noexcept;
+    void submit(op *o) noexcept; // waits for the connection, then posts
+    bool post(op *o) noexcept;   // false: a queue is full, retry later
+    // Puts o at the end of the peer's pending work; a connected peer is
+    // queued to be flushed by progress (a queue was full).
+    void defer(peer &p, op *o) noexcept;
+    void finish(op *o) noexcept; // done: reported (if it reports) and released
+    // Failed (cancelled, its peer gone): the kind's abort reports it.
+    void fail(op *o, int err, int prov_errno) noexcept;
     void report(const event &ev) noexcept { sink_.report(ev); }
+    void count(rail_res &rr, const wr_desc &d) noexcept;
+    void rts_opened(peer &p) noexcept;
+    void rts_closed(peer &p) noexcept;
+
+    // engine.cpp: completions
+    void handle_wc(rail_res &rr, const device::work_completion &wc) noexcept;
+    void handle_op_wc(rail_res &rr, const device::work_completion &wc) noexcept;
+    op *op_of(uint64_t wr_id) noexcept;
+    status resolve(fi_addr_t addr, peer *&out) noexcept;
+    fi_addr_t peer_addr(peer &p) noexcept;
+    void keepalive() noexcept;
+
+    // recv.cpp: receives and header dispatch
+    void handle_msg(rail_res &rr, peer &p, const uint8_t *buf, uint32_t len) noexcept;
+    void dispatch_msg(peer &p, const wire::msg_hdr &h, const uint8_t *body,
+                      uint32_t body_len) noexcept;
     // The error completion of a receive that will not complete (cancelled,
     // closed, or its rendezvous failed).
     static event failed_recv(const rx_entry *rx, int err) noexcept;
-    status resolve(fi_addr_t addr, uint32_t &peer_index) noexcept;
-    fi_addr_t peer_addr(peer &p) noexcept;
-    uint8_t *tx_buf(const tx_entry *tx) noexcept;
-    // A header tx entry for peer pi with a bounce buffer on its primary rail
-    // and a zeroed, versioned header; nullptr when out of either.
-    tx_entry *alloc_header_tx(tx_kind kind, uint32_t pi) noexcept;
-    // Sends the header in tx's buffer followed by body_len bytes as one SEND
-    // (inline when small enough), stamped with the peer's next sequence
-    // number: called once nothing can fail, so the numbers have no gaps.
-    void submit_header(tx_entry *tx, uint32_t body_len) noexcept;
-    // Gives tx's bounce buffer back to its rail.
-    void free_buf(tx_entry *tx) noexcept;
+    // Fills m's envelope from the header and appends it to the unexpected queue.
+    void queue_unexpected(unexp_msg *m, peer &p, fi_addr_t src, const wire::msg_hdr &h, bool tagged,
+                          bool has_data) noexcept;
+    rx_entry *alloc_rx() noexcept;
+    void release_rx(rx_entry *rx) noexcept;
+    unexp_msg *alloc_unexp() noexcept;
+    void release_unexp(unexp_msg *m) noexcept;
+    // Where a message of size bytes lands in rx: fills out, returns bytes that fit.
+    size_t place(rx_entry *rx, uint64_t size, iovec *out, size_t &nout, void *&buf) noexcept;
+    void finish_rx(rx_entry *rx, event &ev, uint64_t size, size_t placed) noexcept;
+    // Posted receives directed at addr (a peer that failed) complete with err.
+    void fail_directed(fi_addr_t addr, int err) noexcept;
 
-    // rail.cpp: striping, health and failover
-    // Rails of peer p a striped transfer may use now (connected, up, keyed).
-    uint32_t usable_rails(const peer &p, uint32_t key_mask) const noexcept;
-    // Splits parent's [off, off + len) over the usable rails into chunks
-    // (reusing reuse, a chunk of parent, for the first one when given) and
-    // submits them. False when nothing could be issued (no rail, no entry).
-    bool issue_chunks(tx_entry *parent, uint64_t off, uint64_t len, tx_entry *reuse) noexcept;
-    // Fills a chunk's work requests for its rail; false if the rail has no
-    // key or a registration fails.
-    bool build_chunk(tx_entry *c) noexcept;
-    // A chunk whose rail is no longer usable: planned again over the rails
-    // left, or failed (err) when there is none.
-    void replan(tx_entry *c, int err, int prov_errno) noexcept;
-    void chunk_done(tx_entry *c) noexcept;
-    void chunk_failed(tx_entry *c, int err, int prov_errno) noexcept;
-    void parent_done(tx_entry *parent) noexcept;
-    // Moves a header or inject tx entry to rail r (bounce buffer, keys).
-    bool rehome(tx_entry *tx, unsigned r) noexcept;
-    // Peer pi's connection on rail r broke (error completion, port down):
-    // the rail is down and its traffic moves (evacuate).
-    void rail_failed(uint32_t pi, unsigned r, int err, int prov_errno) noexcept;
-    // Moves what was sent or planned on rail r to the peer's other ready
-    // rails; with none, it waits for a handshake under way, or the peer fails.
-    void evacuate(uint32_t pi, unsigned r, int err, int prov_errno) noexcept;
-    void check_rails(uint64_t now) noexcept;
+    // conn.cpp: connections and peer lifetime
+    peer *peer_for(const ep_name &n) noexcept; // creates on first use; nullptr when out of memory
+    void start_connect(peer &p) noexcept;
+    // Starts rail r's handshake (idle or down).
+    void connect_rail(peer &p, unsigned r) noexcept;
+    // Carries out what rail r's handshake asked for (wireup::action bits);
+    // m is the message that caused them, when there is one.
+    void drive(peer &p, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept;
+    status prepare_qp(peer &p, unsigned r) noexcept;
+    status connect_qp(peer &p, unsigned r, const wire::conn_msg &m) noexcept;
+    void drop_qp(peer &p, unsigned r) noexcept;
+    void send_conn(peer &p, unsigned r, wire::conn_op op) noexcept;
+    void handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) noexcept;
+    void link_ready(peer &p, unsigned r) noexcept;
+    void link_gave_up(peer &p, unsigned r) noexcept;
+    // A connecting peer whose handshakes are all over (or, with force, that
+    // has a rail up and waited long enough for the others): connected over
+    // the rails that came up, or unreachable.
+    void peer_settled(peer &p, bool force = false) noexcept;
+    // Posts what waits for the peer's connection, in order.
+    void flush_pending(peer &p) noexcept;
+    // The peer's rails in ready_rails are ready on its side: ours that wait
+    // for its first message are ready too.
+    void peer_rails_ready(peer &p, uint32_t ready_rails) noexcept;
+    // Gives up on the peer: its operations (and receives directed at it) fail
+    // with err, its connections are dropped, and it is tried again after a
+    // back-off.
+    void fail_peer(peer &p, int err, int prov_errno) noexcept;
+    // Forgets the peer's connections and sequence window; operations in
+    // flight or waiting fail with err. (Our session is bumped by fail_peer.)
+    void restart_peer(peer &p, int err, int prov_errno) noexcept;
+    // Runs the timers due by now (handshakes, settling, rejoins).
+    void run_timers(uint64_t now) noexcept;
+    void schedule(uint64_t due, peer &p, unsigned rail, timer_kind kind) noexcept;
+    wireup::timing wireup_timing() const noexcept;
 
     // events.cpp: the devices' async events
     // Reads every rail device's pending events and acts on them: a port error
@@ -339,80 +373,6 @@ class engine_impl final : public engine
     // destroyed (destroying it earlier may lose an SRQ receive in use).
     void retire_qp(std::unique_ptr<device::queue_pair> qp, unsigned rail) noexcept;
     void reap_retired(uint64_t now) noexcept;
-    void count(unsigned r, const tx_entry::wr_desc &d) noexcept;
-
-    // conn.cpp
-    uint32_t peer_for(const ep_name &n) noexcept; // creates on first use; UINT32_MAX if full
-    void start_connect(uint32_t pi) noexcept;
-    // Starts rail r's handshake (idle or down).
-    void connect_rail(uint32_t pi, unsigned r) noexcept;
-    // Carries out what rail r's handshake asked for (wireup::action bits);
-    // m is the message that caused them, when there is one.
-    void drive(uint32_t pi, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept;
-    status prepare_qp(uint32_t pi, unsigned r) noexcept;
-    status connect_qp(uint32_t pi, unsigned r, const wire::conn_msg &m) noexcept;
-    void drop_qp(peer &p, unsigned r) noexcept;
-    void send_conn(uint32_t pi, unsigned r, wire::conn_op op) noexcept;
-    void handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) noexcept;
-    void link_ready(uint32_t pi, unsigned r) noexcept;
-    void link_gave_up(uint32_t pi, unsigned r) noexcept;
-    // A connecting peer whose handshakes are all over (or, with force, that
-    // has a rail up and waited long enough for the others): connected over
-    // the rails that came up, or unreachable.
-    void peer_settled(uint32_t pi, bool force = false) noexcept;
-    // Posts what waits for the peer's connection, in order.
-    void flush_pending(uint32_t pi) noexcept;
-    // The peer's rails in ready_rails are ready on its side: ours that wait
-    // for its first message are ready too.
-    void peer_rails_ready(uint32_t pi, uint32_t ready_rails) noexcept;
-    // Gives up on the peer: its operations (and receives directed at it) fail
-    // with err, its connections are dropped, and it is tried again after a
-    // back-off.
-    void fail_peer(uint32_t pi, int err, int prov_errno) noexcept;
-    // Forgets the peer's connections and sequence window; operations in
-    // flight or waiting fail with err. (Our session is bumped by fail_peer.)
-    void restart_peer(uint32_t pi, int err, int prov_errno) noexcept;
-    void check_timers() noexcept;
-    void keepalive() noexcept;
-    wireup::timing wireup_timing() const noexcept;
-
-    // msg.cpp
-    void handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint32_t len) noexcept;
-    void dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_t *body,
-                      uint32_t body_len) noexcept;
-    void deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t size, fi_addr_t src,
-                       uint64_t tag, uint64_t data, bool has_data) noexcept;
-    // Fills m's envelope from the header and appends it to the unexpected queue.
-    void queue_unexpected(unexp_msg *m, uint32_t pi, fi_addr_t src, const wire::msg_hdr &h,
-                          bool tagged, bool has_data) noexcept;
-    rx_entry *alloc_rx() noexcept;
-    void release_rx(rx_entry *rx) noexcept;
-    unexp_msg *alloc_unexp() noexcept;
-    void release_unexp(unexp_msg *m) noexcept;
-    // Where a message of size bytes lands in rx: fills out, returns bytes that fit.
-    size_t place(rx_entry *rx, uint64_t size, iovec *out, size_t &nout, void *&buf) noexcept;
-    // Posted receives directed at addr (a peer that failed) complete with err.
-    void fail_directed(fi_addr_t addr, int err) noexcept;
-    void finish_rx(rx_entry *rx, event &ev, uint64_t size, size_t placed) noexcept;
-
-    // rndv.cpp
-    status send_rts(tx_entry *tx, const send_args &a) noexcept;
-    void start_read(rx_entry *rx, uint32_t pi, const wire::rts_body &rts, uint64_t size,
-                    fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept;
-    // Posts the reads of a matched rendezvous into target (a plain receive or
-    // a slice of a multi-receive buffer); false when out of entries or
-    // buffers (the caller defers it).
-    bool issue_read(rx_entry *target, uint32_t pi, const wire::rts_body &rts, uint64_t size,
-                    fi_addr_t src, uint64_t tag, uint64_t data, bool has_data) noexcept;
-    void retry_deferred() noexcept;
-    // Writes the RTS body for the iov into tx's buffer (registering it on
-    // the rails the receiver may read over); returns the body's length.
-    result<uint32_t> fill_rts(tx_entry *tx, const iovec *iov, size_t count) noexcept;
-    // An eager send prepared before the peer's limit was known, larger than
-    // it: sent as a rendezvous from the caller's buffer instead.
-    bool convert_to_rts(tx_entry *tx) noexcept;
-    void read_done(tx_entry *tx) noexcept;
-    void handle_fin(uint32_t pi, const wire::fin_body &fin) noexcept;
 
     engine_config cfg_;
     event_sink &sink_;
@@ -423,22 +383,37 @@ class engine_impl final : public engine
     uint32_t tx_slots_ = max_tx_slots; // bounce buffers per rail
     size_t min_multi_recv_ = 64;       // FI_OPT_MIN_MULTI_RECV default
     std::vector<std::unique_ptr<rail_res>> rails_;
-    std::vector<tx_entry> txs_;
-    std::vector<uint32_t> tx_free_;
+    // Operations, one pool per kind (ops.hpp).
+    op_pool<eager_op> eager_pool_{eager_ops};
+    op_pool<rndv_send_op> rndv_send_pool_{rndv_send_ops};
+    op_pool<rndv_read_op> rndv_read_pool_{rndv_read_ops};
+    op_pool<rma_op> rma_pool_{rma_ops};
+    op_pool<chunk_op> chunk_pool_{chunk_ops};
+    op_pool<ctrl_op> ctrl_pool_{ctrl_ops};
     entry_pool<rx_entry> rx_pool_;
     entry_pool<unexp_msg> unexp_pool_;
     match_queues mq_;
-    std::vector<peer> peers_; // declared after rails_: destroyed first (QPs before CQs)
-    std::unordered_map<uint64_t, uint32_t> peer_by_nonce_;
-    std::unordered_map<uint64_t, uint32_t> peer_by_qpn_; // (rail << 32 | qpn) -> peer
-    std::vector<uint32_t> addr_cache_;                   // fi_addr -> peer + 1
+    // Peers have stable addresses (operations and queues point at them);
+    // declared after rails_: destroyed first (QPs before CQs).
+    std::vector<std::unique_ptr<peer>> peers_;
+    std::unordered_map<uint64_t, peer *> peer_by_nonce_; // connection set-up only
+    std::array<qp_table, max_rails> peer_by_qpn_;        // per rail: a receive's QP -> peer
+    std::vector<peer *> addr_cache_;                     // fi_addr -> peer (nullptr: look up)
     uint64_t addr_cache_gen_ = ~0ull;
-    uint32_t rts_outstanding_ = 0; // rendezvous sends waiting for FIN
+    // Scheduling (sched.hpp): peers whose pending work waits for a queue
+    // slot or CQ credit; peers with rendezvous sends waiting for FIN (the
+    // keepalive probes them); the timers.
+    member_queue<peer, &peer::blocked_link> blocked_;
+    member_queue<peer, &peer::rts_link> rts_waiting_;
+    struct timer_ref {
+        peer *p;
+        uint8_t rail;
+        timer_kind kind;
+    };
+    timer_heap<timer_ref> timers_;
+    uint32_t timer_tick_ = 0;
     uint64_t next_keepalive_ns_ = 0;
-    uint32_t pending_total_ = 0;      // tx entries waiting on peers' pending lists
-    ilist<unexp_msg> deferred_reads_; // matched rendezvous waiting for tx resources
-    bool wiring_ = false;             // a handshake may be waiting: check_timers looks
-    bool rails_down_ = false;         // a peer rail may be down: the health check reconnects
+    ilist<unexp_msg> deferred_reads_; // matched rendezvous waiting for resources
     uint64_t next_health_ns_ = 0;
     // Async events: each rail device once, with this engine's cursor.
     struct event_source {
@@ -464,9 +439,44 @@ inline unsigned long long nonce_of(const peer &p) noexcept
     return static_cast<unsigned long long>(p.name.nonce);
 }
 
-} // namespace mlx4fi::proto
-
-namespace mlx4fi::proto
-{
 static_assert(sizeof(wire::conn_msg) + device::ud_grh_bytes <= ud_buf_size);
+
+template <class T> T *engine_impl::alloc_op(op_pool<T> &pool, peer &p) noexcept
+{
+    T *o = pool.alloc();
+    if (!o) return nullptr;
+    // The base field by field (derived fields are set by whoever fills the
+    // operation): registrations went with the last release, work requests
+    // are written by their builders.
+    o->next = o->prev = nullptr;
+    o->in_use = true;
+    o->posted = o->header = false;
+    o->report = true;
+    o->rail = static_cast<uint8_t>(p.primary);
+    o->epoch = 0;
+    o->dest = &p;
+    o->buf = -1;
+    o->outstanding = o->next_wr = o->nwr = 0;
+    o->err = o->prov_errno = 0;
+    o->ev = event{};
+    if constexpr (std::is_same_v<T, rndv_send_op>) rts_opened(p); // closed by release
+    return o;
+}
+
+template <class T> T *engine_impl::alloc_header_op(op_pool<T> &pool, peer &p) noexcept
+{
+    T *o = alloc_op(pool, p);
+    if (!o) return nullptr;
+    o->buf = alloc_buf(*rails_[o->rail]);
+    if (o->buf < 0) {
+        release(o);
+        return nullptr;
+    }
+    auto *h = reinterpret_cast<wire::msg_hdr *>(buf_of(o));
+    *h = wire::msg_hdr{};
+    h->version = wire::version;
+    o->header = true;
+    return o;
+}
+
 } // namespace mlx4fi::proto

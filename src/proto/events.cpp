@@ -4,7 +4,7 @@
 // get, QP errors fail the peer's rail, CQ and device errors take the rail out
 // of service, and retired RC QPs are destroyed once their last SRQ receive is
 // done (IBV_EVENT_QP_LAST_WQE_REACHED).
-#include "engine_impl.hpp"
+#include "protocols.hpp"
 
 #include "mlx4fi/util/log.hpp"
 
@@ -64,11 +64,11 @@ void engine_impl::handle_device_event(device::device *dev, const device::async_e
     case async_kind::qp_fatal:
         for (auto &rp : rails_) {
             if (rp->r.dev != dev) continue;
-            auto it = peer_by_qpn_.find((uint64_t(rp->index) << 32) | e.qp_num);
-            if (it == peer_by_qpn_.end()) continue;
-            MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx: QP %#x on rail %u failed\n",
-                      nonce_of(peers_[it->second]), e.qp_num, rp->index);
-            rail_failed(it->second, rp->index, FI_EIO, 0);
+            peer *p = peer_by_qpn_[rp->index].find(e.qp_num);
+            if (!p) continue;
+            MLX4_WARN(FI_LOG_EP_CTRL, "peer %016llx: QP %#x on rail %u failed\n", nonce_of(*p),
+                      e.qp_num, rp->index);
+            failover_proto::rail_failed(*this, *p, rp->index, FI_EIO, 0);
         }
         return;
     case async_kind::qp_last_wqe_reached:
@@ -104,10 +104,9 @@ void engine_impl::local_rail_down(rail_res &rr) noexcept
     if (rr.r.counters) rr.r.counters->up.store(0, std::memory_order_relaxed);
     MLX4_WARN(FI_LOG_EP_CTRL, "rail %u (%s port %u) is down\n", rr.index,
               rr.r.dev->attr().name.c_str(), rr.r.port);
-    for (uint32_t pi = 0; pi < peers_.size(); ++pi)
-        if (rr.index < peers_[pi].nrails &&
-            peers_[pi].rails[rr.index].ready())
-            rail_failed(pi, rr.index, FI_EIO, 0);
+    for (auto &pp : peers_)
+        if (rr.index < pp->nrails && pp->rails[rr.index].ready())
+            failover_proto::rail_failed(*this, *pp, rr.index, FI_EIO, 0);
 }
 
 void engine_impl::local_rail_up(rail_res &rr) noexcept
@@ -118,7 +117,7 @@ void engine_impl::local_rail_up(rail_res &rr) noexcept
     MLX4_WARN(FI_LOG_EP_CTRL, "rail %u (%s port %u) is up again; it rejoins\n", rr.index,
               rr.r.dev->attr().name.c_str(), rr.r.port);
     // Peers' rails that went down with it reconnect at their next try
-    // (check_rails), which may be now.
+    // (their rejoin timers), which may be now.
     next_health_ns_ = 0;
 }
 

@@ -16,6 +16,8 @@
 namespace mlx4fi::proto
 {
 
+struct peer;
+
 // A posted receive. Lives in the engine's rx pool; linked into one list.
 struct rx_entry {
     rx_entry *next = nullptr, *prev = nullptr; // the posted list it is on
@@ -38,7 +40,7 @@ struct rx_entry {
 // only the RTS, so an early RTS costs no payload memory.
 struct unexp_msg {
     unexp_msg *next = nullptr, *prev = nullptr;
-    uint32_t peer = 0; // engine peer index
+    peer *from = nullptr; // the engine's peer that sent it (stable; owned by the engine)
     fi_addr_t src = FI_ADDR_NOTAVAIL;
     uint64_t tag = 0;
     uint64_t data = 0;

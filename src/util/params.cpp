@@ -97,6 +97,10 @@ constexpr param_def table[] = {
     {"STRIPE_MIN_RATIO", param_type::string,
      "Rails weighing less than this fraction of the domain's heaviest rail are left out "
      "of striping, in (0,1] (default: 0.25)"},
+    {"PROTO_INFO", param_type::boolean,
+     "Print, for each endpoint opened, the protocol each message and RMA size range uses "
+     "on its domain (eager, rendezvous, striping, with the limits and rails) to stderr "
+     "(default: no)"},
     {"RAIL_INFO", param_type::boolean,
      "Print each domain opened to stderr: its rails with rates, PCIe share, NUMA node, "
      "weight and striping (default: no)"},
@@ -184,8 +188,8 @@ void load_int(const char *name, long lo, long hi, uint32_t &value, config &cfg)
     if (malformed || v < lo || v > hi) {
         if (cfg.refused.empty())
             cfg.refused = "FI_MLX4_" + std::string(name) + "='" + s + "' " +
-                          (malformed ? "is not an integer" : "is outside") + " (valid: " +
-                          std::to_string(lo) + ".." + std::to_string(hi) + ")";
+                          (malformed ? "is not an integer" : "is outside") +
+                          " (valid: " + std::to_string(lo) + ".." + std::to_string(hi) + ")";
         return;
     }
     value = static_cast<uint32_t>(v);
@@ -465,6 +469,13 @@ config load_config(const fi_provider *prov) noexcept
         !parse_rail_sharing(str, cfg.sharing))
         MLX4_WARN(FI_LOG_CORE, "FI_MLX4_RAIL_SHARING='%s' is not stripe or hca; using stripe\n",
                   str);
+    int proto_info = 0;
+    ret = fi_param_get_bool(p, "PROTO_INFO", &proto_info);
+    if (ret == FI_SUCCESS)
+        cfg.proto_info = proto_info != 0;
+    else if (ret != -FI_ENODATA)
+        MLX4_WARN(FI_LOG_CORE, "FI_MLX4_PROTO_INFO is not a boolean (1/0, yes/no, on/off, "
+                               "true/false); not printing protocols\n");
     int stats = 0;
     ret = fi_param_get_bool(p, "RAIL_STATS", &stats);
     if (ret == FI_SUCCESS)

@@ -390,6 +390,95 @@ TYPED_TEST(data_contract, send_recv_through_srq_on_every_link)
     }
 }
 
+// Lists of work requests (one doorbell per chain, what the engine refills its
+// SRQ and posts a striped chunk with): every request of a list is posted and
+// completes in order; a list with a malformed request in the middle posts the
+// ones before it, says how many, refuses that one (err_inval) and posts
+// nothing after it.
+TYPED_TEST(data_contract, post_lists_complete_in_order_and_stop_at_a_bad_request)
+{
+    end_point a, b;
+    this->rc_pair(this->dev(), a, b);
+    constexpr uint32_t slot = 512;
+    std::vector<uint8_t> src(8 * slot), dst(8 * slot, 0), wdst(4096, 0);
+    fill(src.data(), src.size(), 5);
+    auto smr = this->reg(this->dev(), src, 0);
+    auto dmr = this->reg(this->dev(), dst, access_local_write);
+    auto wmr = this->reg(this->dev(), wdst, this->all);
+    ASSERT_TRUE(smr && dmr && wmr);
+
+    sge rs[8];
+    recv_wr rw[8];
+    for (uint32_t i = 0; i < 8; ++i) {
+        rs[i] = sge{reinterpret_cast<uint64_t>(dst.data()) + i * slot, slot, dmr->lkey()};
+        rw[i] = recv_wr{100 + i, &rs[i], 1};
+    }
+    uint32_t posted = 99;
+    ASSERT_TRUE(b.srq->post_recv_list(rw, 8, posted).is_ok());
+    EXPECT_EQ(posted, 8u);
+
+    // One RDMA WRITE, then seven sends of different sizes, in one list.
+    sge ss[8];
+    send_wr sw[8];
+    for (uint32_t i = 0; i < 8; ++i) {
+        ss[i] =
+            sge{reinterpret_cast<uint64_t>(src.data()) + i * slot, i ? 100 + i : 4096, smr->lkey()};
+        sw[i].wr_id = i;
+        sw[i].opcode = i ? wr_opcode::send : wr_opcode::rdma_write;
+        sw[i].sg_list = &ss[i];
+        sw[i].num_sge = 1;
+        if (!i) {
+            sw[i].remote_addr = reinterpret_cast<uint64_t>(wdst.data());
+            sw[i].rkey = wmr->rkey();
+        }
+    }
+    posted = 99;
+    ASSERT_TRUE(a.qp->post_send_list(sw, 8, posted).is_ok());
+    EXPECT_EQ(posted, 8u);
+    work_completion wc;
+    for (uint64_t i = 0; i < 8; ++i) {
+        ASSERT_TRUE(this->p.wait(*a.cq, wc)) << i;
+        EXPECT_EQ(wc.wr_id, i);
+        EXPECT_EQ(wc.status, wc_status::success);
+    }
+    for (uint32_t i = 1; i < 8; ++i) {
+        ASSERT_TRUE(this->p.wait(*b.cq, wc)) << i;
+        EXPECT_EQ(wc.wr_id, 100u + i - 1) << "receives are taken in the order posted";
+        EXPECT_EQ(wc.status, wc_status::success);
+        EXPECT_EQ(wc.byte_len, 100u + i);
+        EXPECT_EQ(std::memcmp(dst.data() + (i - 1) * slot, src.data() + i * slot, 100 + i), 0);
+    }
+    EXPECT_TRUE(std::memcmp(wdst.data(), src.data(), 4096) == 0);
+
+    // A malformed request (more SGEs than the QP takes) in the middle.
+    sge five[5];
+    for (sge &g : five)
+        g = ss[1];
+    send_wr bad[3] = {sw[1], sw[2], sw[3]};
+    bad[0].wr_id = 20;
+    bad[1].wr_id = 21;
+    bad[1].sg_list = five;
+    bad[1].num_sge = 5;
+    bad[2].wr_id = 22;
+    posted = 99;
+    status st = a.qp->post_send_list(bad, 3, posted);
+    EXPECT_EQ(st, err_inval);
+    EXPECT_EQ(posted, 1u);
+    ASSERT_TRUE(this->p.wait(*a.cq, wc));
+    EXPECT_EQ(wc.wr_id, 20u);
+    EXPECT_EQ(wc.status, wc_status::success);
+    ASSERT_TRUE(this->p.wait(*b.cq, wc));
+    EXPECT_EQ(wc.wr_id, 107u);
+    // Nothing after the refused request went out.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_FALSE(this->p.wait(*a.cq, wc, 100));
+    // More than max_post_list at once is refused whole.
+    std::vector<send_wr> many(max_post_list + 1, sw[1]);
+    posted = 99;
+    EXPECT_EQ(a.qp->post_send_list(many.data(), max_post_list + 1, posted), err_inval);
+    EXPECT_EQ(posted, 0u);
+}
+
 TYPED_TEST(data_contract, send_into_device_buffers_and_own_receive_queue)
 {
     end_point a, b;

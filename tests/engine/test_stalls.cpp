@@ -353,7 +353,7 @@ TEST_F(timing_test, peers_with_different_eager_limits_use_the_smaller_both_ways)
         auto ab = pattern(len, uint8_t(round)), ba = pattern(len, uint8_t(round + 10));
         std::vector<uint8_t> got_b(len), got_a(len);
         int ctx[4];
-        uint64_t a_read = a.counters[0]->rx_bytes, b_read = b.counters[0]->rx_bytes;
+        uint64_t a_read = read_bytes(a, 0), b_read = read_bytes(b, 0);
         ASSERT_TRUE(recv_from(b, got_b.data(), len, 1, &ctx[0]).is_ok());
         ASSERT_TRUE(recv_from(a, got_a.data(), len, 2, &ctx[1]).is_ok());
         ASSERT_TRUE(send_to(b, ba.data(), len, 2, &ctx[2]).is_ok()); // b first: it initiates
@@ -367,8 +367,8 @@ TEST_F(timing_test, peers_with_different_eager_limits_use_the_smaller_both_ways)
         b.sink.events.clear();
         EXPECT_TRUE(got_b == ab);
         EXPECT_TRUE(got_a == ba);
-        EXPECT_EQ(a.counters[0]->rx_bytes - a_read, len) << "a read b's message (rendezvous)";
-        EXPECT_EQ(b.counters[0]->rx_bytes - b_read, len) << "b read a's message (rendezvous)";
+        EXPECT_EQ(read_bytes(a, 0) - a_read, len) << "a read b's message (rendezvous)";
+        EXPECT_EQ(read_bytes(b, 0) - b_read, len) << "b read a's message (rendezvous)";
     }
 }
 

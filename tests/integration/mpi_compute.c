@@ -70,8 +70,8 @@ static void compute(double seconds)
 
 static uint8_t byte_at(int rnd, int src, int dst, int k, size_t i)
 {
-    return (uint8_t)(i * 7 + (size_t)rnd * 31 + (size_t)src * 101 + (size_t)dst * 13 + (size_t)k * 3 +
-                     (i >> 10));
+    return (uint8_t)(i * 7 + (size_t)rnd * 31 + (size_t)src * 101 + (size_t)dst * 13 +
+                     (size_t)k * 3 + (i >> 10));
 }
 
 static void fill(uint8_t *b, size_t len, int rnd, int src, int dst, int k)
@@ -141,7 +141,7 @@ int main(int argc, char **argv)
     double t0 = now();
     for (round_no = 0; round_no < rounds; ++round_no) {
         const int rnd = round_no;
-        const int away = rnd == 2 ? -2 : rnd % nranks; /* -2: everybody */
+        const int away = rnd == 2 ? -2 : rnd % nranks;        /* -2: everybody */
         if (rnd == 0 && rank == nranks - 1) compute(seconds); /* late starter */
         int nreq = 0;
         /* Receives first, both messages of a pair under one tag: order matters. */

@@ -53,5 +53,26 @@ FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' \
     run "fi_pingpong -d mlx4_1 on a host that offers mlx4_0+mlx4_1, data checked" -S all -I 5 -c -d mlx4_1
 FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' FI_MLX4_RAILS=mlx4_1:1 \
     run "fi_pingpong with FI_MLX4_RAILS=mlx4_1:1 and no domain, data checked" -S 4194304 -I 5 -c
+# FI_MLX4_PROTO_INFO: each endpoint prints the protocol per size range, as
+# the parameters and the rails decide it (eager up to the limit, rendezvous
+# above it, striped from the threshold over both rails by weight).
+n=$((n + 1))
+pinfo=$(FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' FI_MLX4_PROTO_INFO=1 FI_MLX4_EAGER_LIMIT=4096 \
+    FI_MLX4_STRIPE_THRESHOLD=1M timeout 60 fi_pingpong -p mlx4 -e rdm -B "$port" -S 64 -I 5 2>&1 &
+    sleep 0.3
+    FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr' timeout 60 fi_pingpong -p mlx4 -e rdm -P "$port" \
+        -S 64 -I 5 127.0.0.1 >/dev/null 2>&1
+    wait)
+port=$((port + 1))
+if grep -q 'proto domain=mlx4_0+mlx4_1: send 33 B..4 KiB: eager' <<<"$pinfo" &&
+    grep -q 'proto domain=mlx4_0+mlx4_1: send 4097 B..1048575 B: rendezvous' <<<"$pinfo" &&
+    grep -q 'send 1 MiB..: rendezvous, the read striped over 2 rails (mlx4_0:1 0.62, mlx4_1:1 0.38)' <<<"$pinfo"; then
+    echo "ok $n - FI_MLX4_PROTO_INFO=1 prints the protocol per size range from the limits and rails"
+    grep 'proto' <<<"$pinfo" | sed 's/^/#   /'
+else
+    failed=$((failed + 1))
+    echo "not ok $n - FI_MLX4_PROTO_INFO=1 output"
+    sed 's/^/#   /' <<<"$pinfo" | tail -20
+fi
 echo "1..$n"
 [ $failed -eq 0 ]

@@ -191,9 +191,9 @@ TEST_F(params_env, stripe_sizes_good_and_malformed)
 
 TEST(params, table_lists_the_connection_parameters_with_defaults)
 {
-    const char *wanted[] = {"RC_TIMEOUT",       "RC_RETRY_COUNT",     "RNR_RETRY",
-                            "RNR_TIMER",        "CONNECT_RETRY_MS",   "CONNECT_TIMEOUT_MS",
-                            "PEER_RETRY_MS",    "KEEPALIVE_MS",       "EAGER_LIMIT"};
+    const char *wanted[] = {"RC_TIMEOUT",    "RC_RETRY_COUNT",   "RNR_RETRY",
+                            "RNR_TIMER",     "CONNECT_RETRY_MS", "CONNECT_TIMEOUT_MS",
+                            "PEER_RETRY_MS", "KEEPALIVE_MS",     "EAGER_LIMIT"};
     for (const char *name : wanted) {
         const param_def *found = nullptr;
         for (const param_def &p : param_table())

@@ -123,11 +123,18 @@ class completion_queue
     virtual int poll(work_completion *wc, int n) noexcept = 0;
 };
 
+// The longest chain of work requests one post_*_list call takes.
+inline constexpr uint32_t max_post_list = 32;
+
 class shared_receive_queue
 {
   public:
     virtual ~shared_receive_queue() = default;
     virtual status post_recv(const recv_wr &wr) noexcept = 0;
+    // Up to max_post_list receives in one call (verbs: one linked chain, one
+    // doorbell). posted is how many went in, in order; the status is the first
+    // refused one's (ok when all went in). Default: one post_recv each.
+    virtual status post_recv_list(const recv_wr *wrs, uint32_t n, uint32_t &posted) noexcept;
 };
 
 enum class qp_type : uint8_t { rc, ud };
@@ -189,6 +196,10 @@ class queue_pair
     // RC: INIT -> RTR -> RTS towards remote. UD QPs are ready once created.
     virtual status connect(const rc_remote &remote) noexcept = 0;
     virtual status post_send(const send_wr &wr) noexcept = 0;
+    // Up to max_post_list sends in one call (verbs: one linked chain, one
+    // doorbell); posted and the status as for post_recv_list. A request after
+    // a refused one is not posted. Default: one post_send each.
+    virtual status post_send_list(const send_wr *wrs, uint32_t n, uint32_t &posted) noexcept;
     virtual status post_recv(const recv_wr &wr) noexcept = 0; // UD, or RC without SRQ
     // Moves the QP to the error state: outstanding work flushes (wr_flush_err).
     virtual void set_error() noexcept = 0;

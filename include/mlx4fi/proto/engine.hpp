@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace mlx4fi::proto
@@ -26,9 +27,9 @@ namespace mlx4fi::proto
 // endpoints (relaxed atomics: statistics, not synchronisation). Read through
 // the domain's fi_open_ops extension (fi_ext_mlx4.h).
 struct rail_counters {
-    std::atomic<uint64_t> tx_bytes{0}; // payload this side put on the rail: sends, RDMA writes
-    std::atomic<uint64_t> rx_bytes{0}; // payload this side pulled over it: RDMA reads
-    std::atomic<uint64_t> ops{0};      // work requests posted on the rail's RC QPs
+    std::atomic<uint64_t> tx_bytes{0};  // payload this side put on the rail: sends, RDMA writes
+    std::atomic<uint64_t> rx_bytes{0};  // payload this side pulled over it: RDMA reads
+    std::atomic<uint64_t> ops{0};       // work requests posted on the rail's RC QPs
     std::atomic<uint64_t> failovers{0}; // times an engine found the rail down and moved off it
     std::atomic<uint32_t> up{1};        // 0 while an engine sees the rail down
 };
@@ -39,8 +40,8 @@ struct rail {
     device::device *dev = nullptr;
     uint8_t port = 0;
     device::port_attr attr;
-    double weight = 1.0;                 // share of striped traffic (any positive scale)
-    rail_counters *counters = nullptr;   // the domain's; may be null
+    double weight = 1.0;               // share of striped traffic (any positive scale)
+    rail_counters *counters = nullptr; // the domain's; may be null
 };
 
 // The smallest eager limit: every endpoint receives at least this much
@@ -119,6 +120,14 @@ class engine
 
     // Registration cache statistics, summed over the rails.
     virtual util::mr_cache_stats cache_stats() const noexcept = 0;
+
+    // Adds this engine's traffic counts since the last call to the rails'
+    // shared rail_counters (the engine counts in plain per-rail tallies;
+    // progress flushes them now and then, readers flush before reading).
+    virtual void flush_counters() noexcept = 0;
+
+    // The protocol each size range of sends and RMA uses (FI_MLX4_PROTO_INFO).
+    virtual std::string protocol_info() const = 0;
 
     // Closing: every operation still in flight is reported (FI_ECANCELED),
     // none is lost. Called once, before destruction.

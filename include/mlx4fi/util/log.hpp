@@ -22,8 +22,7 @@ void set_log_provider(const fi_provider *prov) noexcept;
 // Logs at warn level when that is enabled, else writes the line to stderr as
 // "libfabric:mlx4:<subsystem>: ..." (for refused settings only; never on a
 // data path).
-[[gnu::format(printf, 2, 3)]] void log_refusal(fi_log_subsys subsys, const char *fmt,
-                                               ...) noexcept;
+[[gnu::format(printf, 2, 3)]] void log_refusal(fi_log_subsys subsys, const char *fmt, ...) noexcept;
 
 } // namespace mlx4fi::util
 

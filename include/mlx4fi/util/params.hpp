@@ -102,6 +102,8 @@ struct config {
     rail_sharing sharing = rail_sharing::stripe;
     // FI_MLX4_RAIL_STATS: print per-rail counts at every endpoint close.
     bool rail_stats = false;
+    // FI_MLX4_PROTO_INFO: print the protocol per size range at every endpoint open.
+    bool proto_info = false;
 };
 
 inline constexpr size_t min_eager_limit = 64; // inject_size: every endpoint takes it eagerly

@@ -1,6 +1,6 @@
 // Queue pairs of the software HCA: creation, connection, the send queue and
 // its retries, the receive queue, and the error state. What a send does at
-// the remote end is in transfer.cpp.
+// the remote end is in fabric/transfer.cpp.
 //
 // The send queue is private to the owner: a WR executes synchronously at
 // post time when nothing is queued before it; when the receiver has no

@@ -20,7 +20,7 @@
 
 #include "mlx4fi/device/sim.hpp"
 
-#include "shm.hpp"
+#include "fabric/shm.hpp"
 
 #include <pthread.h>
 #include <sys/types.h>
@@ -55,8 +55,8 @@ inline constexpr uint32_t max_port_gids = 4;
 // include/mlx4fi/device/sim.hpp).
 struct knobs {
     size_t arena_bytes = size_t(256) << 20; // FI_MLX4_SIM_ARENA_MB
-    double rate_scale = 0;                 // FI_MLX4_SIM_RATE_SCALE; 0: no shaping
-    std::vector<fault_spec> faults;        // FI_MLX4_SIM_FAULT, every device's
+    double rate_scale = 0;                  // FI_MLX4_SIM_RATE_SCALE; 0: no shaping
+    std::vector<fault_spec> faults;         // FI_MLX4_SIM_FAULT, every device's
 };
 // Malformed values are logged once per value and process, and left at their
 // defaults.
@@ -65,7 +65,7 @@ knobs read_knobs() noexcept;
 // ---------------------------------------------------------------- segment layout
 
 inline constexpr uint64_t segment_magic = 0x31534d4934584c4dull; // "MLX4IMS1"
-inline constexpr uint32_t layout_version = 3; // 3: QPs carry their RoCE mode
+inline constexpr uint32_t layout_version = 3;                    // 3: QPs carry their RoCE mode
 
 struct seg_port {
     uint8_t num;
@@ -391,7 +391,7 @@ class context
     link_clocks tx_, rx_;
     port_fault faults_[2];
     std::mutex events_lock_;
-    event_log events_;     // guarded by events_lock_
+    event_log events_;         // guarded by events_lock_
     uint64_t events_read_ = 0; // guarded by events_lock_
 };
 
@@ -543,7 +543,7 @@ class sim_qp final : public queue_pair
     void complete(const sq_wqe &w, wc_status st, uint64_t len = 0, uint64_t due = 0) noexcept;
     uint64_t payload_bytes(sq_wqe &w) noexcept; // what w moves, unchecked
     outcome fail(const sq_wqe &w, wc_status st) noexcept;
-    outcome gone(peer &p) noexcept; // the peer's process exited
+    outcome gone(peer &p) noexcept;          // the peer's process exited
     void push_recv_cqe(seg_cqe &e) noexcept; // onto this QP's recv CQ
     // Receiver side done by the sender: a completion onto t's recv CQ; an
     // overrun moves t to error.

@@ -382,6 +382,46 @@ status verbs_qp::post_send(const send_wr &wr) noexcept
     return err_io;
 }
 
+// One linked chain, one ibv_post_send: one doorbell for the batch.
+status verbs_qp::post_send_list(const send_wr *wrs, uint32_t n, uint32_t &posted) noexcept
+{
+    posted = 0;
+    if (n > max_post_list) return err_inval;
+    if (n == 0) return status::ok();
+    ibv_sge sges[max_post_list][max_post_sge];
+    ibv_send_wr w[max_post_list];
+    uint32_t built = 0;
+    status first_bad = status::ok();
+    for (; built < n; ++built) {
+        const send_wr &wr = wrs[built];
+        ibv_ah *ah = s_.send.type == qp_type::ud && wr.ah
+                         ? static_cast<const verbs_ah *>(wr.ah)->get()
+                         : nullptr;
+        if (status s = build_send_wr(wr, s_.send, ah, w[built], sges[built]); !s) [[unlikely]] {
+            MLX4_WARN(FI_LOG_EP_DATA, "%s: QP %#x: invalid send request (opcode %u, %u SGEs%s)\n",
+                      qp_->context->device->name, qp_->qp_num, unsigned(wr.opcode), wr.num_sge,
+                      s_.send.type == qp_type::ud && !wr.ah ? ", no address handle" : "");
+            first_bad = s;
+            break;
+        }
+        w[built].next = nullptr;
+        if (built) w[built - 1].next = &w[built];
+    }
+    if (built == 0) return first_bad;
+    ibv_send_wr *bad = nullptr;
+    int rc = ibv_post_send(qp_, &w[0], &bad);
+    if (rc == 0) [[likely]] {
+        posted = built;
+        return first_bad;
+    }
+    posted = bad ? static_cast<uint32_t>(bad - &w[0]) : 0;
+    int err = verbs_errno(rc);
+    if (err == ENOMEM) return err_again; // the send queue is full
+    MLX4_WARN(FI_LOG_EP_DATA, "%s: QP %#x: ibv_post_send: %s\n", qp_->context->device->name,
+              qp_->qp_num, std::strerror(err));
+    return err_io;
+}
+
 status verbs_qp::post_recv(const recv_wr &wr) noexcept
 {
     ibv_sge sges[max_post_sge];

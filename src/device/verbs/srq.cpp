@@ -55,6 +55,42 @@ status verbs_srq::post_recv(const recv_wr &wr) noexcept
     return err_io;
 }
 
+// One linked chain, one ibv_post_srq_recv: one doorbell for the batch.
+status verbs_srq::post_recv_list(const recv_wr *wrs, uint32_t n, uint32_t &posted) noexcept
+{
+    posted = 0;
+    if (n > max_post_list) return err_inval;
+    if (n == 0) return status::ok();
+    ibv_sge sges[max_post_list][max_post_sge];
+    ibv_recv_wr w[max_post_list];
+    uint32_t built = 0;
+    status first_bad = status::ok();
+    for (; built < n; ++built) {
+        if (status s = build_recv_wr(wrs[built], max_sge_, w[built], sges[built]); !s)
+            [[unlikely]] {
+            MLX4_WARN(FI_LOG_EP_DATA, "%s: invalid SRQ receive request (%u SGEs, at most %u)\n",
+                      srq_->context->device->name, wrs[built].num_sge, max_sge_);
+            first_bad = s;
+            break;
+        }
+        w[built].next = nullptr;
+        if (built) w[built - 1].next = &w[built];
+    }
+    if (built == 0) return first_bad;
+    ibv_recv_wr *bad = nullptr;
+    int rc = ibv_post_srq_recv(srq_, &w[0], &bad);
+    if (rc == 0) [[likely]] {
+        posted = built;
+        return first_bad;
+    }
+    posted = bad ? static_cast<uint32_t>(bad - &w[0]) : 0;
+    int err = verbs_errno(rc);
+    if (err == ENOMEM) return err_again;
+    MLX4_WARN(FI_LOG_EP_DATA, "%s: ibv_post_srq_recv: %s\n", srq_->context->device->name,
+              std::strerror(err));
+    return err_io;
+}
+
 result<std::unique_ptr<shared_receive_queue>> verbs_device::create_srq(uint32_t max_wr,
                                                                        uint32_t max_sge)
 {

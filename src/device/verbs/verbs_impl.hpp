@@ -168,6 +168,7 @@ class verbs_srq final : public shared_receive_queue
     verbs_srq &operator=(const verbs_srq &) = delete;
 
     status post_recv(const recv_wr &wr) noexcept override;
+    status post_recv_list(const recv_wr *wrs, uint32_t n, uint32_t &posted) noexcept override;
     [[nodiscard]] ibv_srq *get() const noexcept { return srq_; }
 
   private:
@@ -245,6 +246,7 @@ class verbs_qp final : public queue_pair
     qp_state state() const noexcept override;
     status connect(const rc_remote &remote) noexcept override;
     status post_send(const send_wr &wr) noexcept override;
+    status post_send_list(const send_wr *wrs, uint32_t n, uint32_t &posted) noexcept override;
     status post_recv(const recv_wr &wr) noexcept override;
     void set_error() noexcept override;
 

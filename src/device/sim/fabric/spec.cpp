@@ -22,7 +22,6 @@ namespace
 constexpr size_t max_devices = 16;
 constexpr size_t max_ports = 2; // ConnectX-3 has one or two ports
 
-
 bool iequals(std::string_view a, std::string_view b)
 {
     return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
@@ -216,7 +215,6 @@ bool parse_u64(std::string_view t, uint64_t &out)
     auto [end, ec] = std::from_chars(t.data(), t.data() + t.size(), out);
     return ec == std::errc() && end == t.data() + t.size();
 }
-
 
 // Why entry is not a fault, or empty when f holds it.
 std::string parse_fault(std::string_view entry, fault_spec &f)

@@ -1,7 +1,7 @@
 // Shared-memory plumbing of the software HCA: robust process-shared mutexes,
 // process identity and liveness, POSIX shared-memory mappings, and the
 // host-wide registry that maps QP numbers to context segments.
-#include "sim.hpp"
+#include "../sim.hpp"
 
 #include "mlx4fi/util/log.hpp"
 

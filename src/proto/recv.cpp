@@ -1,6 +1,7 @@
-// Messages: the eager protocol, matching, the unexpected queue and receives
-// (FI_PEEK / FI_CLAIM / FI_DISCARD, FI_MULTI_RECV).
-#include "engine_impl.hpp"
+// Receives: matching, the unexpected queue, FI_PEEK / FI_CLAIM / FI_DISCARD,
+// FI_MULTI_RECV; and the header messages a peer sends, put in sequence and
+// dispatched to their protocol through a table by wire op.
+#include "protocols.hpp"
 
 #include "mlx4fi/util/log.hpp"
 
@@ -18,30 +19,6 @@ size_t total_len(const iovec *iov, size_t count) noexcept
     for (size_t i = 0; i < count; ++i)
         n += iov[i].iov_len;
     return n;
-}
-
-// Copies len bytes of src into the iov list, from byte offset skip.
-void scatter(const iovec *iov, size_t count, size_t skip, const uint8_t *src, size_t len) noexcept
-{
-    for (size_t i = 0; i < count && len; ++i) {
-        if (skip >= iov[i].iov_len) {
-            skip -= iov[i].iov_len;
-            continue;
-        }
-        size_t n = std::min(len, iov[i].iov_len - skip);
-        std::memcpy(static_cast<uint8_t *>(iov[i].iov_base) + skip, src, n);
-        src += n;
-        len -= n;
-        skip = 0;
-    }
-}
-
-void gather(uint8_t *dst, const iovec *iov, size_t count) noexcept
-{
-    for (size_t i = 0; i < count; ++i) {
-        if (iov[i].iov_len) std::memcpy(dst, iov[i].iov_base, iov[i].iov_len);
-        dst += iov[i].iov_len;
-    }
 }
 
 } // namespace
@@ -78,51 +55,6 @@ unexp_msg *engine_impl::alloc_unexp() noexcept
 void engine_impl::release_unexp(unexp_msg *m) noexcept
 {
     unexp_pool_.release(m);
-}
-
-status engine_impl::send(const send_args &a) noexcept
-{
-    uint32_t pi;
-    status s = resolve(a.dest, pi);
-    if (!s.is_ok()) return s;
-    size_t len = total_len(a.iov, a.count);
-    peer &p = peers_[pi];
-    // Injected data is copied before the call returns, never read later: an
-    // inject is at most inject_size, which every endpoint takes eagerly.
-    const bool inject = a.flags & FI_INJECT;
-    const bool eager = len <= p.eager_limit || inject;
-    tx_entry *tx = alloc_header_tx(eager ? tx_kind::eager : tx_kind::rts, pi);
-    if (!tx) return err_again;
-    event &ev = tx->ev;
-    ev.kind = event_kind::send;
-    ev.context = a.context;
-    ev.op_flags = a.flags;
-    ev.flags = FI_SEND | (a.tagged ? FI_TAGGED : FI_MSG);
-    ev.len = len;
-    ev.tag = a.tag;
-    // fi_inject and fi_injectdata generate no completion; FI_INJECT on a
-    // sendmsg only means the buffer is free on return.
-    tx->report = !(a.flags & FI_INJECT) || (a.flags & FI_COMPLETION);
-
-    auto *h = reinterpret_cast<wire::msg_hdr *>(tx_buf(tx));
-    h->flags = static_cast<uint16_t>((a.tagged ? wire::flag_tagged : 0) |
-                                     ((a.flags & FI_REMOTE_CQ_DATA) ? wire::flag_data : 0));
-    h->data = static_cast<uint32_t>(a.data);
-    h->tag = a.tag;
-    h->size = len;
-    if (tx->kind == tx_kind::rts) return send_rts(tx, a);
-
-    h->op = static_cast<uint8_t>(wire::op::eager);
-    gather(reinterpret_cast<uint8_t *>(h + 1), a.iov, a.count);
-    tx->msg_size = len;
-    if (!p.agreed && !inject && len > min_eager_limit) {
-        // The peer's limit is not known yet and may be smaller: keep the
-        // caller's buffer (valid until completion) for a rendezvous instead.
-        std::copy_n(a.iov, a.count, tx->xd.local);
-        tx->xd.nlocal = static_cast<uint32_t>(a.count);
-    }
-    submit_header(tx, static_cast<uint32_t>(len));
-    return status::ok();
 }
 
 void engine_impl::fail_directed(fi_addr_t addr, int err) noexcept
@@ -184,27 +116,10 @@ void engine_impl::finish_rx(rx_entry *rx, event &ev, uint64_t size, size_t place
     report(ev);
 }
 
-void engine_impl::deliver_eager(rx_entry *rx, const uint8_t *payload, uint64_t size, fi_addr_t src,
-                                uint64_t tag, uint64_t data, bool has_data) noexcept
-{
-    iovec dst[4];
-    size_t nout = 0;
-    void *buf = nullptr;
-    size_t n = place(rx, size, dst, nout, buf);
-    scatter(dst, nout, 0, payload, n);
-    event ev;
-    ev.buf = (rx->flags & FI_MULTI_RECV) ? buf : nullptr;
-    ev.src = src;
-    ev.tag = tag;
-    ev.data = data;
-    if (has_data) ev.flags |= FI_REMOTE_CQ_DATA;
-    finish_rx(rx, ev, size, n);
-}
-
-void engine_impl::queue_unexpected(unexp_msg *m, uint32_t pi, fi_addr_t src, const wire::msg_hdr &h,
+void engine_impl::queue_unexpected(unexp_msg *m, peer &p, fi_addr_t src, const wire::msg_hdr &h,
                                    bool tagged, bool has_data) noexcept
 {
-    m->peer = pi;
+    m->from = &p;
     m->src = src;
     m->tag = h.tag;
     m->data = h.data;
@@ -214,7 +129,7 @@ void engine_impl::queue_unexpected(unexp_msg *m, uint32_t pi, fi_addr_t src, con
     mq_.add_unexpected(m);
 }
 
-void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint32_t len) noexcept
+void engine_impl::handle_msg(rail_res &rr, peer &p, const uint8_t *buf, uint32_t len) noexcept
 {
     if (len < sizeof(wire::msg_hdr)) {
         MLX4_WARN(FI_LOG_EP_DATA, "rail %u: runt message (%u bytes) dropped\n", rr.index, len);
@@ -223,12 +138,11 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
     wire::msg_hdr h;
     std::memcpy(&h, buf, sizeof h);
     if (h.version != wire::version) {
-        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx speaks protocol %u, not %u; dropped\n",
-                  nonce_of(peers_[pi]), h.version, wire::version);
+        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx speaks protocol %u, not %u; dropped\n", nonce_of(p),
+                  h.version, wire::version);
         return;
     }
-    peer &p = peers_[pi];
-    if (h.ready_rails & ~p.ready_mask) peer_rails_ready(pi, h.ready_rails);
+    if (h.ready_rails & ~p.ready_mask) peer_rails_ready(p, h.ready_rails);
     // Header messages are numbered per peer. After a failover a message may
     // arrive twice (sent again on another rail) or ahead of one still
     // to be resent: duplicates are dropped, early ones kept until their turn.
@@ -251,9 +165,9 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
         return;
     }
     ++p.rx_seq;
-    dispatch_msg(pi, h, buf + sizeof h, len - static_cast<uint32_t>(sizeof h));
-    while (!peers_[pi].early.empty()) {
-        peer &q = peers_[pi];
+    dispatch_msg(p, h, buf + sizeof h, len - static_cast<uint32_t>(sizeof h));
+    while (!p.early.empty()) {
+        peer &q = p;
         auto it = q.early.begin();
         if (it->first != q.rx_seq) {
             if (static_cast<int32_t>(it->first - q.rx_seq) > 0) break;
@@ -264,99 +178,39 @@ void engine_impl::handle_msg(rail_res &rr, uint32_t pi, const uint8_t *buf, uint
         q.early.erase(it);
         ++q.rx_seq;
         std::memcpy(&h, m.data(), sizeof h);
-        dispatch_msg(pi, h, m.data() + sizeof h, static_cast<uint32_t>(m.size() - sizeof h));
+        dispatch_msg(p, h, m.data() + sizeof h, static_cast<uint32_t>(m.size() - sizeof h));
     }
 }
 
-void engine_impl::dispatch_msg(uint32_t pi, const wire::msg_hdr &h, const uint8_t *body,
+namespace
+{
+
+void on_nop(engine_impl &, peer &, const wire::msg_hdr &, const uint8_t *, uint32_t) noexcept
+{
+    // A keepalive probe: its delivery (acknowledged by the peer's HCA) was the point.
+}
+
+// Received headers by wire op (wire.hpp).
+constexpr recv_handler by_op[] = {
+    nullptr,
+    eager_proto::on_receive,  // 1 eager
+    rndv_proto::on_rts,       // 2 rts
+    rndv_proto::on_fin,       // 3 fin
+    on_nop,                   // 4 nop
+    rma_proto::on_write_data, // 5 write_data
+};
+
+} // namespace
+
+void engine_impl::dispatch_msg(peer &p, const wire::msg_hdr &h, const uint8_t *body,
                                uint32_t body_len) noexcept
 {
-    peer &p = peers_[pi];
-    auto op = static_cast<wire::op>(h.op);
-    if (op == wire::op::fin) {
-        if (body_len < sizeof(wire::fin_body)) {
-            MLX4_WARN(FI_LOG_EP_DATA, "truncated FIN dropped\n");
-            return;
-        }
-        wire::fin_body fin;
-        std::memcpy(&fin, body, sizeof fin);
-        handle_fin(pi, fin);
+    if (h.op >= std::size(by_op) || !by_op[h.op]) {
+        MLX4_WARN(FI_LOG_EP_DATA, "unknown operation %u from peer %016llx dropped\n", h.op,
+                  nonce_of(p));
         return;
     }
-    if (op == wire::op::nop) return;
-    if (op == wire::op::write_data) {
-        // The data of the write before it on this QP has landed.
-        event ev;
-        ev.kind = event_kind::remote_write;
-        ev.flags = FI_RMA | FI_REMOTE_WRITE | FI_REMOTE_CQ_DATA;
-        ev.data = h.data;
-        ev.len = 0;
-        ev.src = peer_addr(p);
-        report(ev);
-        return;
-    }
-    bool tagged = h.flags & wire::flag_tagged;
-    bool has_data = h.flags & wire::flag_data;
-    fi_addr_t src = peer_addr(p);
-
-    if (op == wire::op::eager) {
-        if (h.size != body_len) {
-            MLX4_WARN(FI_LOG_EP_DATA, "eager message claims %llu bytes, carries %u; dropped\n",
-                      static_cast<unsigned long long>(h.size), body_len);
-            return;
-        }
-        if (rx_entry *rx = mq_.take_posted(tagged, h.tag, src)) {
-            deliver_eager(rx, body, h.size, src, h.tag, h.data, has_data);
-            return;
-        }
-        unexp_msg *m = alloc_unexp();
-        if (!m) {
-            MLX4_WARN(FI_LOG_EP_DATA, "out of memory: unexpected message dropped\n");
-            return;
-        }
-        try {
-            m->payload.assign(body, body + body_len);
-        } catch (...) {
-            release_unexp(m);
-            MLX4_WARN(FI_LOG_EP_DATA, "out of memory: unexpected message dropped\n");
-            return;
-        }
-        m->rndv = false;
-        queue_unexpected(m, pi, src, h, tagged, has_data);
-        return;
-    }
-    if (op == wire::op::rts) {
-        wire::rts_body rts{};
-        if (body_len < offsetof(wire::rts_body, seg)) {
-            MLX4_WARN(FI_LOG_EP_DATA, "truncated RTS dropped\n");
-            return;
-        }
-        std::memcpy(&rts, body, std::min<size_t>(body_len, sizeof rts));
-        uint64_t covered = 0;
-        bool ok = rts.nseg >= 1 && rts.nseg <= wire::max_segments &&
-                  body_len >= offsetof(wire::rts_body, seg) + rts.nseg * sizeof(wire::segment);
-        for (uint32_t i = 0; ok && i < rts.nseg; ++i)
-            covered += rts.seg[i].len;
-        if (!ok || covered != h.size) {
-            MLX4_WARN(FI_LOG_EP_DATA, "malformed RTS from peer %016llx dropped\n", nonce_of(p));
-            return;
-        }
-        if (rx_entry *rx = mq_.take_posted(tagged, h.tag, src)) {
-            start_read(rx, pi, rts, h.size, src, h.tag, h.data, has_data);
-            return;
-        }
-        unexp_msg *m = alloc_unexp();
-        if (!m) {
-            MLX4_WARN(FI_LOG_EP_DATA, "out of memory: unexpected RTS dropped\n");
-            return;
-        }
-        m->rndv = true;
-        m->rts = rts;
-        queue_unexpected(m, pi, src, h, tagged, has_data);
-        return;
-    }
-    MLX4_WARN(FI_LOG_EP_DATA, "unknown operation %u from peer %016llx dropped\n", h.op,
-              nonce_of(p));
+    by_op[h.op](*this, p, h, body, body_len);
 }
 
 status engine_impl::recv(const recv_args &a) noexcept
@@ -376,7 +230,7 @@ status engine_impl::recv(const recv_args &a) noexcept
     // it would never complete.
     if (a.src != FI_ADDR_UNSPEC && a.src < addr_cache_.size() && addr_cache_[a.src] &&
         addr_cache_gen_ == (av_ ? av_->generation() : 0)) {
-        const peer &p = peers_[addr_cache_[a.src] - 1];
+        const peer &p = *addr_cache_[a.src];
         if (p.st == peer::state::failed && now_ns() < p.retry_ns &&
             !(a.flags & (FI_PEEK | FI_CLAIM))) {
             ev.tag = a.tag;
@@ -442,13 +296,15 @@ status engine_impl::recv(const recv_args &a) noexcept
     while (m) {
         mq_.remove_unexpected(m);
         if (m->rndv) {
-            start_read(rx, m->peer, m->rts, m->size, m->src, m->tag, m->data, m->has_data);
+            rndv_proto::start_read(*this, rx, *m->from, m->rts, m->size, m->src, m->tag, m->data,
+                                   m->has_data);
             release_unexp(m);
             // A multi-receive buffer with room left goes on taking messages.
             if (!(a.flags & FI_MULTI_RECV) || !rx->in_use) return status::ok();
         } else {
             bool multi = a.flags & FI_MULTI_RECV;
-            deliver_eager(rx, m->payload.data(), m->size, m->src, m->tag, m->data, m->has_data);
+            eager_proto::deliver(*this, rx, m->payload.data(), m->size, m->src, m->tag, m->data,
+                                 m->has_data);
             release_unexp(m);
             if (!multi || !rx->in_use) return status::ok();
             mq_.unpost(rx); // deliver_eager reposted it; keep draining first

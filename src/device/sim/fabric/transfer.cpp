@@ -3,7 +3,7 @@
 // state), the fault budget, the "DMA" (a plain copy where the destination is
 // mapped here, one Cross Memory Attach call for everything else), and the
 // completions on both ends, due when the shaped links have moved the data.
-#include "sim.hpp"
+#include "../sim.hpp"
 
 #include "mlx4fi/util/log.hpp"
 

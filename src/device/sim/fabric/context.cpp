@@ -3,7 +3,7 @@
 // allocator, the cache of peer mappings, and the link model (shaping clocks,
 // port faults, live port state). Closed (segment unlinked, slots freed) when
 // its last object goes, or when the process exits.
-#include "sim.hpp"
+#include "../sim.hpp"
 
 #include "mlx4fi/device/rate.hpp"
 #include "mlx4fi/util/log.hpp"
