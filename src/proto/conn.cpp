@@ -156,13 +156,6 @@ status engine_impl::prepare_qp(peer &p, unsigned r) noexcept
             MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: rail %u uses GID index %d (%s) to match it\n",
                       nonce_of(p), r, gid_index, type_name(rn.gid_type));
     }
-    device::port_address dest;
-    dest.link = rn.link;
-    dest.lid = rn.lid;
-    dest.gid_value = rn.gid_value;
-    dest.gid_index = static_cast<uint8_t>(gid_index);
-    auto ah = rr.r.dev->create_ah(rr.r.port, dest);
-    if (!ah.ok()) return ah.error();
     device::qp_caps caps;
     caps.max_send_wr = cfg_.tx_queue_size;
     caps.max_inline = cfg_.inline_size;
@@ -170,10 +163,49 @@ status engine_impl::prepare_qp(peer &p, unsigned r) noexcept
         rr.r.dev->create_qp(device::qp_type::rc, rr.r.port, *rr.cq, *rr.cq, rr.srq.get(), caps);
     if (!qp.ok()) return qp.error();
     if (!peer_by_qpn_[r].insert(qp.value()->qp_num(), &p)) return err_nomem;
-    pr.ah = std::move(ah).value();
     pr.qp = std::move(qp).value();
     pr.gid_index = static_cast<uint8_t>(gid_index);
+    pr.ah_warned = false;
+    if (!pr.ah) pr.ah = ah_for(rr, p, r); // may be null: send_conn tries again
     return status::ok();
+}
+
+device::port_address engine_impl::dest_of(const peer &p, unsigned r) const noexcept
+{
+    const rail_name &rn = p.name.rails[r];
+    device::port_address dest;
+    dest.link = rn.link;
+    dest.lid = rn.lid;
+    dest.gid_value = rn.gid_value;
+    dest.gid_index = p.rails[r].gid_index;
+    return dest;
+}
+
+std::shared_ptr<device::address_handle> engine_impl::ah_for(rail_res &rr, peer &p,
+                                                            unsigned r) noexcept
+{
+    const device::port_address dest = dest_of(p, r);
+    try {
+        const auto key = std::make_tuple(dest.lid, dest.gid_value, dest.gid_index);
+        if (auto it = rr.ahs.find(key); it != rr.ahs.end()) return it->second;
+        auto ah = rr.r.dev->create_ah(rr.r.port, dest);
+        if (!ah.ok()) {
+            peer_rail &pr = p.rails[r];
+            if (!pr.ah_warned)
+                MLX4_WARN(FI_LOG_EP_CTRL,
+                          "peer %016llx: rail %u (%s port %u): cannot make an address handle "
+                          "(%s); trying again with each handshake resend\n",
+                          nonce_of(p), r, rr.r.dev->attr().name.c_str(), rr.r.port,
+                          fi_strerror(-ah.error().code()));
+            pr.ah_warned = true;
+            return nullptr;
+        }
+        std::shared_ptr<device::address_handle> shared = std::move(ah).value();
+        rr.ahs.emplace(key, shared);
+        return shared;
+    } catch (...) {
+        return nullptr; // out of memory: as a failure, tried again
+    }
 }
 
 void engine_impl::drop_qp(peer &p, unsigned r) noexcept
@@ -270,7 +302,7 @@ void engine_impl::send_conn(peer &p, unsigned r, wire::conn_op op) noexcept
 {
     peer_rail &pr = p.rails[r];
     rail_res &rr = *rails_[r];
-    if (!pr.ah) return;
+    if (!pr.ah && !(pr.ah = ah_for(rr, p, r))) return; // the handshake's timer resends
     ctrl_op *tx = alloc_op(ctrl_pool_, p);
     if (!tx) return; // the timer resends
     tx->rail = static_cast<uint8_t>(r);

@@ -27,6 +27,7 @@
 #include <map>
 #include <memory>
 #include <new>
+#include <tuple>
 #include <type_traits>
 #include <unordered_map>
 #include <vector>
@@ -96,6 +97,12 @@ struct rail_res {
     unsigned index = 0;
     int gid_index = 0;
     device::gid local_gid{};
+    // Address handles by destination port (LID or GID, and the local GID
+    // index sent from): every endpoint of a remote host's port shares one,
+    // made once at connection set-up (ibv_create_ah may wait for neighbour
+    // resolution on RoCE), dropped when the local address changes.
+    std::map<std::tuple<uint16_t, device::gid, uint8_t>, std::shared_ptr<device::address_handle>>
+        ahs;
     std::unique_ptr<device::completion_queue> cq; // every QP of the rail reports here
     std::unique_ptr<device::shared_receive_queue> srq;
     std::unique_ptr<device::queue_pair> ud;         // connection set-up
@@ -162,9 +169,10 @@ class qp_table
 struct peer_rail {
     wireup::handshake hs;
     std::unique_ptr<device::queue_pair> qp;
-    std::unique_ptr<device::address_handle> ah;
-    uint8_t gid_index = 0; // RoCE: the local GID entry this peer is reached from
-    uint64_t retry_ns = 0; // down: when it may be connected again
+    std::shared_ptr<device::address_handle> ah; // shared with the rail's other peers there
+    uint8_t gid_index = 0;  // RoCE: the local GID entry this peer is reached from
+    bool ah_warned = false; // a failed address handle was logged
+    uint64_t retry_ns = 0;  // down: when it may be connected again
     bool ready() const noexcept { return hs.st() == wireup::state::ready; }
 };
 
@@ -330,6 +338,12 @@ class engine_impl final : public engine
     // m is the message that caused them, when there is one.
     void drive(peer &p, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept;
     status prepare_qp(peer &p, unsigned r) noexcept;
+    // Where p's rail r is reached (its port's LID/GID, our GID index for it).
+    device::port_address dest_of(const peer &p, unsigned r) const noexcept;
+    // The rail's address handle for dest, made on first use; nullptr (logged
+    // once per connection) when the device cannot make one now: the
+    // handshake's next resend tries again.
+    std::shared_ptr<device::address_handle> ah_for(rail_res &rr, peer &p, unsigned r) noexcept;
     status connect_qp(peer &p, unsigned r, const wire::conn_msg &m) noexcept;
     void drop_qp(peer &p, unsigned r) noexcept;
     void send_conn(peer &p, unsigned r, wire::conn_op op) noexcept;

@@ -141,6 +141,7 @@ void engine_impl::refresh_rail_address(rail_res &rr) noexcept
     }
     rr.gid_index = idx;
     rr.local_gid = g;
+    rr.ahs.clear(); // made for the old source address; peers keep theirs until reconnected
     rail_name &rn = name_.rails[rr.index];
     rn.lid = pa.lid;
     rn.gid_value = g;

@@ -32,6 +32,14 @@ struct node {
     fi_addr_t peer = FI_ADDR_NOTAVAIL;
 };
 
+// Bytes n read on rail r (RDMA READ), as the domain's counters show them
+// once the engine has published its tallies.
+inline uint64_t read_bytes(node &n, size_t r)
+{
+    n.eng->flush_counters();
+    return n.counters[r]->rx_bytes.load();
+}
+
 inline std::vector<uint8_t> pattern(size_t n, uint8_t seed)
 {
     std::vector<uint8_t> v(n);
@@ -43,14 +51,6 @@ inline std::vector<uint8_t> pattern(size_t n, uint8_t seed)
 // RC timing scaled down from the provider's 7 x 1.07 s: a silent peer costs
 // 6 x 16.8 ms (ACK timeout code 12, 5 retries), so a dead peer is reported
 // within a test's patience; each test stands for the same case at full scale.
-// Bytes n read on rail r (RDMA READ), as the domain's counters show them
-// once the engine has published its tallies.
-inline uint64_t read_bytes(node &n, size_t r)
-{
-    n.eng->flush_counters();
-    return n.counters[r]->rx_bytes.load();
-}
-
 inline proto::engine_config scaled()
 {
     proto::engine_config ec;

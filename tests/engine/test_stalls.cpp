@@ -336,6 +336,47 @@ TEST_F(timing_test, a_peer_that_failed_is_tried_again_after_the_back_off)
     EXPECT_STREQ(rgot, "reply");
 }
 
+// ibv_create_ah may fail for a while on RoCE (the neighbour does not resolve
+// yet): the handshake tries again with each resend instead of failing the
+// peer, and the message goes through with no error. Address handles are made
+// once per destination port and shared by the endpoints there.
+TEST_F(timing_test, address_handles_that_fail_are_retried_and_shared_per_destination)
+{
+    device::device &dev = *devices[0];
+    device::sim::fail_next_ahs(dev, 3);
+    char msg[64] = "after three failed address handles", got[64] = {};
+    int ctx[8];
+    ASSERT_TRUE(recv_from(b, got, sizeof got, 1, &ctx[0]).is_ok());
+    ASSERT_TRUE(send_to(a, msg, sizeof msg, 1, &ctx[1]).is_ok());
+    ASSERT_TRUE(
+        run_until({&a, &b}, [&] { return !a.sink.events.empty() && !b.sink.events.empty(); }));
+    EXPECT_EQ(a.sink.events.front().err, 0);
+    EXPECT_EQ(b.sink.events.front().err, 0);
+    EXPECT_STREQ(got, msg);
+    a.sink.events.clear();
+    b.sink.events.clear();
+
+    // A third endpoint on the same port: a reaches it with the handle it
+    // already has for that port; only c makes one (for a's port).
+    const uint64_t made = device::sim::ahs_made(dev);
+    node c;
+    open_node(c, rails_of(devices, c), ec);
+    c.peer = c.av.insert(a.eng->name());
+    fi_addr_t a_to_c = a.av.insert(c.eng->name());
+    char m2[16] = "to c", g2[16] = {};
+    ASSERT_TRUE(recv_from(c, g2, sizeof g2, 2, &ctx[2]).is_ok());
+    iovec iov{m2, sizeof m2};
+    proto::send_args sa{&iov, 1, a_to_c, 2, 0, FI_COMPLETION, &ctx[3], true};
+    ASSERT_TRUE(a.eng->send(sa).is_ok());
+    ASSERT_TRUE(
+        run_until({&a, &c}, [&] { return !a.sink.events.empty() && !c.sink.events.empty(); }));
+    EXPECT_EQ(a.sink.events.front().err, 0);
+    EXPECT_STREQ(g2, "to c");
+    EXPECT_EQ(device::sim::ahs_made(dev) - made, 1u)
+        << "a reused its handle for the port; only c made one";
+    c.eng->shutdown();
+}
+
 TEST_F(timing_test, peers_with_different_eager_limits_use_the_smaller_both_ways)
 {
     // a takes 1024 bytes eagerly, b 8192. Messages of 4000 bytes: from a

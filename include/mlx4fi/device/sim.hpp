@@ -57,6 +57,12 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
 // spec is malformed.
 device_list discover(const util::config &cfg) noexcept;
 
+// Test hooks on a sim device: its next n create_ah calls fail with err_again,
+// as ibv_create_ah does on RoCE while a neighbour does not resolve; and how
+// many address handles it has made. No effect (0) on other devices.
+void fail_next_ahs(device &dev, unsigned n) noexcept;
+uint64_t ahs_made(const device &dev) noexcept;
+
 // Data-path tunables, read from the environment when a QP (or a device's
 // shared-memory context) is created:
 // (RC retry timing is not a sim setting: each QP takes it from the rc_timing

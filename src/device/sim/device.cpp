@@ -165,10 +165,14 @@ result<std::unique_ptr<address_handle>> sim_device::create_ah(uint8_t port,
     if (port == 0 || port > attr_.ports.size() || attr_.ports[port - 1].link != dest.link)
         return err_inval;
     if (dest.link == link_layer::ib ? dest.lid == 0 : gid_is_zero(dest.gid_value)) return err_inval;
+    for (unsigned n = ah_failures.load(); n > 0;)
+        if (ah_failures.compare_exchange_weak(n, n - 1)) return err_again;
     auto c = get_context();
     if (!c.ok()) return c.error();
     try {
-        return std::unique_ptr<address_handle>(new sim_ah(std::move(c).value(), port, dest));
+        auto ah = std::unique_ptr<address_handle>(new sim_ah(std::move(c).value(), port, dest));
+        ahs_made.fetch_add(1);
+        return ah;
     } catch (...) {
         return err_nomem;
     }
@@ -232,6 +236,17 @@ device_list discover(const util::config &cfg) noexcept
         out.clear();
     }
     return out;
+}
+
+void fail_next_ahs(device &dev, unsigned n) noexcept
+{
+    if (auto *d = dynamic_cast<sim_device *>(&dev)) d->ah_failures.store(n);
+}
+
+uint64_t ahs_made(const device &dev) noexcept
+{
+    const auto *d = dynamic_cast<const sim_device *>(&dev);
+    return d ? d->ahs_made.load() : 0;
 }
 
 } // namespace mlx4fi::device::sim

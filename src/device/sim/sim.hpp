@@ -632,6 +632,10 @@ class sim_device final : public device
     // coming back), and what the context's objects raised.
     void fetch_events() noexcept override;
 
+  public:
+    std::atomic<unsigned> ah_failures{0}; // fail_next_ahs
+    std::atomic<uint64_t> ahs_made{0};
+
   private:
     port_state seen_[2] = {port_state::active, port_state::active}; // last reported
     // The context, opened on first use; every object holds it.
