@@ -361,6 +361,7 @@ void engine_impl::count(rail_res &rr, const wr_desc &d) noexcept
     for (uint32_t i = 0; i < d.num_sge; ++i)
         bytes += d.sge[i].length;
     ++rr.tally.ops;
+    tally_dirty_ = true;
     (d.opcode == device::wr_opcode::rdma_read ? rr.tally.rx_bytes : rr.tally.tx_bytes) += bytes;
 }
 
@@ -388,23 +389,25 @@ bool engine_impl::post(op *o) noexcept
     // The operation's remaining work requests as one chain (one doorbell),
     // as many as the CQ has room for.
     static_assert(max_op_wrs <= device::max_post_list);
+    static_assert(std::is_trivially_destructible_v<device::send_wr>);
     while (o->next_wr < o->nwr) {
         const uint32_t n = std::min<uint32_t>(o->nwr - o->next_wr, rr.cq_credits);
         if (n == 0) return false; // the CQ is full of our sends: wait
-        device::send_wr wrs[max_op_wrs];
         const uint64_t wr_id = make_wr_id(o->kind, o->rail, o->slot, o->gen, o->epoch);
+        // Only the requests posted are built (most operations have one).
+        alignas(device::send_wr) unsigned char raw[sizeof(device::send_wr) * max_op_wrs];
+        auto *wrs = reinterpret_cast<device::send_wr *>(raw);
         for (uint32_t i = 0; i < n; ++i) {
             const wr_desc &d = o->wrs[o->next_wr + i];
-            device::send_wr &wr = wrs[i];
-            wr.wr_id = wr_id;
-            wr.opcode = d.opcode;
-            wr.signaled = true;
-            wr.inline_data = d.inline_data;
-            wr.sg_list = d.sge;
-            wr.num_sge = d.num_sge;
-            wr.imm_data = d.imm;
-            wr.remote_addr = d.remote_addr;
-            wr.rkey = d.rkey;
+            device::send_wr *wr = new (&wrs[i]) device::send_wr;
+            wr->wr_id = wr_id;
+            wr->opcode = d.opcode;
+            wr->inline_data = d.inline_data;
+            wr->sg_list = d.sge;
+            wr->num_sge = d.num_sge;
+            wr->imm_data = d.imm;
+            wr->remote_addr = d.remote_addr;
+            wr->rkey = d.rkey;
         }
         uint32_t posted = 0;
         status s = n == 1 ? qp.post_send(wrs[0]) : qp.post_send_list(wrs, n, posted);
@@ -540,7 +543,7 @@ void engine_impl::progress() noexcept
         if (rr->refill_n) refill_srq(*rr);
     }
     // Nothing arrived: a moment off the critical path to publish the tallies.
-    if (idle) flush_counters();
+    if (idle && tally_dirty_) flush_counters();
     // Peers whose work waited for a queue slot: in order, each until it
     // blocks again (flush_pending takes drained peers off the queue).
     for (peer *p = blocked_.front(), *nx = nullptr; p; p = nx) {
@@ -716,6 +719,7 @@ util::mr_cache_stats engine_impl::cache_stats() const noexcept
 
 void engine_impl::flush_counters() noexcept
 {
+    tally_dirty_ = false;
     constexpr auto relaxed = std::memory_order_relaxed;
     for (auto &rr : rails_) {
         rail_counters *c = rr->r.counters;

@@ -271,6 +271,7 @@ class engine_impl final : public engine
     }
     void refill_srq(rail_res &rr) noexcept; // posts the batch now
     uint32_t refill_batch_ = 1;
+    bool tally_dirty_ = false; // a rail's tally has counts flush_counters has not published
     void repost_ud(rail_res &rr, uint32_t idx) noexcept;
 
     // engine.cpp: operations
