@@ -8,8 +8,8 @@
 #
 #   scripts/verbs-suites.sh BUILD_DIR RESULTS [SUITE...]   (default: every suite)
 #
-# Suites: device-contract data-contract async-events engine engine-rails abi verbs-programs
-# mpi. Environment: MLX4_TEST_RAIL_DOWN / MLX4_TEST_RAIL_UP, commands that take
+# Suites: device-contract data-contract async-events engine engine-eager64 engine-rails abi
+# verbs-programs mpi. Environment: MLX4_TEST_RAIL_DOWN / MLX4_TEST_RAIL_UP, commands that take
 # the second rail's port down and up again (the guest: ip link set dummy1
 # down/up); without them the failover test over verbs skips.
 #
@@ -102,6 +102,9 @@ run_gtest device-contract 120 "$build/tests/contract_tests" --gtest_filter='*/ve
 run_gtest data-contract 300 "$build/tests/data_contract_tests" --gtest_filter='*/verbs.*'
 run_gtest async-events 120 "$build/tests/async_event_tests" --gtest_filter='*/verbs.*'
 run_gtest engine 600 "$build/tests/engine_tests" --gtest_filter='*/verbs'
+# The same bodies with every message above an inject a rendezvous.
+run_gtest engine-eager64 600 env MLX4_TEST_EAGER_LIMIT=64 "$build/tests/engine_tests" \
+    --gtest_filter='*/verbs'
 run_gtest engine-rails 600 "$build/tests/verbs_rails_tests"
 FI_PROVIDER=mlx4 run_gtest abi 600 "$build/tests/abi_objects"
 MLX4_PINGPONG_ITERS=2 run_tap verbs-programs 600 bash "$root/tests/integration/test_verbs_guest.sh" "$build"
