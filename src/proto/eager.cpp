@@ -82,13 +82,7 @@ void eager_proto::sent(engine_impl &e, op &o, const wc_t &) noexcept
 
 void eager_proto::abort(engine_impl &e, op &o, int err, int prov_errno) noexcept
 {
-    event ev = o.ev;
-    const bool rep = o.report;
-    e.release(&o);
-    if (!rep) return;
-    ev.err = err;
-    ev.prov_errno = prov_errno;
-    e.report(ev);
+    e.finish(&o, err, prov_errno); // fail() took it off the in-flight list
 }
 
 void eager_proto::deliver(engine_impl &e, rx_entry *rx, const uint8_t *payload, uint64_t size,

@@ -294,7 +294,8 @@ class engine_impl final : public engine
     // Puts o at the end of the peer's pending work; a connected peer is
     // queued to be flushed by progress (a queue was full).
     void defer(peer &p, op *o) noexcept;
-    void finish(op *o) noexcept; // done: reported (if it reports) and released
+    // Done (err 0) or failed: reported with err (if it reports) and released.
+    void finish(op *o, int err = 0, int prov_errno = 0) noexcept;
     // Failed (cancelled, its peer gone): the kind's abort reports it.
     void fail(op *o, int err, int prov_errno) noexcept;
     void report(const event &ev) noexcept { sink_.report(ev); }

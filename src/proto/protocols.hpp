@@ -128,4 +128,18 @@ struct failover_proto {
     static void check_rails(engine_impl &e, uint64_t now) noexcept;
 };
 
+// Completions by operation kind (ops.hpp), for progress (sent) and fail
+// (abort). Receives are not operations.
+inline constexpr op_handlers by_kind[op_kinds] = {
+    {nullptr, nullptr},
+    {nullptr, nullptr}, // srq_recv
+    {nullptr, nullptr}, // ud_recv
+    {eager_proto::sent, eager_proto::abort},
+    {rndv_proto::rts_sent, rndv_proto::rts_abort},
+    {rndv_proto::fin_sent, rndv_proto::read_abort},
+    {rma_proto::sent, rma_proto::abort},
+    {stripe_proto::sent, stripe_proto::abort},
+    {ctrl_proto::sent, ctrl_proto::abort},
+};
+
 } // namespace mlx4fi::proto

@@ -159,13 +159,7 @@ void rma_proto::sent(engine_impl &e, op &o, const wc_t &) noexcept
 
 void rma_proto::abort(engine_impl &e, op &o, int err, int prov_errno) noexcept
 {
-    event ev = o.ev;
-    const bool rep = o.report;
-    e.release(&o);
-    if (!rep) return;
-    ev.err = err;
-    ev.prov_errno = prov_errno;
-    e.report(ev);
+    e.finish(&o, err, prov_errno); // fail() took it off the in-flight list
 }
 
 void rma_proto::done(engine_impl &e, rma_op &r) noexcept

@@ -144,13 +144,7 @@ void rndv_proto::rts_sent(engine_impl &e, op &o, const wc_t &) noexcept
 
 void rndv_proto::rts_abort(engine_impl &e, op &o, int err, int prov_errno) noexcept
 {
-    event ev = o.ev;
-    const bool rep = o.report;
-    e.release(&o);
-    if (!rep) return;
-    ev.err = err;
-    ev.prov_errno = prov_errno;
-    e.report(ev);
+    e.finish(&o, err, prov_errno); // fail() took it off the in-flight list
 }
 
 void rndv_proto::on_rts(engine_impl &e, peer &p, const wire::msg_hdr &h, const uint8_t *body,
