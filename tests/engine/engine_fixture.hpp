@@ -51,6 +51,14 @@ inline std::vector<uint8_t> pattern(size_t n, uint8_t seed)
 // RC timing scaled down from the provider's 7 x 1.07 s: a silent peer costs
 // 6 x 16.8 ms (ACK timeout code 12, 5 retries), so a dead peer is reported
 // within a test's patience; each test stands for the same case at full scale.
+// The software HCA's devices for a spec (FI_MLX4_SIM's grammar).
+inline device::device_list sim_devices(const char *spec)
+{
+    util::config uc;
+    uc.sim_spec = spec;
+    return device::sim::discover(uc);
+}
+
 inline proto::engine_config scaled()
 {
     proto::engine_config ec;

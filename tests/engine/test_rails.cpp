@@ -2,6 +2,7 @@
 // reads and RMA by weight, small messages pinned to one rail per peer, order,
 // and (with the sim's fault injection) failover.
 #include "mlx4fi/device/sim.hpp"
+#include "engine_fixture.hpp"
 #include "mlx4fi/proto/engine.hpp"
 #include "mlx4fi/rail/planner.hpp"
 #include "mlx4fi/rail/topology.hpp"
@@ -22,26 +23,9 @@ using proto::event_kind;
 namespace
 {
 
-struct collector final : proto::event_sink {
-    std::deque<event> events;
-    void report(const event &ev) noexcept override { events.push_back(ev); }
-};
-
-struct node {
-    collector sink;
-    proto::av_table av;
-    std::unique_ptr<proto::engine> eng;
-    std::vector<std::unique_ptr<proto::rail_counters>> counters;
-    fi_addr_t peer = FI_ADDR_NOTAVAIL;
-};
-
-std::vector<uint8_t> pattern(size_t n, uint8_t seed)
-{
-    std::vector<uint8_t> v(n);
-    for (size_t i = 0; i < n; ++i)
-        v[i] = static_cast<uint8_t>(i * 131 + seed + (i >> 12));
-    return v;
-}
+using engine_testing::collector;
+using engine_testing::node;
+using engine_testing::pattern;
 
 // Two HCAs of one IB subnet: an FDR port (mlx4_0) and a QDR port (mlx4_1),
 // weighted 52 : 32 (FDR capped by its PCIe Gen3 x8 link), as the topology

@@ -66,9 +66,7 @@ class stall_test : public ::testing::TestWithParam<stall_case>
   protected:
     void SetUp() override
     {
-        util::config uc;
-        uc.sim_spec = "mlx4_0:ib/fdr";
-        devices = device::sim::discover(uc);
+        devices = sim_devices("mlx4_0:ib/fdr");
         ASSERT_EQ(devices.size(), 1u);
         ec = scaled();
         ec.eager_limit = 1024;
@@ -419,9 +417,7 @@ class roce_test : public ::testing::Test
   protected:
     void open_with(int gid_a, int gid_b)
     {
-        util::config uc;
-        uc.sim_spec = "mlx4_0:roce/40g";
-        devices = device::sim::discover(uc);
+        devices = sim_devices("mlx4_0:roce/40g");
         ASSERT_EQ(devices.size(), 1u);
         ec = scaled();
         int idx[2] = {gid_a, gid_b};
@@ -483,9 +479,7 @@ namespace
 // Two HCAs (FDR + QDR): the same stall in the middle of a striped rendezvous.
 TEST(striped_stall, a_sender_that_stops_in_the_middle_of_a_striped_rendezvous_loses_nothing)
 {
-    util::config uc;
-    uc.sim_spec = "mlx4_0:ib/fdr;mlx4_1:ib/qdr";
-    auto devices = device::sim::discover(uc);
+    auto devices = sim_devices("mlx4_0:ib/fdr;mlx4_1:ib/qdr");
     ASSERT_EQ(devices.size(), 2u);
     proto::engine_config ec = scaled();
     ec.eager_limit = 1024;
@@ -527,9 +521,7 @@ TEST(striped_stall, a_sender_that_stops_in_the_middle_of_a_striped_rendezvous_lo
 TEST(transient_fault, a_peer_lost_to_a_port_fault_is_reconnected_after_the_back_off)
 {
     setenv("FI_MLX4_SIM_FAULT", "mlx4_0:1:64K:300", 1); // down after 64 KiB, up 300 ms later
-    util::config uc;
-    uc.sim_spec = "mlx4_0:ib/fdr";
-    auto devices = device::sim::discover(uc);
+    auto devices = sim_devices("mlx4_0:ib/fdr");
     ASSERT_EQ(devices.size(), 1u);
     proto::engine_config ec = scaled();
     ec.eager_limit = 1024;
@@ -582,9 +574,7 @@ namespace
 // hold the pair back for the whole wire-up budget once another rail is up.
 TEST(silent_rail, the_rails_that_answer_carry_the_traffic_without_waiting_for_the_others)
 {
-    util::config uc;
-    uc.sim_spec = "mlx4_0:ib/fdr;mlx4_1:ib/qdr";
-    auto devices = device::sim::discover(uc);
+    auto devices = sim_devices("mlx4_0:ib/fdr;mlx4_1:ib/qdr");
     ASSERT_EQ(devices.size(), 2u);
     proto::engine_config ec = scaled();
     ec.eager_limit = 1024;

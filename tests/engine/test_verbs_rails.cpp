@@ -7,6 +7,7 @@
 // commands given by the user (docs/verbs-backends.md). Skipped without two
 // verbs ports (every host without RDMA devices).
 #include "mlx4fi/device/verbs.hpp"
+#include "engine_fixture.hpp"
 #include "mlx4fi/proto/engine.hpp"
 
 #include <gtest/gtest.h>
@@ -26,26 +27,9 @@ using clk = std::chrono::steady_clock;
 namespace
 {
 
-struct collector final : proto::event_sink {
-    std::deque<event> events;
-    void report(const event &ev) noexcept override { events.push_back(ev); }
-};
-
-struct node {
-    collector sink;
-    proto::av_table av;
-    std::unique_ptr<proto::engine> eng;
-    std::vector<std::unique_ptr<proto::rail_counters>> counters;
-    fi_addr_t peer = FI_ADDR_NOTAVAIL;
-};
-
-std::vector<uint8_t> pattern(size_t n, uint8_t seed)
-{
-    std::vector<uint8_t> v(n);
-    for (size_t i = 0; i < n; ++i)
-        v[i] = static_cast<uint8_t>(i * 131 + seed + (i >> 12));
-    return v;
-}
+using engine_testing::collector;
+using engine_testing::node;
+using engine_testing::pattern;
 
 // Runs a shell command given by the environment; false when it is not set or
 // fails.
