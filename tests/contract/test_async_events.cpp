@@ -5,6 +5,7 @@
 // port events from its fault injection; on verbs the port is taken down by a
 // command from the environment (MLX4_TEST_RAIL_DOWN / MLX4_TEST_RAIL_UP, which
 // act on MLX4_TEST_RAIL_PORT, "DEV:PORT"; the Soft-RoCE guest sets all three).
+#include "backends.hpp"
 #include "mlx4fi/device/device.hpp"
 #include "mlx4fi/device/sim.hpp"
 #include "mlx4fi/device/verbs.hpp"
@@ -26,32 +27,9 @@ using hca = mlx4fi::device::device;
 namespace
 {
 
-struct sim_backend {
-    static constexpr backend_kind kind = backend_kind::sim;
-    static device_list open()
-    {
-        util::config cfg;
-        cfg.sim_spec = "mlx4_0:ib/fdr;mlx4_1:roce/40g";
-        return sim::discover(cfg);
-    }
-};
-
-struct verbs_backend {
-    static constexpr backend_kind kind = backend_kind::verbs;
-    static device_list open()
-    {
-        util::config cfg;
-        cfg.any_device = true;
-        return verbs::discover(cfg);
-    }
-};
-
-const port_attr *active_port(const hca &d)
-{
-    for (const port_attr &p : d.attr().ports)
-        if (p.state == port_state::active && p.gid_index >= 0) return &p;
-    return nullptr;
-}
+using contract::active_port;
+using contract::sim_backend;
+using contract::verbs_backend;
 
 // Reads dev's events from cursor until one of kind (and, when given, for port
 // or qpn) arrives or the limit passes.

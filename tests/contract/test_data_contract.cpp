@@ -3,6 +3,7 @@
 // (loopback) and across two processes (fork, QP numbers exchanged over a
 // socketpair). It always runs on the software HCA; on verbs it runs wherever
 // an RDMA device with a data path exists and skips otherwise.
+#include "backends.hpp"
 #include "mlx4fi/device/device.hpp"
 #include "mlx4fi/device/sim.hpp"
 #include "mlx4fi/device/verbs.hpp"
@@ -31,34 +32,9 @@ using hca = mlx4fi::device::device;
 namespace
 {
 
-struct sim_backend {
-    static constexpr backend_kind kind = backend_kind::sim;
-    static device_list open()
-    {
-        util::config cfg;
-        cfg.sim_spec = "mlx4_0:ib/fdr;mlx4_1:roce/40g";
-        return sim::discover(cfg);
-    }
-};
-
-struct verbs_backend {
-    static constexpr backend_kind kind = backend_kind::verbs;
-    static device_list open()
-    {
-        util::config cfg;
-        cfg.any_device = true;
-        return verbs::discover(cfg);
-    }
-};
-
-// ---------------------------------------------------------------- helpers
-
-const port_attr *active_port(const hca &d)
-{
-    for (const port_attr &p : d.attr().ports)
-        if (p.state == port_state::active && p.gid_index >= 0) return &p;
-    return nullptr;
-}
+using contract::active_port;
+using contract::sim_backend;
+using contract::verbs_backend;
 
 port_address address_of(const port_attr &p)
 {
