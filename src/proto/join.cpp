@@ -20,10 +20,13 @@
 namespace mlx4fi::proto
 {
 
-void engine_impl::late_port_event(device::device *dev, uint8_t port) noexcept
+void engine_impl::late_port_event(device::device *dev, uint8_t port, bool address) noexcept
 {
     for (late_entry &l : late_) {
         if (l.dev != dev || l.port != port) continue;
+        // A port may come up before its address is there (RoCE: the GID of
+        // an IP configured a moment later): asked again when it changes.
+        if (address) l.up = false;
         auto st = dev->query_port_state(port);
         const bool up = st.ok() && st.value() == device::port_state::active;
         if (!up) {
@@ -48,7 +51,7 @@ void engine_impl::check_late_ports() noexcept
     // A safety net under the async events, as for the rails themselves.
     for (size_t i = 0; i < late_.size(); ++i) {
         const size_t before = late_.size();
-        late_port_event(late_[i].dev, late_[i].port);
+        late_port_event(late_[i].dev, late_[i].port, false);
         if (late_.size() < before) i = size_t(-1); // joined: start over
     }
 }
