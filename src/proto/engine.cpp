@@ -536,6 +536,7 @@ void engine_impl::flush_counters() noexcept
             c->tx_bytes.fetch_add(t.tx_bytes, relaxed);
             c->rx_bytes.fetch_add(t.rx_bytes, relaxed);
             c->ops.fetch_add(t.ops, relaxed);
+            if (t.unsignaled) c->unsignaled.fetch_add(t.unsignaled, relaxed);
         }
         t = rail_tally{};
     }

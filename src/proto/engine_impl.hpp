@@ -88,7 +88,7 @@ inline const device::memory_region &region_of(const util::mr_cache::lease &l) no
 // finds nothing to do and when they are read (engine::flush_counters).
 // Failovers are rare and counted there directly.
 struct rail_tally {
-    uint64_t tx_bytes = 0, rx_bytes = 0, ops = 0;
+    uint64_t tx_bytes = 0, rx_bytes = 0, ops = 0, unsignaled = 0;
 };
 
 // A rail's device resources for this endpoint.
@@ -289,7 +289,7 @@ class engine_impl final : public engine
     uint32_t sig_interval_ = 1;
     uint32_t unsig_limit_ = 0;
     uint32_t unsig_total_ = 0;
-    bool may_skip_signal(const op *o, const peer_rail &pr) const noexcept;
+    bool may_skip_signal(const op *o, const peer_rail &pr, const rail_res &rr) const noexcept;
     // A signalled completion at send-queue position pos on rail r of p: the
     // unsignaled operations posted there before it are complete too.
     void infer_sent(peer &p, unsigned r, uint32_t pos, const device::work_completion &wc) noexcept;

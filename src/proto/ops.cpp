@@ -179,7 +179,7 @@ bool engine_impl::post(op *o) noexcept
         o->unsignaled = false;
         --unsig_total_;
     }
-    const bool unsig = may_skip_signal(o, pr);
+    const bool unsig = may_skip_signal(o, pr, rr);
     // The operation's remaining work requests as one chain (one doorbell),
     // as many as the CQ has room for.
     static_assert(max_op_wrs <= device::max_post_list);
@@ -218,6 +218,7 @@ bool engine_impl::post(op *o) noexcept
             pr.sq_posted += posted;
             o->sq_pos = pr.sq_posted;
             if (unsig) {
+                ++rr.tally.unsignaled;
                 o->unsignaled = true;
                 ++unsig_total_;
                 ++pr.unsig_run;
@@ -253,11 +254,16 @@ bool engine_impl::post(op *o) noexcept
 // (verbs and the sim alike), and failover treats it as any request in
 // flight. A send that reports (FI_TRANSMIT_COMPLETE) is always signalled:
 // its completion cannot wait for later sends (docs/engine.md).
-bool engine_impl::may_skip_signal(const op *o, const peer_rail &pr) const noexcept
+//
+// Each unsignaled request keeps a CQ credit until a later completion covers
+// it, so the request that takes a rail's last credit is always signalled:
+// otherwise every credit could be held by requests nothing will complete.
+bool engine_impl::may_skip_signal(const op *o, const peer_rail &pr,
+                                  const rail_res &rr) const noexcept
 {
     if (o->report || o->nwr != 1 || !o->header) return false;
     if (o->kind != op_kind::eager && o->kind != op_kind::ctrl) return false;
-    return pr.unsig_run + 1 < sig_interval_ && unsig_total_ < unsig_limit_;
+    return pr.unsig_run + 1 < sig_interval_ && unsig_total_ < unsig_limit_ && rr.cq_credits > 1;
 }
 
 void engine_impl::infer_sent(peer &p, unsigned r, uint32_t pos,
