@@ -414,9 +414,10 @@ class engine_impl final : public engine
     // Follows dev's async events (once per device).
     status watch_events(device::device *dev) noexcept;
     // A late port's state may have changed (an event, or the health check):
-    // when it is up, the domain is asked whether it joins; if so every rail
+    // when it is up, the domain is asked whether it joins (once while it
+    // stays up, again when its address changes); if so every rail
     // the domain has now that this engine lacks is opened (join_rails).
-    void late_port_event(device::device *dev, uint8_t port) noexcept;
+    void late_port_event(device::device *dev, uint8_t port, bool address) noexcept;
     void check_late_ports() noexcept;
     void join_rails(const std::vector<rail> &now) noexcept;
     // Our rails, to every connected peer (a rails message): after rails join
