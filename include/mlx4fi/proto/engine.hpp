@@ -34,7 +34,7 @@ struct rail_counters {
     // Of ops, those posted without a completion of their own (moderated
     // signalling: injects and keepalives, completed by a later one).
     std::atomic<uint64_t> unsignaled{0};
-    std::atomic<uint32_t> up{1};        // 0 while an engine sees the rail down
+    std::atomic<uint32_t> up{1}; // 0 while an engine sees the rail down
 };
 
 // One rail of a domain: a port of a device. The device is owned by the
