@@ -12,7 +12,9 @@
 namespace mlx4fi::ofi
 {
 
-template <class F> int call(const char *what, F &&body) noexcept
+// Inlined into each entry point: the try block costs nothing until something
+// throws, while a call through it cost about 20 instructions per operation.
+template <class F> [[gnu::always_inline]] inline int call(const char *what, F &&body) noexcept
 {
     try {
         return body();

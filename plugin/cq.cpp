@@ -59,14 +59,17 @@ void progress_all(cq_obj &cq) noexcept
         ep_progress(*ep);
 }
 
+// i < ring.size(), head < ring.size(): a compare instead of a division.
 proto::event &at(cq_obj &cq, size_t i) noexcept
 {
-    return cq.ring[(cq.head + i) % cq.ring.size()];
+    size_t k = cq.head + i;
+    if (k >= cq.ring.size()) k -= cq.ring.size();
+    return cq.ring[k];
 }
 
 void pop_front(cq_obj &cq) noexcept
 {
-    cq.head = (cq.head + 1) % cq.ring.size();
+    if (++cq.head == cq.ring.size()) cq.head = 0;
     --cq.count;
 }
 

@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <cstring>
 #include <ctime>
+#include <new>
+#include <type_traits>
 
 namespace mlx4fi::proto
 {
@@ -60,6 +62,9 @@ engine_impl::engine_impl(const engine_config &cfg, event_sink &sink)
     addr_cache_.reserve(1024);
     // Refill the SRQ in batches, but never hold back more than a quarter of it.
     refill_batch_ = std::clamp<uint32_t>(cfg_.srq_depth / 4, 1, 16);
+    // One signalled send in 16 at most, and well inside the send queue.
+    sig_interval_ = std::clamp<uint32_t>(cfg_.tx_queue_size / 4, 1, 16);
+    unsig_limit_ = tx_slots_ / 4;
 }
 
 engine_impl::~engine_impl()
@@ -214,13 +219,21 @@ void engine_impl::refill_srq(rail_res &rr) noexcept
 {
     const uint32_t n = rr.refill_n;
     if (n == 0) return;
-    device::sge s[device::max_post_list];
-    device::recv_wr wr[device::max_post_list];
+    // Only the entries posted are written (the types' member initialisers
+    // would otherwise clear all max_post_list of each on every call).
+    static_assert(std::is_trivially_destructible_v<device::sge> &&
+                  std::is_trivially_destructible_v<device::recv_wr>);
+    alignas(device::sge) unsigned char s_raw[sizeof(device::sge) * device::max_post_list];
+    alignas(device::recv_wr) unsigned char wr_raw[sizeof(device::recv_wr) * device::max_post_list];
+    auto *s = reinterpret_cast<device::sge *>(s_raw);
+    auto *wr = reinterpret_cast<device::recv_wr *>(wr_raw);
+    const uint32_t lkey = rr.rx_bufs->lkey();
+    uint8_t *const base = rr.rx_base();
     for (uint32_t i = 0; i < n; ++i) {
         const uint32_t idx = rr.refill[i];
-        s[i] = device::sge{reinterpret_cast<uint64_t>(rr.rx_base() + size_t(idx) * buf_size_),
-                           static_cast<uint32_t>(buf_size_), rr.rx_bufs->lkey()};
-        wr[i] = device::recv_wr{make_wr_id(op_kind::srq_recv, rr.index, idx), &s[i], 1};
+        new (&s[i]) device::sge{reinterpret_cast<uint64_t>(base + size_t(idx) * buf_size_),
+                                static_cast<uint32_t>(buf_size_), lkey};
+        new (&wr[i]) device::recv_wr{make_wr_id(op_kind::srq_recv, rr.index, idx), &s[i], 1};
     }
     uint32_t posted = 0;
     status st = rr.srq->post_recv_list(wr, n, posted);
@@ -305,7 +318,12 @@ status engine_impl::rma(const rma_args &a) noexcept
 
 void engine_impl::progress() noexcept
 {
-    device::work_completion wc[32];
+    // Raw storage: the poll writes what it returns, and clearing 32
+    // completions (their member initialisers) on every call, most of them
+    // empty polls, cost more than the rest of an empty progress pass.
+    static_assert(std::is_trivially_destructible_v<device::work_completion>);
+    alignas(device::work_completion) unsigned char raw[sizeof(device::work_completion) * 32];
+    auto *wc = reinterpret_cast<device::work_completion *>(raw);
     bool idle = true;
     for (auto &rr : rails_) {
         for (;;) {
@@ -315,12 +333,16 @@ void engine_impl::progress() noexcept
             if (n) idle = false;
             if (n < 32) break;
         }
-        // Buffers consumed in this pass go back before the next one; a full
-        // batch went back as soon as it was full.
-        if (rr->refill_n) refill_srq(*rr);
     }
-    // Nothing arrived: a moment off the critical path to publish the tallies.
-    if (idle && tally_dirty_) flush_counters();
+    if (idle) {
+        // Nothing arrived: a moment off the critical path to give consumed
+        // receive buffers back (a full batch went back as soon as it was
+        // full, so the SRQ never lacks more than refill_batch_ of them) and
+        // to publish the tallies.
+        for (auto &rr : rails_)
+            if (rr->refill_n) refill_srq(*rr);
+        if (tally_dirty_) flush_counters();
+    }
     // Peers whose work waited for a queue slot: in order, each until it
     // blocks again (flush_pending takes drained peers off the queue).
     for (peer *p = blocked_.front(), *nx = nullptr; p; p = nx) {
@@ -427,6 +449,10 @@ void engine_impl::handle_op_wc(rail_res &rr, const device::work_completion &wc) 
         return;
     }
     if (o->outstanding) --o->outstanding;
+    if (o->unsignaled && wc.status == device::wc_status::success) [[unlikely]] {
+        // Only a signalled request completes successfully with a CQE.
+        MLX4_WARN(FI_LOG_EP_DATA, "rail %u: completion for an unsignaled request\n", rr.index);
+    }
     if (wc.status != device::wc_status::success) {
         const int prov = static_cast<int>(wc.status);
         peer &p = *o->dest;
@@ -450,6 +476,8 @@ void engine_impl::handle_op_wc(rail_res &rr, const device::work_completion &wc) 
         return;
     }
     if (o->outstanding || o->next_wr < o->nwr) return;
+    // Everything posted on this QP before o's last request is done too.
+    if (o->dest && o->dest->rails[o->rail].unsig_out) infer_sent(*o->dest, o->rail, o->sq_pos, wc);
     by_kind[static_cast<unsigned>(o->kind)].sent(*this, *o, wc);
 }
 
@@ -507,6 +535,7 @@ void engine_impl::flush_counters() noexcept
             c->tx_bytes.fetch_add(t.tx_bytes, relaxed);
             c->rx_bytes.fetch_add(t.rx_bytes, relaxed);
             c->ops.fetch_add(t.ops, relaxed);
+            if (t.unsignaled) c->unsignaled.fetch_add(t.unsignaled, relaxed);
         }
         t = rail_tally{};
     }

@@ -89,7 +89,7 @@ inline const device::memory_region &region_of(const util::mr_cache::lease &l) no
 // finds nothing to do and when they are read (engine::flush_counters).
 // Failovers are rare and counted there directly.
 struct rail_tally {
-    uint64_t tx_bytes = 0, rx_bytes = 0, ops = 0;
+    uint64_t tx_bytes = 0, rx_bytes = 0, ops = 0, unsignaled = 0;
 };
 
 // A rail's device resources for this endpoint.
@@ -177,6 +177,12 @@ struct peer_rail {
     uint8_t gid_index = 0;  // RoCE: the local GID entry this peer is reached from
     bool ah_warned = false; // a failed address handle was logged
     uint64_t retry_ns = 0;  // down: when it may be connected again
+    // Moderated signalling (ops.cpp): work requests posted on qp so far, the
+    // unsignaled ones since the last signalled, and how many unsignaled
+    // operations may still wait for a later completion on it (never fewer).
+    uint32_t sq_posted = 0;
+    uint32_t unsig_run = 0;
+    uint32_t unsig_out = 0;
     bool ready() const noexcept { return hs.st() == wireup::state::ready; }
 };
 
@@ -280,6 +286,17 @@ class engine_impl final : public engine
     }
     void refill_srq(rail_res &rr) noexcept; // posts the batch now
     uint32_t refill_batch_ = 1;
+    // Moderated signalling (ops.cpp): at most sig_interval_ - 1 unsignaled
+    // work requests in a row on a QP, and at most unsig_limit_ unsignaled
+    // operations (each holding a bounce buffer) in the whole engine, so that
+    // peers that fall silent cannot hold the buffers others need.
+    uint32_t sig_interval_ = 1;
+    uint32_t unsig_limit_ = 0;
+    uint32_t unsig_total_ = 0;
+    bool may_skip_signal(const op *o, const peer_rail &pr, const rail_res &rr) const noexcept;
+    // A signalled completion at send-queue position pos on rail r of p: the
+    // unsignaled operations posted there before it are complete too.
+    void infer_sent(peer &p, unsigned r, uint32_t pos, const device::work_completion &wc) noexcept;
     bool tally_dirty_ = false; // a rail's tally has counts flush_counters has not published
     void repost_ud(rail_res &rr, uint32_t idx) noexcept;
 

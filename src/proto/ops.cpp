@@ -16,6 +16,10 @@ namespace mlx4fi::proto
 void engine_impl::release(op *o) noexcept
 {
     free_buf(o);
+    if (o->unsignaled) {
+        o->unsignaled = false;
+        --unsig_total_;
+    }
     for (uint8_t i = 0; i < o->max_mr; ++i)
         o->mr[i].release();
     if (o->kind == op_kind::rndv_send) rts_closed(*o->dest);
@@ -169,7 +173,13 @@ bool engine_impl::post(op *o) noexcept
     if (o->header && o->next_wr == 0)
         reinterpret_cast<wire::msg_hdr *>(buf_of(o))->ready_rails = p.ready_mask;
     rail_res &rr = *rails_[o->rail];
-    device::queue_pair &qp = *p.rails[o->rail].qp;
+    peer_rail &pr = p.rails[o->rail];
+    device::queue_pair &qp = *pr.qp;
+    if (o->unsignaled) { // posted before on a rail that failed: decided again
+        o->unsignaled = false;
+        --unsig_total_;
+    }
+    const bool unsig = may_skip_signal(o, pr, rr);
     // The operation's remaining work requests as one chain (one doorbell),
     // as many as the CQ has room for.
     static_assert(max_op_wrs <= device::max_post_list);
@@ -185,6 +195,7 @@ bool engine_impl::post(op *o) noexcept
             const wr_desc &d = o->wrs[o->next_wr + i];
             device::send_wr *wr = new (&wrs[i]) device::send_wr;
             wr->wr_id = wr_id;
+            wr->signaled = !unsig;
             wr->opcode = d.opcode;
             wr->inline_data = d.inline_data;
             wr->sg_list = d.sge;
@@ -198,9 +209,24 @@ bool engine_impl::post(op *o) noexcept
         if (n == 1 && s.is_ok()) posted = 1;
         for (uint32_t i = 0; i < posted; ++i)
             count(rr, o->wrs[o->next_wr + i]);
+        // An unsignaled request keeps its CQ credit too: should the QP fail,
+        // its flush (or error) completion comes all the same.
         rr.cq_credits -= posted;
         o->next_wr += posted;
         o->outstanding += posted;
+        if (posted) {
+            pr.sq_posted += posted;
+            o->sq_pos = pr.sq_posted;
+            if (unsig) {
+                ++rr.tally.unsignaled;
+                o->unsignaled = true;
+                ++unsig_total_;
+                ++pr.unsig_run;
+                ++pr.unsig_out;
+            } else {
+                pr.unsig_run = 0;
+            }
+        }
         if (s == err_again) return false;
         if (!s.is_ok()) {
             MLX4_WARN(FI_LOG_EP_DATA, "post to peer %016llx on rail %u failed: %d\n", nonce_of(p),
@@ -218,6 +244,45 @@ bool engine_impl::post(op *o) noexcept
         p.inflight.push_back(o);
     }
     return true;
+}
+
+// Moderated signalling: an operation that reports nothing (fi_inject,
+// fi_tinject, a keepalive probe) and has one work request may go without a
+// completion of its own. RC completes a QP's requests in order, so the next
+// signalled completion on the QP says it is done (infer_sent); if the QP
+// fails first, its error or flush completion comes regardless of signalling
+// (verbs and the sim alike), and failover treats it as any request in
+// flight. A send that reports (FI_TRANSMIT_COMPLETE) is always signalled:
+// its completion cannot wait for later sends (docs/engine.md).
+//
+// Each unsignaled request keeps a CQ credit until a later completion covers
+// it, so the request that takes a rail's last credit is always signalled:
+// otherwise every credit could be held by requests nothing will complete.
+bool engine_impl::may_skip_signal(const op *o, const peer_rail &pr,
+                                  const rail_res &rr) const noexcept
+{
+    if (o->report || o->nwr != 1 || !o->header) return false;
+    if (o->kind != op_kind::eager && o->kind != op_kind::ctrl) return false;
+    return pr.unsig_run + 1 < sig_interval_ && unsig_total_ < unsig_limit_ && rr.cq_credits > 1;
+}
+
+void engine_impl::infer_sent(peer &p, unsigned r, uint32_t pos,
+                             const device::work_completion &wc) noexcept
+{
+    peer_rail &pr = p.rails[r];
+    uint32_t left = 0;
+    for (op *o = p.inflight.head, *nx = nullptr; o; o = nx) {
+        nx = o->next;
+        if (!o->unsignaled || o->rail != r) continue;
+        if (static_cast<int32_t>(o->sq_pos - pos) > 0) { // posted after: still on its way
+            ++left;
+            continue;
+        }
+        ++rails_[r]->cq_credits; // no completion will come for it
+        o->outstanding = 0;
+        by_kind[static_cast<unsigned>(o->kind)].sent(*this, *o, wc);
+    }
+    pr.unsig_out = left;
 }
 
 void engine_impl::finish(op *o, int err, int prov_errno) noexcept

@@ -99,6 +99,11 @@ struct op {
     uint32_t outstanding = 0; // device completions still expected
     uint32_t next_wr = 0;     // wrs[] posted so far
     uint32_t nwr = 0;
+    // Its last work request's position in its rail's send queue (peer_rail::
+    // sq_posted after it); unsignaled: posted without a completion of its
+    // own, so it completes when a later signalled one on that QP does.
+    uint32_t sq_pos = 0;
+    bool unsignaled = false;
     int err = 0, prov_errno = 0;
     event ev; // the completion to report
     // The derived type's storage (set once when the pool is made).

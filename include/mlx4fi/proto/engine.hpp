@@ -31,7 +31,10 @@ struct rail_counters {
     std::atomic<uint64_t> rx_bytes{0};  // payload this side pulled over it: RDMA reads
     std::atomic<uint64_t> ops{0};       // work requests posted on the rail's RC QPs
     std::atomic<uint64_t> failovers{0}; // times an engine found the rail down and moved off it
-    std::atomic<uint32_t> up{1};        // 0 while an engine sees the rail down
+    // Of ops, those posted without a completion of their own (moderated
+    // signalling: injects and keepalives, completed by a later one).
+    std::atomic<uint64_t> unsignaled{0};
+    std::atomic<uint32_t> up{1}; // 0 while an engine sees the rail down
 };
 
 // One rail of a domain: a port of a device. The device is owned by the

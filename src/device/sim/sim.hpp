@@ -187,6 +187,9 @@ struct rwqe {
 // Ring operations (cq.cpp).
 bool cq_push(seg_cq *cq, const seg_cqe &e) noexcept; // false: overrun
 status rq_post(seg_rq *rq, const recv_wr &wr) noexcept;
+// Up to max_post_list of them under one hold of the ring's lock; posted and
+// the status as shared_receive_queue::post_recv_list says.
+status rq_post_list(seg_rq *rq, const recv_wr *wrs, uint32_t n, uint32_t &posted) noexcept;
 bool rq_pop(seg_rq *rq, rwqe &out) noexcept;
 
 // True when [addr, addr + len) lies inside the registration key names, with
@@ -459,7 +462,11 @@ class sim_cq final : public completion_queue
     seg_cq *ring_;   // in ctx_'s segment
     seg_cqe *slots_; // ring_'s entries
     uint32_t head_ = 0;
-    uint32_t async_seen_ = 0;
+    // The context's async_seq this CQ's QPs were last synchronised at; and
+    // held_.size(): both atomic (written under lock_) because the empty-poll
+    // test reads them without it.
+    std::atomic<uint32_t> async_seen_{0};
+    std::atomic<uint32_t> held_n_{0};
     std::atomic<uint32_t> pending_{0}; // attached QPs with work waiting for a retry
     std::atomic<bool> overrun_logged_{false};
     std::mutex lock_;                // poll; guards the vectors below
@@ -479,6 +486,7 @@ class sim_srq final : public shared_receive_queue
                                                    uint32_t max_sge) noexcept;
     ~sim_srq() override;
     status post_recv(const recv_wr &wr) noexcept override;
+    status post_recv_list(const recv_wr *wrs, uint32_t n, uint32_t &posted) noexcept override;
     context &ctx() const noexcept { return *ctx_; }
     uint64_t ring_off() const noexcept { return off_; }
 

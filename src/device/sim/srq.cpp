@@ -13,10 +13,13 @@ namespace mlx4fi::device::sim
 
 // ---------------------------------------------------------------- ring
 
-status rq_post(seg_rq *rq, const recv_wr &wr) noexcept
+namespace
+{
+
+// One WQE at the tail. rq->lock held.
+status rq_put_locked(seg_rq *rq, const recv_wr &wr) noexcept
 {
     if (wr.num_sge > rq->max_sge || (wr.num_sge && !wr.sg_list)) return err_inval;
-    shm_guard g(rq->lock);
     uint32_t t = rq->tail.load(std::memory_order_relaxed);
     if (t - rq->head.load(std::memory_order_relaxed) >= rq->capacity) return err_again;
     auto *w = reinterpret_cast<seg_rwqe *>(reinterpret_cast<uint8_t *>(rq) + rq_header_bytes() +
@@ -25,6 +28,24 @@ status rq_post(seg_rq *rq, const recv_wr &wr) noexcept
     w->num_sge = wr.num_sge;
     if (wr.num_sge) std::memcpy(static_cast<void *>(w + 1), wr.sg_list, wr.num_sge * sizeof(sge));
     rq->tail.store(t + 1, std::memory_order_release);
+    return status::ok();
+}
+
+} // namespace
+
+status rq_post(seg_rq *rq, const recv_wr &wr) noexcept
+{
+    shm_guard g(rq->lock);
+    return rq_put_locked(rq, wr);
+}
+
+status rq_post_list(seg_rq *rq, const recv_wr *wrs, uint32_t n, uint32_t &posted) noexcept
+{
+    posted = 0;
+    if (n > max_post_list) return err_inval;
+    shm_guard g(rq->lock);
+    for (; posted < n; ++posted)
+        if (status s = rq_put_locked(rq, wrs[posted]); !s.is_ok()) return s;
     return status::ok();
 }
 
@@ -87,6 +108,11 @@ sim_srq::~sim_srq()
 status sim_srq::post_recv(const recv_wr &wr) noexcept
 {
     return rq_post(ring_, wr);
+}
+
+status sim_srq::post_recv_list(const recv_wr *wrs, uint32_t n, uint32_t &posted) noexcept
+{
+    return rq_post_list(ring_, wrs, n, posted);
 }
 
 } // namespace mlx4fi::device::sim
