@@ -87,16 +87,20 @@ fi
 # the run are striped over both (FI_MLX4_RAIL_STATS at endpoint close).
 n=$((n + 1))
 late_log=$(mktemp)
-(export FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr/late1000' FI_MLX4_RAIL_STATS=1
-    timeout 120 fi_pingpong -p mlx4 -e rdm -B "$port" -S 4194304 -I 400 -c >"$late_log.srv" 2>&1 &
-    sleep 0.3
-    timeout 120 fi_pingpong -p mlx4 -e rdm -P "$port" -S 4194304 -I 400 -c 127.0.0.1 \
-        >"$late_log.cli" 2>&1
-    crc=$?
-    wait %1
-    exit $((crc + $?)))
-late_rc=$?
-port=$((port + 1))
+for try in 1 2 3; do
+    (export FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr/late1000' FI_MLX4_RAIL_STATS=1
+        timeout 120 fi_pingpong -p mlx4 -e rdm -B "$port" -S 4194304 -I 400 -c \
+            >"$late_log.srv" 2>&1 &
+        sleep 0.3
+        timeout 120 fi_pingpong -p mlx4 -e rdm -P "$port" -S 4194304 -I 400 -c 127.0.0.1 \
+            >"$late_log.cli" 2>&1
+        crc=$?
+        wait %1
+        exit $((crc + $?)))
+    late_rc=$?
+    port=$((port + 1))
+    grep -q 'Address already in use' "$late_log.srv" || break # else: the next port
+done
 joined=0
 for side in srv cli; do
     # both sides: two rails in the domain at close, and the late one carried reads
