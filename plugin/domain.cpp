@@ -178,14 +178,16 @@ fi_ops_domain domain_ops = {
     .endpoint2 = endpoint2,
 };
 
-fi_mlx4_rail_attr to_rail_attr(const rail::rail_desc &r, const device::device_attr &dev)
+fi_mlx4_rail_attr to_rail_attr(const rail::rail_desc &r, const device::device_attr &dev,
+                               const device::port_attr *live = nullptr)
 {
     fi_mlx4_rail_attr a{};
     std::snprintf(a.device, sizeof a.device, "%s", r.device_name.c_str());
     a.port = r.port;
     a.link_layer = r.link == device::link_layer::ib ? FI_MLX4_LINK_IB : FI_MLX4_LINK_ETHERNET;
-    for (const device::port_attr &p : dev.ports) {
-        if (p.num != r.port) continue;
+    for (const device::port_attr &listed : dev.ports) {
+        if (listed.num != r.port) continue;
+        const device::port_attr &p = live ? *live : listed;
         // The public struct keeps verbs' 8-bit field: XDR (256) reads as 0 there.
         a.active_speed = static_cast<uint8_t>(p.active_speed);
         a.active_width = p.active_width;
@@ -227,6 +229,52 @@ void print_rail_info(const domain_obj &dom, const provider_state &st) noexcept
 
 } // namespace
 
+const std::vector<proto::rail> *domain_rails::port_up(device::device *dev, uint8_t port) noexcept
+{
+    domain_obj &dom = dom_;
+    try {
+        const provider_state &st = state();
+        size_t index = st.devices.size();
+        for (size_t i = 0; i < st.devices.size(); ++i)
+            if (st.devices[i].get() == dev) index = i;
+        if (index == st.devices.size()) return nullptr;
+        bool joined = false;
+        for (const proto::rail &r : dom.proto_rails)
+            joined = joined || (r.dev == dev && r.port == port);
+        if (joined) return &dom.proto_rails; // another endpoint saw it first
+        auto now = dev->query_port_attr(port);
+        if (!now.ok()) return nullptr;
+        if (!rail::join_port(dom.desc, dom.fabric->desc.name, st.attrs, st.cfg, index, now.value(),
+                             proto::max_rails))
+            return nullptr;
+        const size_t n = dom.desc.rails.size();
+        proto::rail pr;
+        pr.dev = dev;
+        pr.port = port;
+        pr.attr = now.value();
+        pr.counters = &dom.counters[n - 1];
+        dom.proto_rails.push_back(std::move(pr)); // reserved: no reallocation
+        dom.rails.push_back(to_rail_attr(dom.desc.rails.back(), st.attrs.at(index), &now.value()));
+        for (size_t i = 0; i < n; ++i) {
+            dom.proto_rails[i].weight = dom.desc.rails[i].weight;
+            dom.rails[i].weight = dom.desc.rails[i].weight;
+            dom.rails[i].effective_gbps = dom.desc.rails[i].effective_gbps;
+        }
+        std::erase_if(dom.late, [&](const proto::late_port &l) {
+            return l.dev == dev && l.port == port;
+        });
+        MLX4_WARN(FI_LOG_DOMAIN, "domain %s: %s port %u came up on fabric %s: rail %zu, weight %.3f\n",
+                  dom.desc.name.c_str(), dev->attr().name.c_str(), unsigned(port),
+                  dom.fabric->desc.name.c_str(), n - 1, dom.desc.rails.back().weight);
+        if (st.cfg.rail_info) print_rail_info(dom, st);
+        return &dom.proto_rails;
+    } catch (...) {
+        MLX4_WARN(FI_LOG_DOMAIN, "domain %s: out of memory adding a rail\n",
+                  dom.desc.name.c_str());
+        return nullptr;
+    }
+}
+
 rail::planner_config stripe_config(const util::config &cfg) noexcept
 {
     rail::planner_config pc;
@@ -256,7 +304,9 @@ int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *co
         auto dom = std::make_unique<domain_obj>();
         dom->fabric = fab;
         dom->desc = *desc;
-        dom->counters = std::make_unique<proto::rail_counters[]>(desc->rails.size());
+        dom->counters = std::make_unique<proto::rail_counters[]>(proto::max_rails);
+        dom->proto_rails.reserve(proto::max_rails);
+        dom->rails.reserve(proto::max_rails);
         size_t index = 0;
         for (const rail::rail_desc &r : desc->rails) {
             const device::device_attr &dev = st.attrs.at(r.device_index);
@@ -269,6 +319,12 @@ int domain_open(fid_fabric *fabric, fi_info *info, fid_domain **domain, void *co
             pr.weight = r.weight;
             pr.counters = &dom->counters[index++];
             dom->proto_rails.push_back(std::move(pr));
+        }
+        for (const rail::late_desc &l : rail::late_ports(st.attrs, st.cfg, fab->desc, *desc)) {
+            dom->late.push_back({st.devices.at(l.device_index).get(), l.port});
+            MLX4_INFO(FI_LOG_DOMAIN, "domain %s: %s port %u joins as a rail if it comes up\n",
+                      desc->name.c_str(), st.attrs.at(l.device_index).name.c_str(),
+                      unsigned(l.port));
         }
         if (info->domain_attr->threading != FI_THREAD_UNSPEC)
             dom->threading = info->domain_attr->threading;

@@ -18,6 +18,20 @@ namespace mlx4fi::ofi
 
 struct ep_obj;
 
+// The domain's side of rails that join later (proto::rail_source): a late
+// port that comes up on the domain's fabric is added to its rails once, for
+// all its endpoints.
+struct domain_obj;
+class domain_rails final : public proto::rail_source
+{
+  public:
+    explicit domain_rails(domain_obj &dom) : dom_(dom) {}
+    const std::vector<proto::rail> *port_up(device::device *dev, uint8_t port) noexcept override;
+
+  private:
+    domain_obj &dom_;
+};
+
 struct domain_obj {
     fid_domain fid;     // first: the C handle the application holds
     fabric_obj *fabric; // not owned; kept open (open_domains) while this lives
@@ -27,7 +41,12 @@ struct domain_obj {
     std::vector<proto::rail> proto_rails;
     // Traffic of each rail, in rail order; owned here, at stable addresses that
     // proto_rails[i].counters point to (the engines add to them).
+    // (max_rails of them: rails that join later get theirs without moving any.)
     std::unique_ptr<proto::rail_counters[]> counters;
+    // Ports that may join as rails when they come up (rail::late_ports), and
+    // what decides it for the engines (guarded by lock, like the rails).
+    std::vector<proto::late_port> late;
+    domain_rails rails_from{*this};
     int threading = FI_THREAD_SAFE;
     bool rail_stats = false; // FI_MLX4_RAIL_STATS: print the counts at endpoint close
     uint32_t api_version = FI_VERSION(1, 17); // the fabric's, for version-dependent structs

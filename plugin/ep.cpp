@@ -603,7 +603,14 @@ int ep_open(fid_domain *d, fi_info *info, fid_ep **out, void *context) noexcept
         ec.srq_depth = cfg.rx_queue_size;
         ec.tx_queue_size = cfg.tx_queue_size;
         ec.tx_buffers = cfg.tx_buffers;
-        auto engine = proto::engine::open(dom->proto_rails, ec, ep->sink);
+        std::vector<proto::rail> rails;
+        {
+            lock_guard g(dom->lock); // rails may be joining meanwhile
+            rails = dom->proto_rails;
+            ec.late_ports = dom->late;
+        }
+        ec.rails_from = &dom->rails_from;
+        auto engine = proto::engine::open(rails, ec, ep->sink);
         if (!engine.ok()) {
             MLX4_WARN(FI_LOG_EP_CTRL, "fi_endpoint: engine: %s\n",
                       fi_strerror(-engine.error().code()));

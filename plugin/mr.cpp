@@ -83,7 +83,12 @@ int mr_regattr(fid *f, const fi_mr_attr *attr, uint64_t flags, fid_mr **out) noe
                       static_cast<unsigned long long>(flags));
             return -FI_EBADFLAGS;
         }
-        auto reg = proto::register_memory(dom->proto_rails, iov.iov_base, iov.iov_len,
+        std::vector<proto::rail> rails;
+        {
+            lock_guard g(dom->lock); // rails may be joining meanwhile
+            rails = dom->proto_rails;
+        }
+        auto reg = proto::register_memory(rails, iov.iov_base, iov.iov_len,
                                           device_access(attr->access));
         if (!reg.ok()) {
             MLX4_WARN(FI_LOG_MR, "fi_mr_reg: registering %zu bytes at %p failed: %s\n", iov.iov_len,

@@ -409,12 +409,9 @@ void engine_impl::handle_conn(rail_res &rr, const uint8_t *buf, uint32_t len) no
         }
         p.remote_session = m.session;
     }
-    // Learn the rails the name had no room for, and the limits.
-    for (unsigned i = name_rails; i < m.rail_count; ++i) {
-        p.name.rails[i] = from.rails[i];
-        p.known_rails |= 1u << i;
-    }
-    p.nrails = std::min<unsigned>(name_.rail_count, m.rail_count);
+    // Learn its rails as they are now (the name had room for two, and rails
+    // may have joined since it was published), and the limits.
+    learn_rails(p, from, m.rail_count);
     p.eager_limit = std::min<uint32_t>(static_cast<uint32_t>(cfg_.eager_limit), m.eager_limit);
     p.inline_size = std::min(cfg_.inline_size, m.inline_size);
     if (!p.agreed && m.eager_limit != cfg_.eager_limit)

@@ -98,17 +98,29 @@ status engine_impl::setup_failed(const device::device &dev, const char *what, st
     return s;
 }
 
-status engine_impl::init(const std::vector<rail> &rails)
+status engine_impl::watch_events(device::device *dev) noexcept
 {
-    uint64_t nonce = 0;
-    if (getrandom(&nonce, sizeof nonce, 0) != sizeof nonce)
-        nonce = now_ns() ^ (uint64_t(getpid()) << 32);
-    name_.nonce = nonce;
-    name_.rail_count = static_cast<uint8_t>(rails.size());
+    if (std::any_of(event_sources_.begin(), event_sources_.end(),
+                    [&](const event_source &e) { return e.dev == dev; }))
+        return status::ok();
+    try {
+        event_sources_.push_back({dev, dev->event_cursor()});
+    } catch (...) {
+        return err_nomem;
+    }
+    return status::ok();
+}
 
-    for (size_t i = 0; i < rails.size(); ++i) {
+// One rail's resources: its CQ, SRQ with receive buffers, connection QP,
+// bounce buffers and registration caches; the rail goes last in rails_ and
+// in the name.
+status engine_impl::open_rail(const rail &r)
+{
+    if (rails_.size() >= max_rails) return err_inval;
+    const size_t i = rails_.size();
+    {
         auto rr = std::make_unique<rail_res>();
-        rr->r = rails[i];
+        rr->r = r;
         rr->index = static_cast<unsigned>(i);
         const device::port_attr &pa = rr->r.attr;
         rr->gid_index = pa.gid_index < 0 ? 0 : pa.gid_index;
@@ -158,7 +170,7 @@ status engine_impl::init(const std::vector<rail> &rails)
             for (const device::gid_entry &g : pa.gids)
                 if (static_cast<int>(g.index) == rr->gid_index) rn.gid_type = g.type;
         rn.mtu = pa.mtu;
-        rails_.push_back(std::move(rr));
+        rails_.push_back(std::move(rr)); // reserved: cannot throw
         rail_res &ref = *rails_.back();
         for (uint32_t b = 0; b < cfg_.srq_depth; ++b) {
             ref.refill[ref.refill_n++] = b;
@@ -168,11 +180,32 @@ status engine_impl::init(const std::vector<rail> &rails)
         for (uint32_t b = 0; b < ud_depth; ++b)
             repost_ud(ref, b);
     }
-    for (const auto &rr : rails_) {
-        device::device *dev = rr->r.dev;
-        if (std::none_of(event_sources_.begin(), event_sources_.end(),
-                         [&](const event_source &e) { return e.dev == dev; }))
-            event_sources_.push_back({dev, dev->event_cursor()});
+    name_.rail_count = static_cast<uint8_t>(rails_.size());
+    return watch_events(r.dev);
+}
+
+status engine_impl::init(const std::vector<rail> &rails)
+{
+    uint64_t nonce = 0;
+    if (getrandom(&nonce, sizeof nonce, 0) != sizeof nonce)
+        nonce = now_ns() ^ (uint64_t(getpid()) << 32);
+    name_.nonce = nonce;
+    name_.rail_count = 0;
+    rails_.reserve(max_rails);
+
+    for (const rail &r : rails) {
+        status st = open_rail(r);
+        if (!st.is_ok()) return st;
+    }
+    // Ports that may join later are followed through their devices' events.
+    try {
+        late_.reserve(cfg_.late_ports.size());
+        for (const late_port &lp : cfg_.late_ports) {
+            late_.push_back({lp.dev, lp.port, false});
+            if (status w = watch_events(lp.dev); !w.is_ok()) return w;
+        }
+    } catch (...) {
+        return err_nomem;
     }
     MLX4_INFO(FI_LOG_EP_CTRL, "endpoint %016llx: %zu rail(s), eager limit %zu\n",
               static_cast<unsigned long long>(name_.nonce), rails_.size(), cfg_.eager_limit);

@@ -227,6 +227,7 @@ struct rndv_proto;
 struct rma_proto;
 struct stripe_proto;
 struct failover_proto;
+struct rails_proto;
 
 class engine_impl final : public engine
 {
@@ -234,6 +235,9 @@ class engine_impl final : public engine
     engine_impl(const engine_config &cfg, event_sink &sink);
     ~engine_impl() override;
     status init(const std::vector<rail> &rails);
+    // One rail's device resources, added last (at set-up, or when a late
+    // port joins).
+    status open_rail(const rail &r);
     // Receive, bounce and connection buffers one rail registers (pinned).
     size_t pinned_bytes_per_rail() const noexcept;
 
@@ -258,6 +262,7 @@ class engine_impl final : public engine
     friend struct stripe_proto;
     friend struct failover_proto;
     friend struct ctrl_proto;
+    friend struct rails_proto;
 
     // engine.cpp: set-up
     // Logs why creating what on dev failed (with the memlock limit when out
@@ -389,6 +394,22 @@ class engine_impl final : public engine
     // destroyed (destroying it earlier may lose an SRQ receive in use).
     void retire_qp(std::unique_ptr<device::queue_pair> qp, unsigned rail) noexcept;
     void reap_retired(uint64_t now) noexcept;
+    // Follows dev's async events (once per device).
+    status watch_events(device::device *dev) noexcept;
+    // A late port's state may have changed (an event, or the health check):
+    // when it is up, the domain is asked whether it joins (once while it
+    // stays up, again when its address changes); if so every rail
+    // the domain has now that this engine lacks is opened (join_rails).
+    void late_port_event(device::device *dev, uint8_t port, bool address) noexcept;
+    void check_late_ports() noexcept;
+    void join_rails(const std::vector<rail> &now) noexcept;
+    // Our rails, to every connected peer (a rails message): after rails join
+    // or a rail's address changes. Peers learn them, and connect the rails
+    // both sides have.
+    void announce_rails() noexcept;
+    // A peer's rail list (from a connection or rails message): learnt, and
+    // rails both sides now have are connected when the peer is.
+    void learn_rails(peer &p, const ep_name &from, unsigned count) noexcept;
 
     engine_config cfg_;
     event_sink &sink_;
@@ -437,6 +458,12 @@ class engine_impl final : public engine
         uint64_t cursor = 0;
     };
     std::vector<event_source> event_sources_;
+    struct late_entry {
+        device::device *dev = nullptr; // not owned
+        uint8_t port = 0;
+        bool up = false; // seen up (and offered to the domain) since it was last down
+    };
+    std::vector<late_entry> late_; // late ports not joined yet
     struct retired_qp {
         std::unique_ptr<device::queue_pair> qp;
         unsigned rail = 0;

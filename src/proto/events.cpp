@@ -49,10 +49,13 @@ void engine_impl::handle_device_event(device::device *dev, const device::async_e
     case async_kind::port_active:
     case async_kind::gid_change:
     case async_kind::lid_change:
-    case async_kind::client_reregister:
+    case async_kind::client_reregister: {
+        bool rail = false;
         for (auto &rp : rails_) {
             rail_res &rr = *rp;
-            if (rr.r.dev != dev || rr.r.port != e.port || rr.broken) continue;
+            if (rr.r.dev != dev || rr.r.port != e.port) continue;
+            rail = true;
+            if (rr.broken) continue;
             if (e.kind == async_kind::port_error && !rr.down)
                 local_rail_down(rr);
             else if (e.kind == async_kind::port_active && rr.down)
@@ -60,7 +63,11 @@ void engine_impl::handle_device_event(device::device *dev, const device::async_e
             else if (e.kind != async_kind::port_error && e.kind != async_kind::port_active)
                 refresh_rail_address(rr);
         }
+        if (!rail && !late_.empty()) // a port that may join
+            late_port_event(dev, e.port, e.kind != async_kind::port_active &&
+                                             e.kind != async_kind::port_error);
         return;
+    }
     case async_kind::qp_fatal:
         for (auto &rp : rails_) {
             if (rp->r.dev != dev) continue;

@@ -167,6 +167,7 @@ void failover_proto::check_rails(engine_impl &e, uint64_t now) noexcept
         else if (active && rr.down)
             e.local_rail_up(rr);
     }
+    if (!e.late_.empty()) e.check_late_ports();
 }
 
 } // namespace mlx4fi::proto

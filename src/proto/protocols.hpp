@@ -114,6 +114,12 @@ struct ctrl_proto {
     static void abort(engine_impl &e, op &o, int err, int prov_errno) noexcept;
 };
 
+// Rails that join an open engine (join.cpp): a peer's new rail list.
+struct rails_proto {
+    static void on_receive(engine_impl &e, peer &p, const wire::msg_hdr &h, const uint8_t *body,
+                           uint32_t body_len) noexcept;
+};
+
 struct failover_proto {
     // p's connection on rail r broke (error completion, port down): the rail
     // is down for p and its traffic moves (evacuate).

@@ -198,6 +198,7 @@ constexpr recv_handler by_op[] = {
     rndv_proto::on_fin,       // 3 fin
     on_nop,                   // 4 nop
     rma_proto::on_write_data, // 5 write_data
+    rails_proto::on_receive,  // 6 rails
 };
 
 } // namespace

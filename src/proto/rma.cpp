@@ -28,6 +28,9 @@ status rma_proto::start(engine_impl &e, const rma_args &a) noexcept
     for (size_t i = 0; i < a.count; ++i)
         len += a.iov[i].iov_len;
     uint32_t key_mask = (1u << std::min<unsigned>(p.nrails, 2)) - 1;
+    // No rkey for rail 1 (zero is no device's key): the target registered the
+    // memory while it had one rail; its second joined later (join.cpp).
+    if (!(a.key >> 32)) key_mask &= 1;
     const bool imm = !a.read && (a.flags & FI_REMOTE_CQ_DATA);
     const bool inject = !a.read && (a.flags & FI_INJECT);
 

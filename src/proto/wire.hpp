@@ -25,6 +25,10 @@ enum class op : uint8_t {
     // it lands after the data) and sequenced like every header: a write sent
     // again after a failover raises one completion at the target, not two.
     write_data = 5,
+    // The sender's rails now (rails_body): sent to connected peers when a
+    // port that came up joins as a rail, or a rail's address changes.
+    // Receivers that do not know it drop it (it needs no answer).
+    rails = 6,
 };
 
 enum hdr_flags : uint16_t {
@@ -72,6 +76,13 @@ struct fin_body {
     uint32_t reserved;
 };
 static_assert(sizeof(fin_body) == 16);
+
+struct rails_body {
+    uint8_t rail_count; // 1..max_rails
+    uint8_t reserved[7];
+    uint8_t rails[max_rails * rail_name_bytes]; // pack_rail, rail 0 first
+};
+static_assert(sizeof(rails_body) == 8 + max_rails * rail_name_bytes);
 
 // Connection management over UD.
 enum class conn_op : uint8_t { req = 1, rep = 2, rtu = 3 };

@@ -231,8 +231,10 @@ bool validate_rails(std::span<const device::device_attr> devices, const util::ra
         for (const device::port_attr &p : dev->ports)
             if (p.num == r.port) port = &p;
         if (!port) return fail(r, "names a port the device does not have");
-        if (fabric_name(*port).empty())
-            return fail(r, "is not an active, usable port (down, unknown rate or no usable GID)");
+        // A port that is down may come up later and join (late_ports); an
+        // active one must be usable now.
+        if (port->state == device::port_state::active && fabric_name(*port).empty())
+            return fail(r, "is not a usable port (unknown rate or no usable GID)");
         if (!link_allowed(port->link, filter))
             return fail(r, port->link == link_layer::ib ? "is InfiniBand, excluded by FI_MLX4_LINK"
                                                         : "is Ethernet, excluded by FI_MLX4_LINK");
@@ -318,6 +320,52 @@ std::vector<fabric_desc> build_topology(std::span<const device::device_attr> dev
     }
     report_unused(fabrics, cfg.weights, list_used);
     return fabrics;
+}
+
+std::vector<late_desc> late_ports(std::span<const device::device_attr> devices,
+                                  const util::config &cfg, const fabric_desc &fabric,
+                                  const domain_desc &dom)
+{
+    std::vector<late_desc> out;
+    if (cfg.rails.invalid) return out;
+    for (size_t d = 0; d < devices.size(); ++d) {
+        const device::device_attr &dev = devices[d];
+        bool in_domain = false;
+        for (const rail_desc &r : dom.rails)
+            in_domain = in_domain || r.device_index == d;
+        bool any_usable = false;
+        for (const device::port_attr &port : dev.ports)
+            any_usable = any_usable || !fabric_name(port).empty();
+        if (!in_domain && any_usable) continue; // the domains of its own fabric have it
+        for (const device::port_attr &port : dev.ports) {
+            if (!fabric_name(port).empty()) continue; // usable: a rail somewhere already
+            if (port.link != fabric.link || !link_allowed(port.link, cfg.link)) continue;
+            if (!selected(cfg.rails, dev.name, port.num)) continue;
+            out.push_back(late_desc{d, port.num});
+        }
+    }
+    return out;
+}
+
+bool join_port(domain_desc &dom, std::string_view fabric,
+               std::span<const device::device_attr> devices, const util::config &cfg,
+               size_t device_index, const device::port_attr &now, size_t max_rails)
+{
+    if (device_index >= devices.size() || dom.rails.size() >= max_rails) return false;
+    const std::string name = fabric_name(now);
+    if (name.empty() || name != fabric) return false;
+    for (const rail_desc &r : dom.rails)
+        if (r.device_index == device_index && r.port == now.num) return false;
+    rail_desc r;
+    r.device_index = device_index;
+    r.device_name = devices[device_index].name;
+    r.port = now.num;
+    r.link = now.link;
+    r.port_gbps = port_data_gbps(now.link, now.active_speed, now.active_width);
+    dom.rails.push_back(std::move(r));
+    rate(dom, devices, dom.local_numa_node);
+    (void)weigh(dom, cfg.weights, cfg.stripe_min_ratio);
+    return true;
 }
 
 std::string describe_domain(std::string_view fabric, const domain_desc &dom,

@@ -74,5 +74,40 @@ else
     echo "not ok $n - FI_MLX4_PROTO_INFO=1 output"
     sed 's/^/#   /' <<<"$pinfo" | tail -20
 fi
+# A port that is down when the job starts (a cable plugged in later: the
+# sim's /late port) joins the open domain when it comes up: both sides open
+# it as a second rail, connect it, and the rendezvous reads of the rest of
+# the run are striped over both (FI_MLX4_RAIL_STATS at endpoint close).
+n=$((n + 1))
+late_log=$(mktemp)
+(export FI_MLX4_SIM='mlx4_0:ib/fdr;mlx4_1:ib/qdr/late1000' FI_MLX4_RAIL_STATS=1
+    timeout 120 fi_pingpong -p mlx4 -e rdm -B "$port" -S 4194304 -I 400 -c >"$late_log.srv" 2>&1 &
+    sleep 0.3
+    timeout 120 fi_pingpong -p mlx4 -e rdm -P "$port" -S 4194304 -I 400 -c 127.0.0.1 \
+        >"$late_log.cli" 2>&1
+    crc=$?
+    wait %1
+    exit $((crc + $?)))
+late_rc=$?
+port=$((port + 1))
+joined=0
+for side in srv cli; do
+    # both sides: two rails in the domain at close, and the late one carried reads
+    if grep -q 'rail_stats domain=mlx4_0 .* rails=2 ' "$late_log.$side" &&
+        grep -Eq 'rail_stats rail=mlx4_1:1 weight=0\.381 up=1 tx_bytes=[0-9]+ rx_bytes=[1-9]' \
+            "$late_log.$side"; then
+        joined=$((joined + 1))
+    fi
+done
+if [ $late_rc -eq 0 ] && [ $joined -eq 2 ]; then
+    echo "ok $n - a port that comes up after the start joins the open domain and carries its share"
+    grep -h 'rail_stats rail=' "$late_log.srv" "$late_log.cli" | sed 's/^/#   /'
+else
+    failed=$((failed + 1))
+    echo "not ok $n - a port that comes up later joins (rc=$late_rc, sides joined=$joined)"
+    sed 's/^/#   server: /' "$late_log.srv" | tail -15
+    sed 's/^/#   client: /' "$late_log.cli" | tail -15
+fi
+rm -f "$late_log" "$late_log.srv" "$late_log.cli"
 echo "1..$n"
 [ $failed -eq 0 ]

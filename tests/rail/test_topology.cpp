@@ -174,14 +174,14 @@ TEST(topology_rails, filter_keeps_only_the_listed_rails)
 TEST(topology_rails, bad_rail_offers_nothing_and_names_it)
 {
     auto devs = host("mlx4_0:ib/fdr,ib/qdr;mlx4_1:roce/40g");
-    devs[0].ports[1].state = device::port_state::down;
+    devs[0].ports[1].active_speed = 0; // active, but at a rate nobody knows
     struct bad {
         util::rail_ref rail;
         const char *why;
     };
     for (bad b : {bad{{"mlx4_9", 1}, "mlx4_9:1 names no device"},
                   bad{{"mlx4_0", 3}, "mlx4_0:3 names a port"},
-                  bad{{"mlx4_0", 2}, "mlx4_0:2 is not an active"}}) {
+                  bad{{"mlx4_0", 2}, "mlx4_0:2 is not a usable port"}}) {
         auto cfg = with_rails({{"mlx4_0", 1}, b.rail});
         EXPECT_TRUE(rail::build_topology(devs, cfg, -1).empty()) << b.why;
         std::string why;
@@ -351,4 +351,49 @@ TEST(topology_rails, describe_domain_names_every_rail)
     for (size_t pos = 0; pos < text.size(); pos = text.find('\n', pos) + 1)
         EXPECT_EQ(text.compare(pos, 4, "[p] "), 0) << text.substr(pos);
     EXPECT_EQ(text.back(), '\n');
+}
+
+// A port that is down when the topology is built is in no fabric, but may
+// join later: named by FI_MLX4_RAILS it is accepted, late_ports lists it for
+// the domains it may join, and join_port adds it with every weight computed
+// again once it is up on the domain's fabric.
+TEST(topology_late, a_port_down_at_start_joins_its_fabric_when_it_comes_up)
+{
+    auto devs = host("mlx4_0:ib/fdr;mlx4_1:ib/qdr;mlx4_2:roce/40g");
+    devs[1].ports[0].state = device::port_state::down;
+    for (util::config cfg : {util::config{}, with_rails({{"mlx4_0", 1}, {"mlx4_1", 1}})}) {
+        auto fabs = rail::build_topology(devs, cfg, -1);
+        ASSERT_EQ(fabs.size(), cfg.rails.restricted ? 1u : 2u); // RoCE too when unrestricted
+        const rail::fabric_desc &ib = fabs[0].link == device::link_layer::ib ? fabs[0] : fabs[1];
+        ASSERT_EQ(ib.domains.size(), 1u);
+        rail::domain_desc dom = ib.domains[0];
+        EXPECT_EQ(dom.name, "mlx4_0");
+        ASSERT_EQ(dom.rails.size(), 1u);
+        auto late = rail::late_ports(devs, cfg, ib, dom);
+        ASSERT_EQ(late.size(), 1u); // not the RoCE port: another link layer
+        EXPECT_EQ(late[0].device_index, 1u);
+        EXPECT_EQ(late[0].port, 1);
+
+        device::port_attr now = devs[1].ports[0];
+        EXPECT_FALSE(rail::join_port(dom, ib.name, devs, cfg, 1, now, 4)) << "still down";
+        now.state = device::port_state::active;
+        EXPECT_FALSE(rail::join_port(dom, "IB-0xfe80000000000001", devs, cfg, 1, now, 4))
+            << "another fabric";
+        EXPECT_FALSE(rail::join_port(dom, ib.name, devs, cfg, 1, now, 1)) << "no room";
+        ASSERT_EQ(dom.rails.size(), 1u);
+        EXPECT_DOUBLE_EQ(dom.rails[0].weight, 1.0);
+        ASSERT_TRUE(rail::join_port(dom, ib.name, devs, cfg, 1, now, 4));
+        ASSERT_EQ(dom.rails.size(), 2u);
+        EXPECT_EQ(dom.rails[1].device_name, "mlx4_1");
+        // FDR 54.5 and QDR 32 Gb/s (PCIe gen3 x8 caps FDR at 52): 0.62 / 0.38.
+        EXPECT_NEAR(dom.rails[0].weight, 52.0 / 84.0, 0.01);
+        EXPECT_NEAR(dom.rails[1].weight, 32.0 / 84.0, 0.01);
+        EXPECT_NEAR(dom.total_gbps, 84.0, 0.5);
+        EXPECT_FALSE(rail::join_port(dom, ib.name, devs, cfg, 1, now, 4)) << "joined once";
+    }
+    // Not named by the restriction: not a late port of anything.
+    auto only0 = with_rails({{"mlx4_0", 1}});
+    auto fabs = rail::build_topology(devs, only0, -1);
+    ASSERT_EQ(fabs.size(), 1u);
+    EXPECT_TRUE(rail::late_ports(devs, only0, fabs[0], fabs[0].domains[0]).empty());
 }

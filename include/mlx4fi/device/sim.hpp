@@ -4,12 +4,16 @@
 // Grammar:  spec   := "1" | device (";" device)*
 //           device := NAME ("@" ANNOT)* ":" port ("," port)*
 //           ANNOT  := PCIE | NUMA                    (each at most once, any order)
-//           port   := "ib/" IBSPEED ["/" WIDTH] | "roce/" ETHSPEED
+//           port   := ("ib/" IBSPEED ["/" WIDTH] | "roce/" ETHSPEED) ["/late" MS]
 //           IBSPEED  := sdr | ddr | qdr | fdr10 | fdr | edr
 //           WIDTH    := 1x | 4x | 8x | 12x            (default 4x)
 //           ETHSPEED := 10g | 40g | 56g
 //           PCIE     := "gen" 1..4 "x" 1|2|4|8|16     (default gen3x8)
 //           NUMA     := "numa" 0..255                 (default: unknown, -1)
+// "/lateMS" makes a port that is down when the device is first opened in a
+// process and comes up MS milliseconds later (a cable plugged in, an
+// interface configured after the job started): fi_info does not offer it,
+// and an open domain picks it up when it comes up.
 // "1" is the default host: one ConnectX-3, mlx4_0, with one FDR 4x IB port.
 // Example: "mlx4_0@gen3x8@numa0:ib/fdr;mlx4_1@numa1:ib/fdr" is a two-socket
 // host with one HCA per socket.
@@ -33,6 +37,7 @@ struct port_spec {
     link_layer link = link_layer::ib;
     ib_speed speed = ib_speed::fdr; // Ethernet speeds in mlx4's IB encoding
     ib_width width = ib_width::x4;
+    uint32_t late_ms = 0; // "/late": down until this long after the device opens; 0: up
 };
 
 struct device_spec {

@@ -44,6 +44,28 @@ struct rail {
     rail_counters *counters = nullptr; // the domain's; may be null
 };
 
+// A port that was not usable when the domain opened (down, or without an
+// address yet) and may join it as a rail when it comes up.
+struct late_port {
+    device::device *dev = nullptr; // owned by the provider
+    uint8_t port = 0;
+};
+
+// Who decides whether a late port joins: the domain, whose rails grow (one
+// list for all its endpoints). Called from inside engine calls.
+class rail_source
+{
+  public:
+    // Port port of dev is up now. Returns the domain's rails with it (the
+    // ones the engine has first, in order, then the new ones; every weight
+    // computed again), or nullptr when it does not join (on another fabric,
+    // not usable, no room).
+    virtual const std::vector<rail> *port_up(device::device *dev, uint8_t port) noexcept = 0;
+
+  protected:
+    ~rail_source() = default;
+};
+
 // The smallest eager limit: every endpoint receives at least this much
 // eagerly, so an injected message (inject_size) is never read after the call
 // returns, whatever the peer's limit.
@@ -77,6 +99,10 @@ struct engine_config {
     // Striping of rendezvous reads and RMA over the rails: threshold, minimum
     // chunk, alignment, and the ratio below which a slow rail is left out.
     mlx4fi::rail::planner_config stripe;
+    // Ports that may become rails later, and the domain that decides (both
+    // empty/null: the rails are fixed).
+    std::vector<late_port> late_ports;
+    rail_source *rails_from = nullptr;
 };
 
 // Memory registered on every rail of a domain, for fi_mr_reg and the

@@ -78,6 +78,30 @@ inline constexpr double far_socket_factor = 0.75;
                                   const util::rail_selection &rails, util::link_filter filter,
                                   std::string *why);
 
+// A port that may join a domain later: not usable when the topology was built.
+struct late_desc {
+    size_t device_index = 0;
+    uint8_t port = 0;
+};
+
+// The ports that may join dom (of fabric) when they come up: ports that were
+// not usable when the topology was built (down, or without an address yet),
+// of the fabric's link layer, allowed by cfg.link and cfg.rails, on one of
+// the domain's devices or on a device that had no usable port at all.
+[[nodiscard]] std::vector<late_desc> late_ports(std::span<const device::device_attr> devices,
+                                                const util::config &cfg, const fabric_desc &fabric,
+                                                const domain_desc &dom);
+
+// A late port that is up now (now: its attributes) joins dom when it is on
+// fabric: appended as a rail, then the rates, PCIe shares, NUMA penalties and
+// weights of every rail computed again as build_topology does. False, with
+// dom unchanged, when it is on another fabric, not usable, or dom has
+// max_rails rails already.
+[[nodiscard]] bool join_port(domain_desc &dom, std::string_view fabric,
+                             std::span<const device::device_attr> devices,
+                             const util::config &cfg, size_t device_index,
+                             const device::port_attr &now, size_t max_rails);
+
 // A readable description of one domain for FI_MLX4_RAIL_INFO: a header line
 // (domain, fabric, total rate, the process's node), a line per rail (device
 // and port, link, port rate, PCIe link, effective rate, NUMA node and

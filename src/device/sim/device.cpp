@@ -69,7 +69,7 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
         port_attr p;
         p.num = static_cast<uint8_t>(i + 1);
         p.link = ps.link;
-        p.state = port_state::active;
+        p.state = ps.late_ms ? port_state::down : port_state::active;
         p.active_speed = static_cast<uint16_t>(ps.speed);
         p.active_width = static_cast<uint8_t>(ps.width);
         uint64_t port_guid = a.node_guid + p.num;
@@ -113,6 +113,7 @@ device_attr make_device_attr(const device_spec &spec, unsigned index, int gid_ov
 
 sim_device::~sim_device()
 {
+    late_ctx_.reset();
     if (!ctx_.expired())
         MLX4_WARN(FI_LOG_CORE, "software HCA %s closed with data-path objects still open\n",
                   attr_.name.c_str());
@@ -122,7 +123,7 @@ result<std::shared_ptr<context>> sim_device::get_context() noexcept
 {
     std::lock_guard<std::mutex> g(lock_);
     if (auto c = ctx_.lock()) return c;
-    auto c = context::open(attr_);
+    auto c = context::open(attr_, late_ms);
     if (c.ok()) ctx_ = c.value();
     return c;
 }
@@ -186,7 +187,15 @@ result<port_state> sim_device::query_port_state(uint8_t port) noexcept
         std::lock_guard<std::mutex> g(lock_);
         c = ctx_.lock();
     }
-    // Without a context nothing in this process has moved data: no fault yet.
+    // Without a context nothing in this process has moved data: no fault yet;
+    // but a late port's clock starts when the device opens, so it opens now
+    // (and stays open: its clock must not start again).
+    if (!c && late_ms[port - 1]) {
+        auto opened = get_context();
+        if (!opened.ok()) return opened.error();
+        std::lock_guard<std::mutex> g(lock_);
+        late_ctx_ = c = std::move(opened).value();
+    }
     if (!c) return attr_.ports[port - 1].state;
     return c->port_state_now(port);
 }
@@ -226,8 +235,10 @@ device_list discover(const util::config &cfg) noexcept
         if (!specs.ok()) return out;
         unsigned index = 0;
         for (const device_spec &s : specs.value()) {
-            out.push_back(
-                std::make_unique<sim_device>(make_device_attr(s, index++, cfg.gid_index)));
+            auto d = std::make_unique<sim_device>(make_device_attr(s, index++, cfg.gid_index));
+            for (size_t i = 0; i < s.ports.size() && i < 2; ++i)
+                d->late_ms[i] = s.ports[i].late_ms;
+            out.push_back(std::move(d));
             MLX4_INFO(FI_LOG_CORE, "software HCA %s: %zu port(s), PCIe gen%ux%u\n", s.name.c_str(),
                       s.ports.size(), s.pcie.gen, s.pcie.lanes);
         }

@@ -26,6 +26,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -260,7 +261,9 @@ class sim_qp;
 class context
 {
   public:
-    static result<std::shared_ptr<context>> open(const device_attr &attr) noexcept;
+    // late_ms: per port, down until this long after the segment is made (0: as attr says).
+    static result<std::shared_ptr<context>> open(const device_attr &attr,
+                                                 const std::array<uint32_t, 2> &late_ms) noexcept;
     ~context();
     context(const context &) = delete;
     context &operator=(const context &) = delete;
@@ -609,7 +612,11 @@ bool port_matches(const seg_header *hdr, uint8_t port_num, link_layer link, uint
 class sim_device final : public device
 {
   public:
-    explicit sim_device(device_attr attr) : device(std::move(attr)) {}
+    explicit sim_device(device_attr attr) : device(std::move(attr))
+    {
+        for (size_t i = 0; i < attr_.ports.size() && i < 2; ++i)
+            seen_[i] = attr_.ports[i].state;
+    }
     ~sim_device() override;
     backend_kind backend() const noexcept override { return backend_kind::sim; }
 
@@ -635,6 +642,8 @@ class sim_device final : public device
   public:
     std::atomic<unsigned> ah_failures{0}; // fail_next_ahs
     std::atomic<uint64_t> ahs_made{0};
+    // Per port: down until this long after the context opens ("/late"); 0: up.
+    std::array<uint32_t, 2> late_ms{};
 
   private:
     port_state seen_[2] = {port_state::active, port_state::active}; // last reported
@@ -642,6 +651,7 @@ class sim_device final : public device
     result<std::shared_ptr<context>> get_context() noexcept;
     std::mutex lock_;
     std::weak_ptr<context> ctx_;
+    std::shared_ptr<context> late_ctx_; // held once a late port's state was asked for
 };
 
 } // namespace mlx4fi::device::sim

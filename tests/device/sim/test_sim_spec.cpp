@@ -81,6 +81,23 @@ TEST(sim_spec, made_up_pci_addresses)
     EXPECT_EQ(sim::make_device_attr(d[0], 0, -1).pci, a[0]);
 }
 
+// "/lateMS": the port is down until MS after the device opens; the
+// attributes say down (so fi_info does not offer it).
+TEST(sim_spec, late_ports)
+{
+    auto r = sim::parse_spec("mlx4_0:ib/fdr,ib/qdr/4x/late250;mlx4_1:roce/40g/late3600000");
+    ASSERT_TRUE(r.ok());
+    const auto &d = r.value();
+    EXPECT_EQ(d[0].ports[0].late_ms, 0u);
+    EXPECT_EQ(d[0].ports[1].late_ms, 250u);
+    EXPECT_EQ(d[0].ports[1].speed, ib_speed::qdr);
+    EXPECT_EQ(d[1].ports[0].late_ms, 3600000u);
+    EXPECT_EQ(d[1].ports[0].link, link_layer::ethernet);
+    auto a = sim::make_device_attr(d[0], 0, -1);
+    EXPECT_EQ(a.ports[0].state, port_state::active);
+    EXPECT_EQ(a.ports[1].state, port_state::down);
+}
+
 TEST(sim_spec, one_means_the_default_host)
 {
     auto r = sim::parse_spec("1");
@@ -116,6 +133,10 @@ INSTANTIATE_TEST_SUITE_P(
         bad_spec{"mlx4_0:ib/xdr", "'ib/xdr'"}, bad_spec{"mlx4_0:ib/fdr/3x", "'ib/fdr/3x'"},
         bad_spec{"mlx4_0:roce/25g", "'roce/25g'"}, bad_spec{"mlx4_0:roce/40g/4x", "'roce/40g/4x'"},
         bad_spec{"mlx4_0:opa/100g", "'opa/100g'"}, bad_spec{"mlx4_0:", "''"},
+        bad_spec{"mlx4_0:ib/fdr/late0", "'ib/fdr/late0'"},
+        bad_spec{"mlx4_0:ib/fdr/late", "'ib/fdr/late'"},
+        bad_spec{"mlx4_0:ib/fdr/4x/late5/late5", "'ib/fdr/4x/late5/late5'"},
+        bad_spec{"mlx4_0:roce/40g/late3600001", "'roce/40g/late3600001'"},
         bad_spec{"mlx4_0:ib/fdr,", "''"}, bad_spec{"mlx4_0:ib/fdr;", "stray"},
         bad_spec{":ib/fdr", "bad device name"}, bad_spec{"mlx 4:ib/fdr", "'mlx 4'"},
         bad_spec{"mlx4_0@gen9x8:ib/fdr", "'gen9x8'"}, bad_spec{"mlx4_0@gen3x3:ib/fdr", "'gen3x3'"},

@@ -132,7 +132,8 @@ seg_cq *peer::cq_of(const seg_qp *t) const noexcept
 
 // ---------------------------------------------------------------- context
 
-result<std::shared_ptr<context>> context::open(const device_attr &attr) noexcept
+result<std::shared_ptr<context>> context::open(const device_attr &attr,
+                                               const std::array<uint32_t, 2> &late_ms) noexcept
 {
     try {
         registry *reg = registry::get();
@@ -196,7 +197,8 @@ result<std::shared_ptr<context>> context::open(const device_attr &attr) noexcept
             for (uint32_t g = 0; g < sp.num_gids; ++g)
                 sp.gids[g] = p.gids[g].value;
             sp.state.store(static_cast<uint32_t>(p.state), std::memory_order_relaxed);
-            sp.up_at_ns.store(0, std::memory_order_relaxed);
+            sp.up_at_ns.store(late_ms[i] ? now_ns() + uint64_t(late_ms[i]) * 1000000 : 0,
+                              std::memory_order_relaxed);
         }
         c->setup_links(k);
         std::strncpy(h->device, attr.name.c_str(), sizeof h->device - 1);

@@ -69,9 +69,34 @@ bool parse_numa(std::string_view t, int &out)
     return true;
 }
 
+// "lateMS": MS from 1 to 3600000.
+bool parse_late(std::string_view t, uint32_t &ms)
+{
+    if (t.size() < 5 || t.size() > 11 || !iequals(t.substr(0, 4), "late")) return false;
+    uint64_t v = 0;
+    for (char c : t.substr(4)) {
+        if (c < '0' || c > '9') return false;
+        v = v * 10 + uint64_t(c - '0');
+    }
+    if (v == 0 || v > 3600000) return false;
+    ms = static_cast<uint32_t>(v);
+    return true;
+}
+
+bool parse_link(const std::vector<std::string_view> &f, port_spec &out);
+
 bool parse_port(std::string_view t, port_spec &out)
 {
     std::vector<std::string_view> f = split(t, '/');
+    uint32_t late_ms = 0;
+    if (f.size() >= 3 && parse_late(f.back(), late_ms)) f.pop_back();
+    if (!parse_link(f, out)) return false;
+    out.late_ms = late_ms;
+    return true;
+}
+
+bool parse_link(const std::vector<std::string_view> &f, port_spec &out)
+{
     if (f.size() < 2 || f.size() > 3) return false;
     if (iequals(f[0], "ib")) {
         static constexpr std::pair<std::string_view, ib_speed> speeds[] = {
@@ -170,7 +195,7 @@ result<std::vector<device_spec>> parse_spec(std::string_view spec, std::string *
             if (!parse_port(port, p))
                 return fail(why, spec,
                             "bad port " + quoted(port) +
-                                " (want ib/SPEED[/WIDTH] or roce/10g|40g|56g)");
+                                " (want ib/SPEED[/WIDTH] or roce/10g|40g|56g, then /lateMS)");
             d.ports.push_back(p);
         }
         if (d.ports.size() > max_ports)
