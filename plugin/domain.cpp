@@ -260,17 +260,16 @@ const std::vector<proto::rail> *domain_rails::port_up(device::device *dev, uint8
             dom.rails[i].weight = dom.desc.rails[i].weight;
             dom.rails[i].effective_gbps = dom.desc.rails[i].effective_gbps;
         }
-        std::erase_if(dom.late, [&](const proto::late_port &l) {
-            return l.dev == dev && l.port == port;
-        });
-        MLX4_WARN(FI_LOG_DOMAIN, "domain %s: %s port %u came up on fabric %s: rail %zu, weight %.3f\n",
+        std::erase_if(dom.late,
+                      [&](const proto::late_port &l) { return l.dev == dev && l.port == port; });
+        MLX4_WARN(FI_LOG_DOMAIN,
+                  "domain %s: %s port %u came up on fabric %s: rail %zu, weight %.3f\n",
                   dom.desc.name.c_str(), dev->attr().name.c_str(), unsigned(port),
                   dom.fabric->desc.name.c_str(), n - 1, dom.desc.rails.back().weight);
         if (st.cfg.rail_info) print_rail_info(dom, st);
         return &dom.proto_rails;
     } catch (...) {
-        MLX4_WARN(FI_LOG_DOMAIN, "domain %s: out of memory adding a rail\n",
-                  dom.desc.name.c_str());
+        MLX4_WARN(FI_LOG_DOMAIN, "domain %s: out of memory adding a rail\n", dom.desc.name.c_str());
         return nullptr;
     }
 }

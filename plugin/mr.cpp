@@ -88,8 +88,8 @@ int mr_regattr(fid *f, const fi_mr_attr *attr, uint64_t flags, fid_mr **out) noe
             lock_guard g(dom->lock); // rails may be joining meanwhile
             rails = dom->proto_rails;
         }
-        auto reg = proto::register_memory(rails, iov.iov_base, iov.iov_len,
-                                          device_access(attr->access));
+        auto reg =
+            proto::register_memory(rails, iov.iov_base, iov.iov_len, device_access(attr->access));
         if (!reg.ok()) {
             MLX4_WARN(FI_LOG_MR, "fi_mr_reg: registering %zu bytes at %p failed: %s\n", iov.iov_len,
                       iov.iov_base, fi_strerror(-reg.error().code()));

@@ -8,10 +8,12 @@
 #
 #   scripts/verbs-suites.sh BUILD_DIR RESULTS [SUITE...]   (default: every suite)
 #
-# Suites: device-contract data-contract async-events engine engine-eager64 engine-rails abi
-# verbs-programs mpi. Environment: MLX4_TEST_RAIL_DOWN / MLX4_TEST_RAIL_UP, commands that take
-# the second rail's port down and up again (the guest: ip link set dummy1
-# down/up); without them the failover test over verbs skips.
+# Suites: device-contract data-contract async-events engine engine-eager64 engine-rails
+# engine-late-rails abi verbs-programs mpi. Environment: MLX4_TEST_RAIL_DOWN / MLX4_TEST_RAIL_UP,
+# commands that take the second rail's port down and up again (the guest: ip link set dummy1
+# down/up); without them the failover test over verbs skips. MLX4_TEST_LATE_DOWN /
+# MLX4_TEST_LATE_UP the same for a port that is down when the endpoints open and comes up
+# mid-run; without them engine-late-rails does not run.
 #
 # The guest's CPU is 4-8x slower than the host's and Soft-RoCE has
 # millisecond latency: iteration counts are cut through the suites' own
@@ -34,6 +36,7 @@ if [ "${MLX4_SETUP_RXE:-0}" = 1 ]; then
     export FI_MLX4_ANY_DEVICE=1
     export MLX4_TEST_RAIL_DOWN="ip link set dummy1 down" MLX4_TEST_RAIL_UP="ip link set dummy1 up"
     export MLX4_TEST_RAIL_PORT=rxe1:1
+    export MLX4_TEST_LATE_DOWN="ip link set dummy1 down" MLX4_TEST_LATE_UP="ip link set dummy1 up"
 fi
 
 export FI_PROVIDER_PATH=$build/plugin
@@ -106,6 +109,12 @@ run_gtest engine 600 "$build/tests/engine_tests" --gtest_filter='*/verbs'
 run_gtest engine-eager64 600 env MLX4_TEST_EAGER_LIMIT=64 "$build/tests/engine_tests" \
     --gtest_filter='*/verbs'
 run_gtest engine-rails 600 "$build/tests/verbs_rails_tests"
+# A port down when the endpoints open (MLX4_TEST_LATE_DOWN) that comes up
+# mid-run (MLX4_TEST_LATE_UP) and joins as a rail; only where both are given.
+if [ -n "${MLX4_TEST_LATE_DOWN:-}" ] && [ -n "${MLX4_TEST_LATE_UP:-}" ]; then
+    run_gtest engine-late-rails 300 bash -c "$MLX4_TEST_LATE_DOWN && sleep 1 && exec \"\$0\" \"\$@\"" \
+        "$build/tests/late_rails_tests" --gtest_filter='late_rails_verbs.*'
+fi
 FI_PROVIDER=mlx4 run_gtest abi 600 "$build/tests/abi_objects"
 MLX4_PINGPONG_ITERS=2 run_tap verbs-programs 600 bash "$root/tests/integration/test_verbs_guest.sh" "$build"
 FI_MLX4_ANY_DEVICE=${FI_MLX4_ANY_DEVICE:-0} MPI_NP=2 MPI_TEST_TIMEOUT=240 MPI_PINGPONG_ARGS="-n 5 -w 2 -m 1M" \

@@ -118,68 +118,66 @@ status engine_impl::open_rail(const rail &r)
 {
     if (rails_.size() >= max_rails) return err_inval;
     const size_t i = rails_.size();
-    {
-        auto rr = std::make_unique<rail_res>();
-        rr->r = r;
-        rr->index = static_cast<unsigned>(i);
-        const device::port_attr &pa = rr->r.attr;
-        rr->gid_index = pa.gid_index < 0 ? 0 : pa.gid_index;
-        rr->local_gid = device::gid_at(pa, rr->gid_index);
-        device::device &dev = *rr->r.dev;
+    auto rr = std::make_unique<rail_res>();
+    rr->r = r;
+    rr->index = static_cast<unsigned>(i);
+    const device::port_attr &pa = rr->r.attr;
+    rr->gid_index = pa.gid_index < 0 ? 0 : pa.gid_index;
+    rr->local_gid = device::gid_at(pa, rr->gid_index);
+    device::device &dev = *rr->r.dev;
 
-        // Everything that completes on the rail's CQ: SRQ and UD receives,
-        // connection datagrams, and the RC sends the credits let through.
-        auto cq = dev.create_cq(cfg_.srq_depth + ud_depth + ud_send_depth + cfg_.cq_depth);
-        if (!cq.ok()) return setup_failed(dev, "a completion queue", cq.error());
-        rr->cq = std::move(cq).value();
-        rr->cq_credits = cfg_.cq_depth;
-        auto srq = dev.create_srq(cfg_.srq_depth, 1);
-        if (!srq.ok()) return setup_failed(dev, "a shared receive queue", srq.error());
-        rr->srq = std::move(srq).value();
-        device::qp_caps caps;
-        caps.max_send_wr = ud_send_depth;
-        caps.max_recv_wr = ud_depth;
-        auto ud = dev.create_qp(device::qp_type::ud, rr->r.port, *rr->cq, *rr->cq, nullptr, caps);
-        if (!ud.ok()) return setup_failed(dev, "the connection QP", ud.error());
-        rr->ud = std::move(ud).value();
+    // Everything that completes on the rail's CQ: SRQ and UD receives,
+    // connection datagrams, and the RC sends the credits let through.
+    auto cq = dev.create_cq(cfg_.srq_depth + ud_depth + ud_send_depth + cfg_.cq_depth);
+    if (!cq.ok()) return setup_failed(dev, "a completion queue", cq.error());
+    rr->cq = std::move(cq).value();
+    rr->cq_credits = cfg_.cq_depth;
+    auto srq = dev.create_srq(cfg_.srq_depth, 1);
+    if (!srq.ok()) return setup_failed(dev, "a shared receive queue", srq.error());
+    rr->srq = std::move(srq).value();
+    device::qp_caps caps;
+    caps.max_send_wr = ud_send_depth;
+    caps.max_recv_wr = ud_depth;
+    auto ud = dev.create_qp(device::qp_type::ud, rr->r.port, *rr->cq, *rr->cq, nullptr, caps);
+    if (!ud.ok()) return setup_failed(dev, "the connection QP", ud.error());
+    rr->ud = std::move(ud).value();
 
-        auto rx = dev.alloc_buffer(size_t(cfg_.srq_depth) * buf_size_);
-        if (!rx.ok()) return setup_failed(dev, "receive buffers", rx.error());
-        auto udb = dev.alloc_buffer(size_t(ud_depth) * ud_buf_size);
-        if (!udb.ok()) return setup_failed(dev, "connection buffers", udb.error());
-        auto tx = dev.alloc_buffer(size_t(tx_slots_) * buf_size_);
-        if (!tx.ok()) return setup_failed(dev, "bounce buffers", tx.error());
-        rr->rx_bufs = std::move(rx).value();
-        rr->ud_bufs = std::move(udb).value();
-        rr->tx_bufs = std::move(tx).value();
-        rr->registrar = std::make_unique<rail_registrar>(&dev, device::access_local_write);
-        rr->cache = std::make_unique<util::mr_cache>(*rr->registrar, cfg_.mr_cache);
-        rr->src_registrar = std::make_unique<rail_registrar>(&dev, device::access_remote_read);
-        rr->src_cache = std::make_unique<util::mr_cache>(*rr->src_registrar, cfg_.mr_cache);
-        rr->tx_free.reserve(tx_slots_);
-        for (uint32_t s = tx_slots_; s-- > 0;)
-            rr->tx_free.push_back(s);
+    auto rx = dev.alloc_buffer(size_t(cfg_.srq_depth) * buf_size_);
+    if (!rx.ok()) return setup_failed(dev, "receive buffers", rx.error());
+    auto udb = dev.alloc_buffer(size_t(ud_depth) * ud_buf_size);
+    if (!udb.ok()) return setup_failed(dev, "connection buffers", udb.error());
+    auto tx = dev.alloc_buffer(size_t(tx_slots_) * buf_size_);
+    if (!tx.ok()) return setup_failed(dev, "bounce buffers", tx.error());
+    rr->rx_bufs = std::move(rx).value();
+    rr->ud_bufs = std::move(udb).value();
+    rr->tx_bufs = std::move(tx).value();
+    rr->registrar = std::make_unique<rail_registrar>(&dev, device::access_local_write);
+    rr->cache = std::make_unique<util::mr_cache>(*rr->registrar, cfg_.mr_cache);
+    rr->src_registrar = std::make_unique<rail_registrar>(&dev, device::access_remote_read);
+    rr->src_cache = std::make_unique<util::mr_cache>(*rr->src_registrar, cfg_.mr_cache);
+    rr->tx_free.reserve(tx_slots_);
+    for (uint32_t s = tx_slots_; s-- > 0;)
+        rr->tx_free.push_back(s);
 
-        rail_name &rn = name_.rails[i];
-        rn.link = pa.link;
-        rn.port = rr->r.port;
-        rn.lid = pa.lid;
-        rn.ud_qpn = rr->ud->qp_num();
-        rn.gid_value = rr->local_gid;
-        if (pa.link == device::link_layer::ethernet)
-            for (const device::gid_entry &g : pa.gids)
-                if (static_cast<int>(g.index) == rr->gid_index) rn.gid_type = g.type;
-        rn.mtu = pa.mtu;
-        rails_.push_back(std::move(rr)); // reserved: cannot throw
-        rail_res &ref = *rails_.back();
-        for (uint32_t b = 0; b < cfg_.srq_depth; ++b) {
-            ref.refill[ref.refill_n++] = b;
-            if (ref.refill_n == device::max_post_list) refill_srq(ref);
-        }
-        refill_srq(ref);
-        for (uint32_t b = 0; b < ud_depth; ++b)
-            repost_ud(ref, b);
+    rail_name &rn = name_.rails[i];
+    rn.link = pa.link;
+    rn.port = rr->r.port;
+    rn.lid = pa.lid;
+    rn.ud_qpn = rr->ud->qp_num();
+    rn.gid_value = rr->local_gid;
+    if (pa.link == device::link_layer::ethernet)
+        for (const device::gid_entry &g : pa.gids)
+            if (static_cast<int>(g.index) == rr->gid_index) rn.gid_type = g.type;
+    rn.mtu = pa.mtu;
+    rails_.push_back(std::move(rr)); // reserved: cannot throw
+    rail_res &ref = *rails_.back();
+    for (uint32_t b = 0; b < cfg_.srq_depth; ++b) {
+        ref.refill[ref.refill_n++] = b;
+        if (ref.refill_n == device::max_post_list) refill_srq(ref);
     }
+    refill_srq(ref);
+    for (uint32_t b = 0; b < ud_depth; ++b)
+        repost_ud(ref, b);
     name_.rail_count = static_cast<uint8_t>(rails_.size());
     return watch_events(r.dev);
 }

@@ -64,8 +64,8 @@ void engine_impl::handle_device_event(device::device *dev, const device::async_e
                 refresh_rail_address(rr);
         }
         if (!rail && !late_.empty()) // a port that may join
-            late_port_event(dev, e.port, e.kind != async_kind::port_active &&
-                                             e.kind != async_kind::port_error);
+            late_port_event(dev, e.port,
+                            e.kind != async_kind::port_active && e.kind != async_kind::port_error);
         return;
     }
     case async_kind::qp_fatal:

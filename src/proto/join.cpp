@@ -35,7 +35,8 @@ void engine_impl::late_port_event(device::device *dev, uint8_t port, bool addres
         }
         if (l.up) return; // offered already while up: the domain said no
         l.up = true;
-        const std::vector<rail> *now = cfg_.rails_from ? cfg_.rails_from->port_up(dev, port) : nullptr;
+        const std::vector<rail> *now =
+            cfg_.rails_from ? cfg_.rails_from->port_up(dev, port) : nullptr;
         if (!now) {
             MLX4_INFO(FI_LOG_EP_CTRL, "%s port %u is up but does not join this domain\n",
                       dev->attr().name.c_str(), unsigned(port));
@@ -71,13 +72,14 @@ void engine_impl::join_rails(const std::vector<rail> &now) noexcept
         status st = open_rail(r);
         if (!st.is_ok()) {
             MLX4_WARN(FI_LOG_EP_CTRL, "%s port %u cannot join as rail %zu: %s\n",
-                      r.dev->attr().name.c_str(), unsigned(r.port), i,
-                      fi_strerror(-st.code()));
+                      r.dev->attr().name.c_str(), unsigned(r.port), i, fi_strerror(-st.code()));
             break;
         }
         MLX4_WARN(FI_LOG_EP_CTRL, "endpoint %016llx: %s port %u came up and joins as rail %zu\n",
-                  static_cast<unsigned long long>(name_.nonce), r.dev->attr().name.c_str(), unsigned(r.port), i);
-        std::erase_if(late_, [&](const late_entry &l) { return l.dev == r.dev && l.port == r.port; });
+                  static_cast<unsigned long long>(name_.nonce), r.dev->attr().name.c_str(),
+                  unsigned(r.port), i);
+        std::erase_if(late_,
+                      [&](const late_entry &l) { return l.dev == r.dev && l.port == r.port; });
     }
     if (rails_.size() == had) return;
     // Weights as the domain has them now: striping takes the new rails in.
@@ -136,8 +138,8 @@ void engine_impl::learn_rails(peer &p, const ep_name &from, unsigned count) noex
     p.nrails = std::min<unsigned>(name_.rail_count, count);
 }
 
-void rails_proto::on_receive(engine_impl &e, peer &p, const wire::msg_hdr &,
-                             const uint8_t *body, uint32_t body_len) noexcept
+void rails_proto::on_receive(engine_impl &e, peer &p, const wire::msg_hdr &, const uint8_t *body,
+                             uint32_t body_len) noexcept
 {
     wire::rails_body b;
     ep_name from;
@@ -149,8 +151,7 @@ void rails_proto::on_receive(engine_impl &e, peer &p, const wire::msg_hdr &,
     for (unsigned i = 0; ok && i < b.rail_count; ++i)
         ok = unpack_rail(b.rails + i * rail_name_bytes, from.rails[i]).is_ok();
     if (!ok) {
-        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: malformed rails message dropped\n",
-                  nonce_of(p));
+        MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: malformed rails message dropped\n", nonce_of(p));
         return;
     }
     const unsigned had = p.nrails;

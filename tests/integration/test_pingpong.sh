@@ -16,13 +16,20 @@ run() {
     local name=$1; shift
     n=$((n + 1))
     local log; log=$(mktemp)
-    timeout 120 fi_pingpong -p mlx4 -e rdm -B "$port" "$@" >"$log.srv" 2>&1 &
-    local srv=$!
-    sleep 0.3
-    timeout 120 fi_pingpong -p mlx4 -e rdm -P "$port" "$@" 127.0.0.1 >"$log.cli" 2>&1
-    local crc=$?
-    wait $srv
-    local src=$?
+    local try crc src
+    # Another program on the host may hold the port (fi_pingpong exits 98,
+    # EADDRINUSE): the pair is run again on the next one.
+    for try in 1 2 3; do
+        timeout 120 fi_pingpong -p mlx4 -e rdm -B "$port" "$@" >"$log.srv" 2>&1 &
+        local srv=$!
+        sleep 0.3
+        timeout 120 fi_pingpong -p mlx4 -e rdm -P "$port" "$@" 127.0.0.1 >"$log.cli" 2>&1
+        crc=$?
+        wait $srv
+        src=$?
+        [ $src -eq 98 ] || break
+        port=$((port + 1))
+    done
     if [ $crc -eq 0 ] && [ $src -eq 0 ]; then
         echo "ok $n - $name"
         grep -E '^ *[0-9]' "$log.cli" | tail -3 | sed 's/^/#   /'

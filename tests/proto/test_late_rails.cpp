@@ -161,8 +161,8 @@ TEST_F(late_rails, a_port_that_comes_up_later_joins_and_takes_its_share)
     // Traffic keeps flowing while the port comes up and joins.
     uint8_t seed = 2;
     auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while ((a.eng->name().rail_count < 2 || b.eng->name().rail_count < 2 ||
-            b.counters.size() < 2 || rx(b, 1) == 0) &&
+    while ((a.eng->name().rail_count < 2 || b.eng->name().rail_count < 2 || b.counters.size() < 2 ||
+            rx(b, 1) == 0) &&
            std::chrono::steady_clock::now() < until) {
         transfer(len, seed++);
         if (HasFatalFailure()) return;
@@ -201,8 +201,9 @@ TEST_F(late_rails, a_port_the_domain_refuses_stays_out)
 TEST(late_rails_verbs, a_real_port_that_comes_up_joins)
 {
     const char *up = std::getenv("MLX4_TEST_LATE_UP");
-    if (!up || !*up) GTEST_SKIP() << "set MLX4_TEST_LATE_UP to a command that brings the second "
-                                     "verbs port up (its port down when the test starts)";
+    if (!up || !*up)
+        GTEST_SKIP() << "set MLX4_TEST_LATE_UP to a command that brings the second "
+                        "verbs port up (its port down when the test starts)";
     util::config uc;
     uc.any_device = true;
     auto devs = device::verbs::discover(uc);

@@ -98,9 +98,8 @@ struct late_desc {
 // dom unchanged, when it is on another fabric, not usable, or dom has
 // max_rails rails already.
 [[nodiscard]] bool join_port(domain_desc &dom, std::string_view fabric,
-                             std::span<const device::device_attr> devices,
-                             const util::config &cfg, size_t device_index,
-                             const device::port_attr &now, size_t max_rails);
+                             std::span<const device::device_attr> devices, const util::config &cfg,
+                             size_t device_index, const device::port_attr &now, size_t max_rails);
 
 // A readable description of one domain for FI_MLX4_RAIL_INFO: a header line
 // (domain, fabric, total rate, the process's node), a line per rail (device
