@@ -185,27 +185,70 @@ std::shared_ptr<device::address_handle> engine_impl::ah_for(rail_res &rr, peer &
                                                             unsigned r) noexcept
 {
     const device::port_address dest = dest_of(p, r);
+    peer_rail &pr = p.rails[r];
+    auto failed = [&](int err) {
+        if (!pr.ah_warned)
+            MLX4_WARN(FI_LOG_EP_CTRL,
+                      "peer %016llx: rail %u (%s port %u): cannot make an address handle "
+                      "(%s); trying again with each handshake resend\n",
+                      nonce_of(p), r, rr.r.dev->attr().name.c_str(), rr.r.port, fi_strerror(-err));
+        pr.ah_warned = true;
+        return nullptr;
+    };
     try {
         const auto key = std::make_tuple(dest.lid, dest.gid_value, dest.gid_index);
-        if (auto it = rr.ahs.find(key); it != rr.ahs.end()) return it->second;
-        auto ah = rr.r.dev->create_ah(rr.r.port, dest);
-        if (!ah.ok()) {
-            peer_rail &pr = p.rails[r];
-            if (!pr.ah_warned)
-                MLX4_WARN(FI_LOG_EP_CTRL,
-                          "peer %016llx: rail %u (%s port %u): cannot make an address handle "
-                          "(%s); trying again with each handshake resend\n",
-                          nonce_of(p), r, rr.r.dev->attr().name.c_str(), rr.r.port,
-                          fi_strerror(-ah.error().code()));
-            pr.ah_warned = true;
+        rail_res::ah_slot &slot = rr.ahs[key];
+        if (slot.ah) return slot.ah;
+        if (slot.req) {
+            if (!slot.req->done.load(std::memory_order_acquire)) {
+                bool listed = false;
+                for (const ah_waiter &w : ah_waiters_)
+                    listed = listed || (w.p == &p && w.rail == r);
+                if (!listed) ah_waiters_.push_back({&p, static_cast<uint8_t>(r)});
+                return nullptr;
+            }
+            auto req = std::move(slot.req);
+            if (!req->ah) return failed(req->err); // asked again at the next call
+            slot.ah = std::move(req->ah);
+            return slot.ah;
+        }
+        auto req = std::make_shared<ah_maker::request>();
+        req->dev = rr.r.dev;
+        req->port = rr.r.port;
+        req->dest = dest;
+        if (ah_maker_.submit(req)) {
+            slot.req = std::move(req);
+            ah_waiters_.push_back({&p, static_cast<uint8_t>(r)});
             return nullptr;
         }
-        std::shared_ptr<device::address_handle> shared = std::move(ah).value();
-        rr.ahs.emplace(key, shared);
-        return shared;
+        auto ah = rr.r.dev->create_ah(rr.r.port, dest); // no worker: here and now
+        if (!ah.ok()) return failed(ah.error().code());
+        slot.ah = std::move(ah).value();
+        return slot.ah;
     } catch (...) {
         return nullptr; // out of memory: as a failure, tried again
     }
+}
+
+void engine_impl::poll_ahs() noexcept
+{
+    std::vector<ah_waiter> waiting;
+    waiting.swap(ah_waiters_);
+    for (const ah_waiter &w : waiting) {
+        peer &p = *w.p;
+        peer_rail &pr = p.rails[w.rail];
+        if (pr.ah) continue;
+        pr.ah = ah_for(*rails_[w.rail], p, w.rail); // still being made: listed again
+        if (!pr.ah) continue;
+        // What the handshake could not send without it goes now; anything
+        // else waits for its timer.
+        if (pr.hs.st() == wireup::state::requesting)
+            send_conn(p, w.rail, wire::conn_op::req);
+        else if (pr.hs.st() == wireup::state::accepting)
+            send_conn(p, w.rail, wire::conn_op::rep);
+    }
+    waiting.clear();
+    if (ah_waiters_.empty()) ah_waiters_.swap(waiting); // keep the buffer
 }
 
 void engine_impl::drop_qp(peer &p, unsigned r) noexcept

@@ -343,6 +343,7 @@ void engine_impl::progress() noexcept
     }
     if (!timers_.empty() && (++timer_tick_ & 15) == 0) run_timers(now_ns());
     if (!rts_waiting_.empty()) keepalive();
+    if (!ah_waiters_.empty()) poll_ahs();
 }
 
 void engine_impl::keepalive() noexcept

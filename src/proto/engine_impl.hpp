@@ -15,6 +15,7 @@
 //   events.cpp    the devices' async events
 #pragma once
 
+#include "ah_maker.hpp"
 #include "match.hpp"
 #include "mlx4fi/proto/engine.hpp"
 #include "mlx4fi/util/mr_cache.hpp"
@@ -101,8 +102,11 @@ struct rail_res {
     // index sent from): every endpoint of a remote host's port shares one,
     // made once at connection set-up (ibv_create_ah may wait for neighbour
     // resolution on RoCE), dropped when the local address changes.
-    std::map<std::tuple<uint16_t, device::gid, uint8_t>, std::shared_ptr<device::address_handle>>
-        ahs;
+    struct ah_slot {
+        std::shared_ptr<device::address_handle> ah; // made
+        std::shared_ptr<ah_maker::request> req;     // being made (ah_maker)
+    };
+    std::map<std::tuple<uint16_t, device::gid, uint8_t>, ah_slot> ahs;
     std::unique_ptr<device::completion_queue> cq; // every QP of the rail reports here
     std::unique_ptr<device::shared_receive_queue> srq;
     std::unique_ptr<device::queue_pair> ud;         // connection set-up
@@ -347,10 +351,14 @@ class engine_impl final : public engine
     status prepare_qp(peer &p, unsigned r) noexcept;
     // Where p's rail r is reached (its port's LID/GID, our GID index for it).
     device::port_address dest_of(const peer &p, unsigned r) const noexcept;
-    // The rail's address handle for dest, made on first use; nullptr (logged
-    // once per connection) when the device cannot make one now: the
-    // handshake's next resend tries again.
+    // The rail's address handle for p's rail r, made on first use by the
+    // ah_maker's thread (ibv_create_ah may wait seconds for neighbour
+    // resolution): nullptr until it is made, and then (p, r) waits in
+    // ah_waiters_ for poll_ahs; nullptr too (logged once per connection) when
+    // the device could not make one: the handshake's next resend asks again.
     std::shared_ptr<device::address_handle> ah_for(rail_res &rr, peer &p, unsigned r) noexcept;
+    // Handles made meanwhile: the handshake messages that waited for them go.
+    void poll_ahs() noexcept;
     status connect_qp(peer &p, unsigned r, const wire::conn_msg &m) noexcept;
     void drop_qp(peer &p, unsigned r) noexcept;
     void send_conn(peer &p, unsigned r, wire::conn_op op) noexcept;
@@ -471,7 +479,14 @@ class engine_impl final : public engine
     };
     std::vector<retired_qp> retired_; // destroyed before the rails' CQs and SRQs
     bool shut_ = false;
-    uint32_t purge_tick_ = 0; // progress calls since the caches were last purged
+    struct ah_waiter {
+        peer *p;
+        uint8_t rail;
+    };
+    std::vector<ah_waiter> ah_waiters_; // handshakes waiting for an address handle
+    uint32_t purge_tick_ = 0;           // progress calls since the caches were last purged
+    // Last: its thread is joined first, before anything it could touch goes.
+    ah_maker ah_maker_;
 };
 
 uint64_t now_ns() noexcept;

@@ -66,6 +66,9 @@ device_list discover(const util::config &cfg) noexcept;
 // as ibv_create_ah does on RoCE while a neighbour does not resolve; and how
 // many address handles it has made. No effect (0) on other devices.
 void fail_next_ahs(device &dev, unsigned n) noexcept;
+// ... and its next n create_ah calls take ms milliseconds each, as
+// ibv_create_ah does on RoCE while the neighbour is being resolved.
+void delay_next_ahs(device &dev, unsigned n, unsigned ms) noexcept;
 uint64_t ahs_made(const device &dev) noexcept;
 
 // Data-path tunables, read from the environment when a QP (or a device's

@@ -9,6 +9,8 @@
 #include "mlx4fi/util/log.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <cstring>
 
 namespace mlx4fi::device::sim
@@ -168,6 +170,11 @@ result<std::unique_ptr<address_handle>> sim_device::create_ah(uint8_t port,
     if (dest.link == link_layer::ib ? dest.lid == 0 : gid_is_zero(dest.gid_value)) return err_inval;
     for (unsigned n = ah_failures.load(); n > 0;)
         if (ah_failures.compare_exchange_weak(n, n - 1)) return err_again;
+    for (unsigned n = ah_delays.load(); n > 0;)
+        if (ah_delays.compare_exchange_weak(n, n - 1)) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(ah_delay_ms.load()));
+            break;
+        }
     auto c = get_context();
     if (!c.ok()) return c.error();
     try {
@@ -252,6 +259,14 @@ device_list discover(const util::config &cfg) noexcept
 void fail_next_ahs(device &dev, unsigned n) noexcept
 {
     if (auto *d = dynamic_cast<sim_device *>(&dev)) d->ah_failures.store(n);
+}
+
+void delay_next_ahs(device &dev, unsigned n, unsigned ms) noexcept
+{
+    if (auto *d = dynamic_cast<sim_device *>(&dev)) {
+        d->ah_delay_ms.store(ms);
+        d->ah_delays.store(n);
+    }
 }
 
 uint64_t ahs_made(const device &dev) noexcept

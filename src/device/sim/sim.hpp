@@ -641,6 +641,8 @@ class sim_device final : public device
 
   public:
     std::atomic<unsigned> ah_failures{0}; // fail_next_ahs
+    std::atomic<unsigned> ah_delays{0};   // delay_next_ahs
+    std::atomic<unsigned> ah_delay_ms{0};
     std::atomic<uint64_t> ahs_made{0};
     // Per port: down until this long after the context opens ("/late"); 0: up.
     std::array<uint32_t, 2> late_ms{};
