@@ -2,7 +2,7 @@
 // libibverbs' CQs, SRQs, QPs, MRs and AHs (one verbs object each, 1:1), and the
 // pure functions they are built from (QP state transitions, address vectors,
 // work-request and completion translation), which the unit tests check field
-// by field without hardware (tests/unit/test_verbs_qp_attr.cpp).
+// by field without hardware (tests/device/verbs/test_verbs_qp_attr.cpp).
 //
 // Threading: every object may be used from several threads as far as
 // libibverbs allows (posts and polls take the provider's own locks); connect()

@@ -3,8 +3,11 @@
 // protocol tests run over each backend: the software HCA always, verbs
 // wherever a device with an active port exists (Soft-RoCE in the guest,
 // scripts/guest.sh; ConnectX-3), skipped otherwise. Test names end in the
-// backend (engine_test.eager_tagged_expected_and_unexpected/verbs).
+// backend (engine_test.eager_tagged_expected_and_unexpected/verbs). meson
+// runs the binary again as variants (apply_variant below) with other rails,
+// protocol boundaries and striping; each is a test of its own name.
 #include "mlx4fi/device/sim.hpp"
+#include "mlx4fi/device/rate.hpp"
 #include "mlx4fi/device/verbs.hpp"
 #include "mlx4fi/proto/engine.hpp"
 
@@ -19,7 +22,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <iostream>
 #include <numeric>
+#include <sstream>
 #include <vector>
 
 using namespace mlx4fi;
@@ -40,14 +45,24 @@ struct node {
     fi_addr_t peer = FI_ADDR_NOTAVAIL;
 };
 
-// The first device of a backend with an active, addressable port: the sim's
-// one FDR port, or the host's first verbs port (any driver). False when the
-// backend has none here.
-bool open_rail(std::string_view backend, device::device_list &devices, proto::rail &r)
+// The rails the suite runs over: on the sim, every active port of the
+// variant's spec (MLX4_TEST_SIM_SPEC, FI_MLX4_SIM's grammar; one FDR port by
+// default), weighted by its data rate as the provider weighs rails (FDR
+// 54.5, QDR 32 Gb/s); on verbs, the host's first active port (any driver).
+// False when the backend has none here.
+const char *sim_spec()
+{
+    const char *v = std::getenv("MLX4_TEST_SIM_SPEC");
+    return v && *v ? v : "mlx4_0:ib/fdr";
+}
+
+bool open_rails(std::string_view backend, device::device_list &devices,
+                std::vector<proto::rail> &rails)
 {
     util::config cfg;
-    if (backend == "sim") {
-        cfg.sim_spec = "mlx4_0:ib/fdr";
+    const bool sim = backend == "sim";
+    if (sim) {
+        cfg.sim_spec = sim_spec();
         devices = device::sim::discover(cfg);
     } else {
         cfg.any_device = true;
@@ -56,12 +71,15 @@ bool open_rail(std::string_view backend, device::device_list &devices, proto::ra
     for (const auto &d : devices)
         for (const device::port_attr &p : d->attr().ports)
             if (p.state == device::port_state::active && p.gid_index >= 0) {
+                proto::rail r;
                 r.dev = d.get();
                 r.port = p.num;
                 r.attr = p;
-                return true;
+                if (sim) r.weight = device::port_data_gbps(p.link, p.active_speed, p.active_width);
+                rails.push_back(r);
+                if (!sim) return true;
             }
-    return false;
+    return !rails.empty();
 }
 
 // RC timing scaled down from the provider's 7 x 1.07 s: a silent peer costs
@@ -74,36 +92,57 @@ engine_config scaled()
     return ec;
 }
 
-// The suite runs again as variants (tests/meson.build) that move the
-// protocol boundaries: MLX4_TEST_EAGER_LIMIT (e.g. 64: every message above
-// an inject is a rendezvous) and MLX4_TEST_INLINE_SIZE (0: nothing inline).
-// The same bodies must hold whichever protocol carries each message.
+// The suite runs again as variants (tests/meson.build, each a test named for
+// what it changes). The same bodies must hold whichever protocol carries each
+// message and however it is spread over the rails:
+//   MLX4_TEST_EAGER_LIMIT       e.g. 64: every message above an inject is a
+//                               rendezvous
+//   MLX4_TEST_INLINE_SIZE       0: nothing is sent inline
+//   MLX4_TEST_SIM_SPEC          the sim's devices, e.g. mlx4_0:ib/fdr,ib/qdr for
+//                               two rails (see open_rails)
+//   MLX4_TEST_STRIPE_THRESHOLD  the smallest striped transfer (0: every
+//                               rendezvous read and RMA; default 256 KiB)
+//   MLX4_TEST_STRIPE_MIN_CHUNK  the smallest piece one rail is given
+// (the engine_config fields behind FI_MLX4_STRIPE_THRESHOLD and _MIN_CHUNK).
 void apply_variant(engine_config &ec)
 {
     if (const char *v = std::getenv("MLX4_TEST_EAGER_LIMIT"))
         ec.eager_limit = std::strtoul(v, nullptr, 0);
     if (const char *v = std::getenv("MLX4_TEST_INLINE_SIZE"))
         ec.inline_size = static_cast<uint32_t>(std::strtoul(v, nullptr, 0));
+    if (const char *v = std::getenv("MLX4_TEST_STRIPE_THRESHOLD"))
+        ec.stripe.stripe_threshold = std::strtoul(v, nullptr, 0);
+    if (const char *v = std::getenv("MLX4_TEST_STRIPE_MIN_CHUNK"))
+        ec.stripe.min_chunk = std::strtoul(v, nullptr, 0);
 }
+
+// One endpoint's tallies per rail (the domain's counters in the provider).
+struct rail_tally {
+    std::deque<rail_counters> per_rail;
+    uint64_t rx(size_t r) const { return per_rail[r].rx_bytes.load(); }
+    uint64_t tx(size_t r) const { return per_rail[r].tx_bytes.load(); }
+};
 
 class engine_test : public ::testing::TestWithParam<const char *>
 {
   protected:
     void SetUp() override
     {
-        proto::rail r;
-        if (!open_rail(GetParam(), devices, r))
+        if (!open_rails(GetParam(), devices, rails))
             GTEST_SKIP() << "no " << GetParam() << " device with an active port here";
         // Soft-RoCE is slow (milliseconds a message): the bound is a hang
         // guard, not a speed check.
         limit = GetParam() == std::string_view("sim") ? std::chrono::seconds(5)
                                                       : std::chrono::seconds(60);
-        rails = {r};
-        engine_config ec = scaled();
+        ec = scaled();
         ec.eager_limit = 1024;
         apply_variant(ec);
         for (node *n : {&a, &b}) {
-            auto e = engine::open(rails, ec, n->sink);
+            rail_tally &t = n == &a ? ta : tb;
+            std::vector<proto::rail> rr = rails;
+            for (proto::rail &r : rr)
+                r.counters = &t.per_rail.emplace_back();
+            auto e = engine::open(rr, ec, n->sink);
             if (e.error() == err_nosys) GTEST_SKIP() << "the sim backend has no data path yet";
             ASSERT_TRUE(e.ok()) << e.error().code();
             n->eng = std::move(e).value();
@@ -154,9 +193,39 @@ class engine_test : public ::testing::TestWithParam<const char *>
         return to.eng->recv(r);
     }
 
+    // How many rails a rendezvous read or an RMA of len bytes should use
+    // under this variant's rails and striping: both of two when it reaches
+    // the threshold and neither rail is left out (weight ratio, minimum
+    // chunk), else one. Written for one or two rails (0 for more).
+    size_t expected_rails(uint64_t len) const
+    {
+        if (rails.size() == 1) return 1;
+        if (rails.size() != 2) return 0;
+        const double light = std::min(rails[0].weight, rails[1].weight);
+        const double heavy = std::max(rails[0].weight, rails[1].weight);
+        if (len < ec.stripe.stripe_threshold || light < ec.stripe.min_weight_ratio * heavy ||
+            static_cast<double>(len) * light / (light + heavy) <
+                static_cast<double>(ec.stripe.min_chunk))
+            return 1;
+        return 2;
+    }
+    std::string describe() const
+    {
+        std::ostringstream o;
+        o << rails.size() << " rail(s) (";
+        for (const proto::rail &r : rails)
+            o << r.dev->attr().name << ":" << int(r.port) << " weight " << r.weight << "; ";
+        o << "), eager limit " << ec.eager_limit << ", inline " << ec.inline_size
+          << ", stripe threshold " << ec.stripe.stripe_threshold << ", min chunk "
+          << ec.stripe.min_chunk;
+        return o.str();
+    }
+
     device::device_list devices;
     std::vector<proto::rail> rails;
+    engine_config ec;
     node a, b;
+    rail_tally ta, tb;
     std::chrono::seconds limit{5};
 };
 
@@ -387,10 +456,19 @@ TEST_P(engine_test, rma_write_read_and_bad_key)
     EXPECT_EQ(t.kind, event_kind::remote_write);
     EXPECT_EQ(t.data, 0xfeedu);
 
-    // A wrong key: error completion, no data touched.
+    // A wrong key: error completion, no data touched. Wrong on every rail:
+    // the key packs the rkeys of the first two (docs/protocol.md), and a
+    // striped write (two-rail variants) goes out on both. A key wrong on one
+    // rail only: rma_key_wrong_on_one_rail_is_an_error.
     std::fill(target.begin(), target.end(), 0);
-    rma_args bad{&iov,         1, a.peer,        reinterpret_cast<uint64_t>(target.data()),
-                 key ^ 0x5555, 0, FI_COMPLETION, &ctx,
+    rma_args bad{&iov,
+                 1,
+                 a.peer,
+                 reinterpret_cast<uint64_t>(target.data()),
+                 key ^ 0x0000555500005555ull,
+                 0,
+                 FI_COMPLETION,
+                 &ctx,
                  false};
     ASSERT_TRUE(a.eng->rma(bad).is_ok());
     e = next(a);
@@ -573,12 +651,17 @@ TEST_P(engine_test, rendezvous_buffers_go_through_the_registration_cache)
         EXPECT_EQ(next(a).err, 0);
         EXPECT_EQ(static_cast<uint8_t *>(dst)[len - 1], round + 1);
     }
+    // One look-up per transfer and rail the buffer is registered on: the
+    // sender's on every rail (a read may move to another rail if one fails),
+    // the receiver's on each rail it reads over (two-rail variants: both).
+    const uint64_t src_rails = rails.size(), dst_rails = expected_rails(len);
+    ASSERT_GT(dst_rails, 0u) << "expectations are written for one or two rails";
     auto sa = a.eng->cache_stats(), sb = b.eng->cache_stats();
-    EXPECT_EQ(sa.misses + sa.hits, 5u);
-    EXPECT_EQ(sb.misses + sb.hits, 5u);
+    EXPECT_EQ(sa.misses + sa.hits, 5 * src_rails);
+    EXPECT_EQ(sb.misses + sb.hits, 5 * dst_rails);
     if (sa.uncached == 0) { // caching available (userfaultfd): reused after the first
-        EXPECT_EQ(sa.hits, 4u);
-        EXPECT_EQ(sb.hits, 4u);
+        EXPECT_EQ(sa.hits, 4 * src_rails);
+        EXPECT_EQ(sb.hits, 4 * dst_rails);
     } else {
         EXPECT_EQ(sa.hits, 0u); // no monitor: every transfer registers afresh
     }
@@ -695,16 +778,15 @@ TEST_P(engine_test, rendezvous_and_rma_write_from_read_only_memory)
 // before the engine is progressed; the rest wait and go out, in order.
 TEST_P(engine_test, sends_in_flight_stay_within_the_cq_budget)
 {
-    proto::rail_counters ca, cb;
-    std::vector<proto::rail> rr = rails;
+    rail_tally tx, ty;
     node x, y;
-    engine_config ec = scaled();
-    ec.eager_limit = 1024;
-    apply_variant(ec);
-    ec.cq_depth = 8;
+    engine_config small = ec;
+    small.cq_depth = 8;
     for (node *n : {&x, &y}) {
-        rr[0].counters = n == &x ? &ca : &cb;
-        auto e = engine::open(rr, ec, n->sink);
+        std::vector<proto::rail> rr = rails;
+        for (proto::rail &r : rr)
+            r.counters = &(n == &x ? tx : ty).per_rail.emplace_back();
+        auto e = engine::open(rr, small, n->sink);
         ASSERT_TRUE(e.ok());
         n->eng = std::move(e).value();
         n->eng->bind_av(&n->av);
@@ -738,15 +820,131 @@ TEST_P(engine_test, sends_in_flight_stay_within_the_cq_budget)
         ASSERT_TRUE(
             y.eng->recv({&riov[i], 1, FI_ADDR_UNSPEC, 7, 0, FI_COMPLETION, &c, true}).is_ok());
     }
-    const uint64_t before = ca.ops.load();
+    // Per rail: the small messages go on the peer's rail, whichever it is.
+    x.eng->flush_counters();
+    std::vector<uint64_t> before;
+    for (const rail_counters &rc : tx.per_rail)
+        before.push_back(rc.ops.load());
     for (int i = 0; i < count; ++i) {
         siov[i] = {&in[i], 4};
         ASSERT_TRUE(x.eng->send({&siov[i], 1, x.peer, 7, 0, FI_COMPLETION, &c, true}).is_ok());
     }
-    EXPECT_LE(ca.ops.load() - before, uint64_t(ec.cq_depth)) << "posted beyond the CQ budget";
+    x.eng->flush_counters();
+    uint64_t posted = 0;
+    for (size_t r = 0; r < rails.size(); ++r) {
+        const uint64_t n = tx.per_rail[r].ops.load() - before[r];
+        EXPECT_LE(n, uint64_t(small.cq_depth)) << "posted beyond the CQ budget on rail " << r;
+        posted += n;
+    }
+    EXPECT_GT(posted, 0u) << "nothing posted before progress: the bound above says nothing";
     ASSERT_TRUE(pump([&] { return int(y.sink.events.size()) == count; }));
     ASSERT_TRUE(pump([&] { return int(x.sink.events.size()) == count; }));
     EXPECT_EQ(in, out) << "every message arrived, in order";
     for (node *n : {&x, &y})
         n->eng->shutdown();
+}
+
+// What the variants change really happens: a rendezvous read, an RMA write
+// and an RMA read of 128 KiB (above every variant's eager limit, below the
+// default stripe threshold) and of 1 MiB go over as many rails as the
+// variant's rails and striping say (expected_rails): one rail carries
+// everything; on FDR+QDR the default threshold stripes only the large
+// transfers, threshold 0 (with a small minimum chunk) the small ones too.
+TEST_P(engine_test, transfers_use_the_rails_the_variant_stripes_over)
+{
+    if (expected_rails(1) == 0) GTEST_SKIP() << "expectations are written for one or two rails";
+    std::cout << "variant: " << describe() << "\n";
+    auto per_rail = [&](node &n, rail_tally &t, bool rx) {
+        n.eng->flush_counters();
+        std::vector<uint64_t> v;
+        for (size_t r = 0; r < rails.size(); ++r)
+            v.push_back(rx ? t.rx(r) : t.tx(r));
+        return v;
+    };
+    // Rails that carried at least a page of the transfer (control messages
+    // such as FIN count as tx bytes too, but are far smaller), and the total.
+    auto carried = [&](const std::vector<uint64_t> &before, const std::vector<uint64_t> &after,
+                       uint64_t &total) {
+        size_t used = 0;
+        total = 0;
+        for (size_t r = 0; r < before.size(); ++r) {
+            total += after[r] - before[r];
+            if (after[r] - before[r] >= 4096) ++used;
+        }
+        return used;
+    };
+    for (size_t len : {size_t(128) << 10, size_t(1) << 20}) {
+        SCOPED_TRACE(len);
+        ASSERT_GT(len, ec.eager_limit) << "the transfer must be a rendezvous";
+        const size_t want = expected_rails(len);
+        std::cout << "  " << len << " bytes: expected over " << want << " rail(s)\n";
+        uint64_t total = 0;
+
+        // Rendezvous: the receiver reads the sender's buffer.
+        auto msg = pattern(len, 40);
+        std::vector<uint8_t> got(len);
+        int rctx, sctx;
+        auto rb = per_rail(b, tb, true);
+        ASSERT_TRUE(trecv(b, got.data(), len, 21, &rctx).is_ok());
+        ASSERT_TRUE(tsend(a, msg.data(), len, 21, &sctx).is_ok());
+        EXPECT_EQ(next(b).err, 0);
+        EXPECT_EQ(next(a).err, 0);
+        EXPECT_TRUE(got == msg);
+        EXPECT_EQ(carried(rb, per_rail(b, tb, true), total), want) << "rendezvous read";
+        EXPECT_EQ(total, len) << "the receiver read exactly the message";
+
+        // RMA write and read of a registered target.
+        std::vector<uint8_t> target(len, 0), back(len);
+        auto reg = register_memory(rails, target.data(), target.size(),
+                                   device::access_remote_read | device::access_remote_write |
+                                       device::access_local_write);
+        ASSERT_TRUE(reg.ok());
+        int ctx;
+        iovec wiov{msg.data(), len}, riov{back.data(), len};
+        const uint64_t addr = reinterpret_cast<uint64_t>(target.data());
+        auto wa = per_rail(a, ta, false);
+        ASSERT_TRUE(
+            a.eng->rma({&wiov, 1, a.peer, addr, reg.value().key, 0, FI_COMPLETION, &ctx, false})
+                .is_ok());
+        EXPECT_EQ(next(a).err, 0);
+        EXPECT_TRUE(target == msg);
+        EXPECT_EQ(carried(wa, per_rail(a, ta, false), total), want) << "RMA write";
+        EXPECT_GE(total, len);
+        auto ra = per_rail(a, ta, true);
+        ASSERT_TRUE(
+            a.eng->rma({&riov, 1, a.peer, addr, reg.value().key, 0, FI_COMPLETION, &ctx, true})
+                .is_ok());
+        EXPECT_EQ(next(a).err, 0);
+        EXPECT_TRUE(back == msg);
+        EXPECT_EQ(carried(ra, per_rail(a, ta, true), total), want) << "RMA read";
+        EXPECT_EQ(total, len);
+    }
+}
+
+// A key right on one rail and wrong on the other: a striped write fails as a
+// whole (an error completion), whatever the good rail's chunk did. Needs a
+// write striped over two rails.
+TEST_P(engine_test, rma_key_wrong_on_one_rail_is_an_error)
+{
+    const size_t len = size_t(1) << 20;
+    if (rails.size() < 2) GTEST_SKIP() << "needs two rails (variant engine-2rail)";
+    if (expected_rails(len) != 2) GTEST_SKIP() << "a 1 MiB write is not striped here";
+    std::vector<uint8_t> target(len, 0), src = pattern(len, 41);
+    auto reg = register_memory(rails, target.data(), target.size(),
+                               device::access_remote_write | device::access_local_write);
+    ASSERT_TRUE(reg.ok());
+    const uint64_t addr = reinterpret_cast<uint64_t>(target.data());
+    for (uint64_t flip : {0x5555ull, 0x0000555500000000ull}) { // rail 0's rkey, rail 1's
+        SCOPED_TRACE(flip);
+        int ctx;
+        iovec iov{src.data(), len};
+        ASSERT_TRUE(a.eng
+                        ->rma({&iov, 1, a.peer, addr, reg.value().key ^ flip, 0, FI_COMPLETION,
+                               &ctx, false})
+                        .is_ok());
+        event e = next(a);
+        EXPECT_EQ(e.kind, event_kind::write);
+        EXPECT_EQ(e.context, &ctx);
+        EXPECT_NE(e.err, 0) << "a write with a bad key on one rail completed as a success";
+    }
 }

@@ -2,7 +2,7 @@
 // attribute mask of every QP transition (RC over IB in one subnet and across
 // subnets, RC over RoCE v2, UD), path MTU selection, address vectors, and the
 // translation of work requests and completions. No RDMA hardware needed.
-#include "../../src/device/verbs/verbs_impl.hpp"
+#include "verbs_impl.hpp"
 
 #include <gtest/gtest.h>
 
