@@ -6,6 +6,9 @@
 // once made (engine_impl::ah_for, poll_ahs); a failure is reported there and
 // asked again at the handshake's next resend.
 //
+// Only for RoCE rails: an InfiniBand handle is made at once (no neighbour to
+// resolve), so an IB endpoint never starts the thread.
+//
 // One worker thread per engine, started at the first request and joined when
 // the engine closes (waiting for a request under way). Where no thread can be
 // started, submit says so and the engine makes the handle itself.

@@ -212,16 +212,20 @@ std::shared_ptr<device::address_handle> engine_impl::ah_for(rail_res &rr, peer &
             slot.ah = std::move(req->ah);
             return slot.ah;
         }
-        auto req = std::make_shared<ah_maker::request>();
-        req->dev = rr.r.dev;
-        req->port = rr.r.port;
-        req->dest = dest;
-        if (ah_maker_.submit(req)) {
-            slot.req = std::move(req);
-            ah_waiters_.push_back({&p, static_cast<uint8_t>(r)});
-            return nullptr;
+        // Only RoCE resolves a neighbour (and may wait); an InfiniBand
+        // handle is the LID and SL, made at once, without the thread.
+        if (rr.r.attr.link == device::link_layer::ethernet) {
+            auto req = std::make_shared<ah_maker::request>();
+            req->dev = rr.r.dev;
+            req->port = rr.r.port;
+            req->dest = dest;
+            if (ah_maker_.submit(req)) {
+                slot.req = std::move(req);
+                ah_waiters_.push_back({&p, static_cast<uint8_t>(r)});
+                return nullptr;
+            }
         }
-        auto ah = rr.r.dev->create_ah(rr.r.port, dest); // no worker: here and now
+        auto ah = rr.r.dev->create_ah(rr.r.port, dest); // IB, or no worker: here and now
         if (!ah.ok()) return failed(ah.error().code());
         slot.ah = std::move(ah).value();
         return slot.ah;

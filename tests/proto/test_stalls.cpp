@@ -375,72 +375,6 @@ TEST_F(timing_test, address_handles_that_fail_are_retried_and_shared_per_destina
     c.eng->shutdown();
 }
 
-// ibv_create_ah may take seconds on RoCE (neighbour resolution): it is made
-// off the engine's thread, so while it waits, progress keeps returning at once
-// and an established peer's traffic keeps flowing; the new peer's message
-// goes as soon as the handle is there.
-TEST_F(timing_test, a_slow_address_handle_does_not_stall_progress)
-{
-    device::device &dev = *devices[0];
-    char msg[32] = "first contact", got[32] = {};
-    int ctx[8];
-    // a and b connect first (handles made at once).
-    ASSERT_TRUE(recv_from(b, got, sizeof got, 1, &ctx[0]).is_ok());
-    ASSERT_TRUE(send_to(a, msg, sizeof msg, 1, &ctx[1]).is_ok());
-    ASSERT_TRUE(
-        run_until({&a, &b}, [&] { return !a.sink.events.empty() && !b.sink.events.empty(); }));
-    a.sink.events.clear();
-    b.sink.events.clear();
-
-    // c is new: a's handle for it takes 1.5 s.
-    node c;
-    open_node(c, rails_of(devices, c), ec);
-    c.peer = c.av.insert(a.eng->name());
-    fi_addr_t a_to_c = a.av.insert(c.eng->name());
-    device::sim::delay_next_ahs(dev, 1, 1500);
-    char m2[16] = "to c", g2[16] = {};
-    ASSERT_TRUE(recv_from(c, g2, sizeof g2, 2, &ctx[2]).is_ok());
-    iovec iov{m2, sizeof m2};
-    proto::send_args sa{&iov, 1, a_to_c, 2, 0, FI_COMPLETION, &ctx[3], true};
-    ASSERT_TRUE(a.eng->send(sa).is_ok());
-
-    // Meanwhile a and b exchange messages: a's progress does not wait for
-    // the handle (made in progress, it would have taken the whole 1.5 s in
-    // one call, before any exchange).
-    const auto start = std::chrono::steady_clock::now();
-    const uint64_t made = device::sim::ahs_made(dev);
-    int exchanged = 0;
-    char m3[8] = "ping", g3[8] = {};
-    while (c.sink.events.empty() &&
-           std::chrono::steady_clock::now() - start < std::chrono::seconds(20)) {
-        if (b.sink.events.empty() && a.sink.events.empty()) {
-            ASSERT_TRUE(recv_from(b, g3, sizeof g3, 3, &ctx[4]).is_ok());
-            ASSERT_TRUE(send_to(a, m3, sizeof m3, 3, &ctx[5]).is_ok());
-        }
-        a.eng->progress();
-        b.eng->progress();
-        c.eng->progress();
-        if (!b.sink.events.empty() && !a.sink.events.empty()) {
-            size_t a_ev = 0;
-            for (const event &e : a.sink.events)
-                if (e.kind == event_kind::send && e.context == &ctx[5]) ++a_ev;
-            if (a_ev) {
-                if (device::sim::ahs_made(dev) == made) ++exchanged; // before the handle
-
-                a.sink.events.clear();
-                b.sink.events.clear();
-            }
-        }
-    }
-    ASSERT_FALSE(c.sink.events.empty()) << "c got its message";
-    EXPECT_EQ(c.sink.events.front().err, 0);
-    EXPECT_STREQ(g2, "to c");
-    EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1400))
-        << "the message waited for its handle";
-    EXPECT_GT(exchanged, 5) << "a and b kept talking while the handle was being made";
-    c.eng->shutdown();
-}
-
 TEST_F(timing_test, peers_with_different_eager_limits_use_the_smaller_both_ways)
 {
     // a takes 1024 bytes eagerly, b 8192. Messages of 4000 bytes: from a
@@ -666,6 +600,75 @@ TEST(silent_rail, the_rails_that_answer_carry_the_traffic_without_waiting_for_th
     EXPECT_TRUE(got == msg);
     for (node *n : {&a, &b})
         n->eng->shutdown();
+}
+
+// ibv_create_ah may take seconds on RoCE (neighbour resolution): it is made
+// off the engine's thread, so while it waits, progress keeps returning at once
+// and an established peer's traffic keeps flowing; the new peer's message
+// goes as soon as the handle is there.
+TEST_F(roce_test, a_slow_address_handle_does_not_stall_progress)
+{
+    open_with(3, 3); // both from the RoCE v2 IPv4 entry
+    device::device &dev = *devices[0];
+    char msg[32] = "first contact", got[32] = {};
+    int ctx[8];
+    // a and b connect first (handles made at once).
+    ASSERT_TRUE(recv_from(b, got, sizeof got, 1, &ctx[0]).is_ok());
+    ASSERT_TRUE(send_to(a, msg, sizeof msg, 1, &ctx[1]).is_ok());
+    ASSERT_TRUE(
+        run_until({&a, &b}, [&] { return !a.sink.events.empty() && !b.sink.events.empty(); }));
+    a.sink.events.clear();
+    b.sink.events.clear();
+
+    // c is new: a's handle for it takes 1.5 s.
+    node c;
+    auto c_rails = rails_of(devices, c);
+    c_rails[0].attr.gid_index = 3;
+    open_node(c, c_rails, ec);
+    c.peer = c.av.insert(a.eng->name());
+    fi_addr_t a_to_c = a.av.insert(c.eng->name());
+    device::sim::delay_next_ahs(dev, 1, 1500);
+    char m2[16] = "to c", g2[16] = {};
+    ASSERT_TRUE(recv_from(c, g2, sizeof g2, 2, &ctx[2]).is_ok());
+    iovec iov{m2, sizeof m2};
+    proto::send_args sa{&iov, 1, a_to_c, 2, 0, FI_COMPLETION, &ctx[3], true};
+    ASSERT_TRUE(a.eng->send(sa).is_ok());
+
+    // Meanwhile a and b exchange messages: a's progress does not wait for
+    // the handle (made in progress, it would have taken the whole 1.5 s in
+    // one call, before any exchange).
+    const auto start = std::chrono::steady_clock::now();
+    const uint64_t made = device::sim::ahs_made(dev);
+    int exchanged = 0;
+    char m3[8] = "ping", g3[8] = {};
+    while (c.sink.events.empty() &&
+           std::chrono::steady_clock::now() - start < std::chrono::seconds(20)) {
+        if (b.sink.events.empty() && a.sink.events.empty()) {
+            ASSERT_TRUE(recv_from(b, g3, sizeof g3, 3, &ctx[4]).is_ok());
+            ASSERT_TRUE(send_to(a, m3, sizeof m3, 3, &ctx[5]).is_ok());
+        }
+        a.eng->progress();
+        b.eng->progress();
+        c.eng->progress();
+        if (!b.sink.events.empty() && !a.sink.events.empty()) {
+            size_t a_ev = 0;
+            for (const event &e : a.sink.events)
+                if (e.kind == event_kind::send && e.context == &ctx[5]) ++a_ev;
+            if (a_ev) {
+                if (device::sim::ahs_made(dev) == made) ++exchanged; // before the handle
+
+                a.sink.events.clear();
+                b.sink.events.clear();
+            }
+        }
+    }
+    ASSERT_FALSE(c.sink.events.empty()) << "c got its message";
+    EXPECT_EQ(c.sink.events.front().err, 0);
+    EXPECT_STREQ(g2, "to c");
+    EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1400))
+        << "the message waited for its handle";
+    EXPECT_GT(exchanged, 5) << "a and b kept talking while the handle was being made";
+    c.eng->shutdown();
 }
 
 } // namespace
