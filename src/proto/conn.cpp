@@ -545,10 +545,15 @@ void engine_impl::peer_settled(peer &p, bool force) noexcept
     p.backoff_ns = uint64_t(cfg_.peer_retry_ms) * ms_ns; // a success ends the back-off
     // Rails learnt from the handshake (beyond the name's), for striping and
     // failover.
-    for (unsigned i = 0; i < p.nrails; ++i)
-        if (p.rails[i].hs.st() == wireup::state::idle && (p.known_rails >> i & 1) &&
-            !rails_[i]->down)
-            connect_rail(p, i);
+    connect_idle_rails(p);
+}
+
+void engine_impl::connect_idle_rails(peer &p) noexcept
+{
+    for (unsigned r = 0; r < p.nrails; ++r)
+        if (p.rails[r].hs.st() == wireup::state::idle && (p.known_rails >> r & 1) &&
+            !rails_[r]->down && !rails_[r]->broken)
+            connect_rail(p, r);
 }
 
 void engine_impl::link_gave_up(peer &p, unsigned r) noexcept

@@ -362,6 +362,9 @@ class engine_impl final : public engine
     void start_connect(peer &p) noexcept;
     // Starts rail r's handshake (idle or down).
     void connect_rail(peer &p, unsigned r) noexcept;
+    // Connects every rail both sides have whose address is known, that is
+    // not connected or under way, and whose local port is in service.
+    void connect_idle_rails(peer &p) noexcept;
     // Carries out what rail r's handshake asked for (wireup::action bits);
     // m is the message that caused them, when there is one.
     void drive(peer &p, unsigned r, uint16_t acts, const wire::conn_msg *m) noexcept;

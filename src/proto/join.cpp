@@ -49,12 +49,11 @@ void engine_impl::late_port_event(device::device *dev, uint8_t port, bool addres
 
 void engine_impl::check_late_ports() noexcept
 {
-    // A safety net under the async events, as for the rails themselves.
-    for (size_t i = 0; i < late_.size(); ++i) {
-        const size_t before = late_.size();
-        late_port_event(late_[i].dev, late_[i].port, false);
-        if (late_.size() < before) i = size_t(-1); // joined: start over
-    }
+    // A safety net under the async events, as for the rails themselves. On
+    // a copy: a port that joins leaves late_.
+    const auto ports = late_;
+    for (const late_entry &l : ports)
+        late_port_event(l.dev, l.port, false);
 }
 
 void engine_impl::join_rails(const std::vector<rail> &now) noexcept
@@ -90,14 +89,8 @@ void engine_impl::join_rails(const std::vector<rail> &now) noexcept
         p.nrails = std::min<unsigned>(name_.rail_count, p.name.rail_count);
     }
     announce_rails();
-    for (auto &pp : peers_) {
-        peer &p = *pp;
-        if (p.st != peer::state::connected) continue;
-        for (unsigned r = static_cast<unsigned>(had); r < p.nrails; ++r)
-            if ((p.known_rails >> r & 1) && p.rails[r].hs.st() == wireup::state::idle &&
-                !rails_[r]->down)
-                connect_rail(p, r);
-    }
+    for (auto &pp : peers_)
+        if (pp->st == peer::state::connected) connect_idle_rails(*pp);
 }
 
 void engine_impl::announce_rails() noexcept
@@ -154,19 +147,10 @@ void rails_proto::on_receive(engine_impl &e, peer &p, const wire::msg_hdr &, con
         MLX4_WARN(FI_LOG_EP_DATA, "peer %016llx: malformed rails message dropped\n", nonce_of(p));
         return;
     }
-    const unsigned had = p.nrails;
     e.learn_rails(p, from, b.rail_count);
-    if (p.st != peer::state::connected) return;
-    // Rails both sides have now: connect the ones not under way (the peer may
-    // be connecting them too; the handshake needs no tie-break).
-    for (unsigned r = 0; r < p.nrails; ++r)
-        if (p.rails[r].hs.st() == wireup::state::idle && !e.rails_[r]->down &&
-            !e.rails_[r]->broken) {
-            if (r >= had)
-                MLX4_INFO(FI_LOG_EP_CTRL, "peer %016llx: connecting rail %u it has now\n",
-                          nonce_of(p), r);
-            e.connect_rail(p, r);
-        }
+    // Rails both sides have now: connected unless under way (the peer may be
+    // connecting them too; the handshake needs no tie-break).
+    if (p.st == peer::state::connected) e.connect_idle_rails(p);
 }
 
 } // namespace mlx4fi::proto
